@@ -1,0 +1,45 @@
+# The README's commands. `make demo` and `make test` install what they need into .venv first.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test test-slow lint format bench assets clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m repulse.cli.demo --save_path demo_out
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest tests -m slow
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests scripts benchmarks
+	$(BIN)/ruff format --check src tests scripts benchmarks
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix src tests scripts benchmarks
+	$(BIN)/ruff format src tests scripts benchmarks
+
+assets: $(STAMP)
+	$(BIN)/python scripts/build_assets.py
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/sft_throughput.py
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache

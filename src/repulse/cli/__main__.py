@@ -1,0 +1,36 @@
+"""`repulse NAME ...` and `python -m repulse.cli NAME ...`: dispatch to the command module repulse.cli.NAME."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+COMMANDS = {
+    "train_sft": "Supervised fine-tuning (prompt-masked or --pretrain_mode), LoRA, packing.",
+    "train_rm": "Pairwise reward-model training (sigmoid / logexp), reward normalization.",
+    "demo": "Train the embedded tiny LM for a few steps and print samples.",
+}
+
+
+def usage() -> str:
+    width = max(len(n) for n in COMMANDS)
+    lines = [f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()]
+    return "usage: repulse COMMAND [flags]   (repulse COMMAND --help for its flags)\n\ncommands:\n" + "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"repulse: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(f"repulse.cli.{name}")
+    return module.main(rest)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

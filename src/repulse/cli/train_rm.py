@@ -1,0 +1,133 @@
+"""train_rm: pairwise reward model (Bradley-Terry sigmoid or log-exp loss).
+
+The model is a transformers sequence-regression model (one output) whose head (`--value_head_prefix`) is read
+at each text's last token; from a causal-LM folder the head starts new. With --normalize_reward the mean and
+std of the training rewards are stored in the saved config and applied by every consumer.
+
+    repulse train_rm --save_path runs/rm                                 # embedded tiny LM + pairs
+    repulse train_rm --pretrain runs/sft/final --dataset pairs.jsonl --prompt_key prompt \\
+        --chosen_key chosen --rejected_key rejected --loss sigmoid --normalize_reward --save_path runs/rm
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from repulse.cli.runner import run_cli, write_resolved_config
+from repulse.config.common import CheckpointArgs, DataArgs, LoggingArgs, LoraArgs, ModelArgs, OptimArgs, StrategyArgs
+from repulse.config.parser import parse_groups, to_flat_dict
+from repulse.config.rm import RMArgs
+
+
+class RMConfig(NamedTuple):
+    model: ModelArgs
+    lora: LoraArgs
+    data: DataArgs
+    optim: OptimArgs
+    strategy: StrategyArgs
+    ckpt: CheckpointArgs
+    logging: LoggingArgs
+    rm: RMArgs
+
+
+GROUPS = (ModelArgs, LoraArgs, DataArgs, OptimArgs, StrategyArgs, CheckpointArgs, LoggingArgs, RMArgs)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> RMConfig:
+    return RMConfig(*parse_groups(GROUPS, argv, description=__doc__))
+
+
+def build_datasets(cfg: RMConfig, tokenizer):
+    from repulse.assets import default_dataset
+    from repulse.data.loading import load_rows
+    from repulse.data.preference import PreferenceDataset
+
+    d, r = cfg.data, cfg.rm
+    keys = [k for k in (r.prompt_key, r.chosen_key, r.rejected_key, r.margin_key) if k]
+    kwargs = dict(
+        prompt_key=r.prompt_key,
+        chosen_key=r.chosen_key,
+        rejected_key=r.rejected_key,
+        margin_key=r.margin_key,
+        input_template=d.input_template,
+        apply_chat_template=d.apply_chat_template,
+    )
+    rows = load_rows(d, keys, default_dataset("preference"), seed=cfg.optim.seed)
+    train = PreferenceDataset(rows, tokenizer, d.max_len, **kwargs)
+    eval_rows = load_rows(d, keys, None, seed=cfg.optim.seed, eval_split=True)
+    return train, (PreferenceDataset(eval_rows, tokenizer, d.max_len, **kwargs) if eval_rows is not None else None)
+
+
+def store_normalization(trainer, strategy, dataset, collate, batch_size: int) -> None:
+    """Mean/std of the rewards over the training texts (all ranks), written into the model config."""
+    import torch
+
+    from repulse.models.reward import store_reward_normalization
+
+    trainer.model.eval()
+    with torch.no_grad():
+        rewards = trainer.collect_rewards(strategy.eval_dataloader(dataset, batch_size, collate))
+    stats = strategy.all_reduce(
+        {"sum": rewards.sum().item(), "sq": (rewards**2).sum().item(), "n": len(rewards)}, op="sum"
+    )
+    mean = stats["sum"] / stats["n"]
+    std = max(stats["sq"] / stats["n"] - mean**2, 0.0) ** 0.5
+    store_reward_normalization(strategy.unwrap(trainer.model), mean, std)
+
+
+def train(cfg: RMConfig):
+    from repulse.assets import TINY_LM_DIR
+    from repulse.data.preference import PairCollator
+    from repulse.distributed.launch import make_strategy
+    from repulse.infra.seed import set_seed
+    from repulse.models.load import load_tokenizer, resolve_model_path, save_pretrained_atomic
+    from repulse.models.reward import load_reward_model
+    from repulse.trainers.rm import RewardModelTrainer
+    from repulse.trainers.session import build_run, fit
+
+    strategy = make_strategy(cfg.strategy.dist_backend, cfg.strategy.zero_stage, cfg.strategy.adam_offload)
+    set_seed(cfg.optim.seed)
+    path = resolve_model_path(cfg.model.pretrain, TINY_LM_DIR)
+    tokenizer = load_tokenizer(
+        path, use_fast=not cfg.model.disable_fast_tokenizer, chat_template=cfg.data.tokenizer_chat_template
+    )
+    model = load_reward_model(path, cfg.model, cfg.lora, value_head_prefix=cfg.rm.value_head_prefix, trainable=True)
+    model = strategy.prepare(model)
+    train_set, eval_set = build_datasets(cfg, tokenizer)
+    collate = PairCollator(tokenizer.pad_token_id)
+    flat = to_flat_dict(*cfg)
+    if strategy.is_rank_0():
+        write_resolved_config(cfg.ckpt.save_path, flat)
+    trainer = RewardModelTrainer(model, cfg.rm.loss, cfg.rm.value_head_prefix)
+    run = build_run(
+        trainer,
+        strategy,
+        train_set,
+        collate,
+        optim=cfg.optim,
+        ckpt=cfg.ckpt,
+        logging_args=cfg.logging,
+        eval_set=eval_set,
+        config=flat,
+    )
+    fit(run)
+    if cfg.rm.normalize_reward:
+        store_normalization(trainer, strategy, train_set, collate, cfg.optim.micro_train_batch_size)
+    if strategy.is_rank_0():
+        final = save_pretrained_atomic(strategy.unwrap(model), tokenizer, f"{cfg.ckpt.save_path}/final")
+        acc = [h["acc"] for h in run.state.history]
+        print(
+            f"train_rm: {run.state.global_step} steps, last accuracy {acc[-1] if acc else float('nan'):.3f}; "
+            f"model saved to {final}"
+        )
+    strategy.cleanup()
+    return run
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(lambda a: train(parse_args(a)), argv, "train_rm")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,115 @@
+"""train_sft: supervised fine-tuning of a causal LM.
+
+Loss: mean next-token NLL over response tokens (prompt tokens masked), or over every token with
+--pretrain_mode. --packing_samples packs a micro-batch into one row with block-diagonal attention, which
+gives the same loss as padding. Runs on one CPU/GPU, or data-parallel under torchrun.
+
+    repulse train_sft --save_path runs/sft --max_epochs 1            # embedded tiny LM + data
+    repulse train_sft --pretrain HuggingFaceTB/SmolLM2-135M-Instruct --dataset data.jsonl \\
+        --input_key prompt --output_key response --apply_chat_template --lora_rank 8 --save_path runs/sft
+    torchrun --nproc_per_node 2 -m repulse.cli.train_sft --train_batch_size 16 --micro_train_batch_size 4
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from repulse.cli.runner import run_cli, write_resolved_config
+from repulse.config.common import CheckpointArgs, DataArgs, LoggingArgs, LoraArgs, ModelArgs, OptimArgs, StrategyArgs
+from repulse.config.parser import parse_groups, to_flat_dict
+from repulse.config.sft import SFTArgs
+
+
+class SFTConfig(NamedTuple):
+    model: ModelArgs
+    lora: LoraArgs
+    data: DataArgs
+    optim: OptimArgs
+    strategy: StrategyArgs
+    ckpt: CheckpointArgs
+    logging: LoggingArgs
+    sft: SFTArgs
+
+
+GROUPS = (ModelArgs, LoraArgs, DataArgs, OptimArgs, StrategyArgs, CheckpointArgs, LoggingArgs, SFTArgs)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> SFTConfig:
+    return SFTConfig(*parse_groups(GROUPS, argv, description=__doc__))
+
+
+def build_datasets(cfg: SFTConfig, tokenizer):
+    from repulse.assets import default_dataset
+    from repulse.data.loading import load_rows
+    from repulse.data.sft import SFTDataset
+
+    d = cfg.data
+    keys = [d.input_key] + ([d.output_key] if d.output_key and not cfg.sft.pretrain_mode else [])
+    default = default_dataset("pretrain" if cfg.sft.pretrain_mode else "sft")
+    kwargs = dict(
+        input_key=d.input_key,
+        output_key=d.output_key,
+        input_template=d.input_template,
+        apply_chat_template=d.apply_chat_template,
+        pretrain_mode=cfg.sft.pretrain_mode,
+    )
+    train = SFTDataset(load_rows(d, keys, default, seed=cfg.optim.seed), tokenizer, d.max_len, **kwargs)
+    eval_rows = load_rows(d, keys, None, seed=cfg.optim.seed, eval_split=True)
+    evaluation = SFTDataset(eval_rows, tokenizer, d.max_len, **kwargs) if eval_rows is not None else None
+    return train, evaluation
+
+
+def train(cfg: SFTConfig):
+    from repulse.assets import TINY_LM_DIR
+    from repulse.data.collate import PackCollator, PadCollator
+    from repulse.distributed.launch import make_strategy
+    from repulse.infra.seed import set_seed
+    from repulse.models.load import load_causal_lm, load_tokenizer, resolve_model_path, save_pretrained_atomic
+    from repulse.trainers.session import build_run, fit
+    from repulse.trainers.sft import SFTTrainer
+
+    strategy = make_strategy(cfg.strategy.dist_backend, cfg.strategy.zero_stage, cfg.strategy.adam_offload)
+    set_seed(cfg.optim.seed)
+    path = resolve_model_path(cfg.model.pretrain, TINY_LM_DIR)
+    tokenizer = load_tokenizer(
+        path, use_fast=not cfg.model.disable_fast_tokenizer, chat_template=cfg.data.tokenizer_chat_template
+    )
+    model = strategy.prepare(load_causal_lm(path, cfg.model, cfg.lora))
+    train_set, eval_set = build_datasets(cfg, tokenizer)
+    collate = (
+        PackCollator(not cfg.model.flash_attn) if cfg.data.packing_samples else PadCollator(tokenizer.pad_token_id)
+    )
+    flat = to_flat_dict(*cfg)
+    if strategy.is_rank_0():
+        write_resolved_config(cfg.ckpt.save_path, flat)
+    run = build_run(
+        SFTTrainer(model),
+        strategy,
+        train_set,
+        collate,
+        optim=cfg.optim,
+        ckpt=cfg.ckpt,
+        logging_args=cfg.logging,
+        eval_set=eval_set,
+        config=flat,
+    )
+    fit(run)
+    if strategy.is_rank_0():
+        final = save_pretrained_atomic(strategy.unwrap(model), tokenizer, f"{cfg.ckpt.save_path}/final")
+        print(f"train_sft: {run.state.global_step} steps, final loss {last(run, 'loss'):.4f}; model saved to {final}")
+    strategy.cleanup()
+    return run
+
+
+def last(run, key: str) -> float:
+    values = [h[key] for h in run.state.history if key in h]
+    return values[-1] if values else float("nan")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(lambda a: train(parse_args(a)), argv, "train_sft")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

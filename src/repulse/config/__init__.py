@@ -1,0 +1,1 @@
+"""Typed flag groups (stdlib only), the parser and cross-group validation."""

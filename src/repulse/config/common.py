@@ -1,0 +1,151 @@
+"""Flag groups shared by the training commands. Names are the OpenRLHF / RePULSe flags, verbatim."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from repulse.config.fields import arg, require
+
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_min_lr", "constant", "constant_with_warmup")
+
+
+@dataclass
+class ModelArgs:
+    pretrain: str | None = arg(None, "Model folder or hub name. Default: the embedded tiny LM (or RM for train_rm).")
+    bf16: bool = arg(False, "Load and train in bfloat16 (CPUs with AVX512-BF16 and any recent GPU).")
+    flash_attn: bool = arg(False, "Use FlashAttention-2 (needs a CUDA GPU and the flash-attn package).")
+    load_in_4bit: bool = arg(False, "Load the base weights in 4-bit NF4 (bitsandbytes, [gpu] extra); needs LoRA.")
+    gradient_checkpointing: bool = arg(False, "Recompute activations in the backward pass to save memory.")
+    disable_fast_tokenizer: bool = arg(False, "Use the slow (Python) tokenizer when one exists.")
+
+
+@dataclass
+class LoraArgs:
+    lora_rank: int = arg(0, "LoRA rank; 0 trains all weights.")
+    lora_alpha: int = arg(16, "LoRA scaling alpha.")
+    lora_dropout: float = arg(0.0, "Dropout on the LoRA branch.")
+    target_modules: list[str] = arg(["all-linear"], "Modules that get LoRA adapters ('all-linear' = every linear).")
+
+    def __post_init__(self) -> None:
+        require(self.lora_rank >= 0, f"--lora_rank must be >= 0, got {self.lora_rank}")
+        require(0.0 <= self.lora_dropout < 1.0, f"--lora_dropout must be in [0, 1), got {self.lora_dropout}")
+
+
+@dataclass
+class DataArgs:
+    dataset: str | None = arg(None, "Comma-separated data files, folders or hub names. Default: embedded tiny data.")
+    dataset_probs: str = arg("1.0", "Comma-separated sampling probabilities for blending --dataset entries.")
+    dataset_split: str = arg("train", "Split to read from each dataset.")
+    eval_dataset: str | None = arg(None, "Comma-separated evaluation datasets (same format as --dataset).")
+    eval_split: str = arg("train", "Split to read from each eval dataset.")
+    input_key: str = arg("input", "JSON key of the prompt / input text.")
+    output_key: str | None = arg("output", "JSON key of the response (SFT); unset in --pretrain_mode corpora.")
+    input_template: str | None = arg(None, "Template with one '{}' for the prompt, e.g. 'User: {}\\nAssistant: '.")
+    apply_chat_template: bool = arg(False, "Format prompts with the tokenizer's chat template.")
+    tokenizer_chat_template: str | None = arg(None, "Override the tokenizer's chat template (a Jinja string).")
+    max_len: int = arg(512, "Maximum tokens per example (prompt + response); longer ones are truncated.")
+    max_samples: int = arg(100_000_000, "Use at most this many examples from the blended dataset.")
+    packing_samples: bool = arg(False, "Pack several examples into one row (block-diagonal attention).")
+
+    def __post_init__(self) -> None:
+        require(self.max_len >= 2, f"--max_len must be >= 2, got {self.max_len}")
+        require(self.max_samples >= 1, f"--max_samples must be >= 1, got {self.max_samples}")
+        if self.input_template is not None:
+            require("{}" in self.input_template, "--input_template must contain '{}' where the prompt goes")
+
+    def probabilities(self) -> list[float]:
+        """--dataset_probs as floats, one per --dataset entry (checked against the dataset list)."""
+        try:
+            probs = [float(p) for p in self.dataset_probs.split(",")]
+        except ValueError as err:
+            raise_probs(self.dataset_probs, f"not numbers ({err})")
+        names = self.dataset.split(",") if self.dataset else [""]
+        if len(probs) != len(names):
+            raise_probs(self.dataset_probs, f"{len(probs)} values for {len(names)} datasets")
+        if any(p <= 0 for p in probs) or abs(sum(probs) - 1.0) > 1e-6:
+            raise_probs(self.dataset_probs, "each must be > 0 and they must sum to 1")
+        return probs
+
+
+def raise_probs(value: str, why: str) -> None:
+    require(False, f"--dataset_probs {value!r}: {why}")
+
+
+@dataclass
+class OptimArgs:
+    learning_rate: float = arg(5e-6, "Peak learning rate.")
+    lr_scheduler: str = arg("cosine_with_min_lr", f"Learning-rate schedule: one of {', '.join(LR_SCHEDULERS)}.")
+    lr_warmup_ratio: float = arg(0.03, "Fraction of the optimizer steps used for linear warm-up.")
+    min_lr_ratio: float = arg(0.1, "cosine_with_min_lr: the final learning rate as a fraction of the peak.")
+    adam_betas: list[float] = arg([0.9, 0.95], "Adam betas (two floats).")
+    l2: float = arg(0.0, "Weight decay.")
+    max_norm: float = arg(1.0, "Gradient clipping norm; 0 disables clipping.")
+    micro_train_batch_size: int = arg(8, "Examples per forward pass on each process.")
+    train_batch_size: int = arg(128, "Examples per optimizer step over all processes (sets gradient accumulation).")
+    max_epochs: int = arg(1, "Passes over the training data.")
+    seed: int = arg(42, "Seed for data order, initialisation of new heads, dropout and sampling.")
+
+    def __post_init__(self) -> None:
+        require(self.learning_rate > 0, f"--learning_rate must be > 0, got {self.learning_rate}")
+        require(self.lr_scheduler in LR_SCHEDULERS, f"--lr_scheduler must be one of {LR_SCHEDULERS}")
+        require(0 <= self.lr_warmup_ratio < 1, f"--lr_warmup_ratio must be in [0, 1), got {self.lr_warmup_ratio}")
+        require(len(self.adam_betas) == 2, f"--adam_betas takes two floats, got {self.adam_betas}")
+        require(self.micro_train_batch_size >= 1, "--micro_train_batch_size must be >= 1")
+        require(self.max_epochs >= 1, f"--max_epochs must be >= 1, got {self.max_epochs}")
+
+    def accumulation_steps(self, world_size: int) -> int:
+        """Micro-batches per optimizer step on each process."""
+        per_step = self.micro_train_batch_size * world_size
+        require(
+            self.train_batch_size % per_step == 0,
+            f"--train_batch_size {self.train_batch_size} must be a multiple of --micro_train_batch_size x "
+            f"processes = {per_step}",
+        )
+        return self.train_batch_size // per_step
+
+
+@dataclass
+class StrategyArgs:
+    zero_stage: int = arg(
+        2,
+        "DeepSpeed ZeRO stage (0-3). With one process, or under torchrun DDP, partitioning "
+        "does not change the numbers, and the log says so.",
+    )
+    adam_offload: bool = arg(False, "Offload Adam states to CPU (needs the DeepSpeed strategy).")
+    local_rank: int = arg(-1, "Set by the deepspeed launcher; torchrun uses the LOCAL_RANK variable instead.")
+    dist_backend: str = arg(
+        "auto", "torch.distributed backend under torchrun: auto (nccl on GPU, gloo on CPU), nccl or gloo."
+    )
+
+    def __post_init__(self) -> None:
+        require(self.zero_stage in (0, 1, 2, 3), f"--zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        require(self.dist_backend in ("auto", "nccl", "gloo"), "--dist_backend must be auto, nccl or gloo")
+
+
+@dataclass
+class CheckpointArgs:
+    save_path: str = arg("./ckpt", "Output folder: config.yaml, metrics.jsonl and final/ (Hugging Face format).")
+    ckpt_path: str | None = arg(None, "Folder for resumable training checkpoints. Default: <save_path>/checkpoints.")
+    load_checkpoint: bool = arg(False, "Resume from the newest checkpoint in --ckpt_path.")
+    max_ckpt_num: int = arg(3, "Keep at most this many checkpoints (oldest deleted first).")
+    save_steps: int = arg(-1, "Save a resumable checkpoint every N optimizer steps (-1: only at the end).")
+
+    def __post_init__(self) -> None:
+        require(self.max_ckpt_num >= 1, f"--max_ckpt_num must be >= 1, got {self.max_ckpt_num}")
+
+    def checkpoint_dir(self) -> str:
+        return self.ckpt_path or f"{self.save_path}/checkpoints"
+
+
+@dataclass
+class LoggingArgs:
+    logging_steps: int = arg(1, "Log metrics every N optimizer steps.")
+    eval_steps: int = arg(-1, "Evaluate every N optimizer steps (-1: once per epoch, when an eval set exists).")
+    use_wandb: str | None = arg(None, "Log to Weights & Biases: 'offline', or 'True'/an API key for online runs.")
+    wandb_project: str = arg("repulse", "Weights & Biases project.")
+    wandb_run_name: str | None = arg(None, "Weights & Biases run name (default: the save_path folder name).")
+    use_tensorboard: str | None = arg(None, "Write TensorBoard event files to this folder.")
+    disable_progress_bar: bool = arg(False, "Hide the tqdm progress bar.")
+
+    def __post_init__(self) -> None:
+        require(self.logging_steps >= 1, f"--logging_steps must be >= 1, got {self.logging_steps}")

@@ -1,0 +1,23 @@
+"""Flags of train_rm."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from repulse.config.fields import arg, require
+
+RM_LOSSES = ("sigmoid", "logexp")
+
+
+@dataclass
+class RMArgs:
+    prompt_key: str | None = arg(None, "JSON key of the prompt (unset: chosen/rejected hold the whole text).")
+    chosen_key: str = arg("chosen", "JSON key of the preferred response.")
+    rejected_key: str = arg("rejected", "JSON key of the dispreferred response.")
+    margin_key: str | None = arg(None, "Optional JSON key of a per-pair margin m in -log sigmoid(r_c - r_r - m).")
+    loss: str = arg("sigmoid", "Pairwise loss: sigmoid (Bradley-Terry, -log sigmoid(r_c - r_r)) or logexp.")
+    value_head_prefix: str = arg("score", "Name of the reward head module in the saved model (HF uses 'score').")
+    normalize_reward: bool = arg(False, "Store the mean/std of training rewards in the config; scores are normalised.")
+
+    def __post_init__(self) -> None:
+        require(self.loss in RM_LOSSES, f"--loss must be one of {RM_LOSSES}, got {self.loss!r}")

@@ -1,0 +1,1 @@
+"""Text to tensors: loading and blending datasets, templates, one dataset module per format, collators."""

@@ -1,0 +1,80 @@
+"""Preference pairs (prompt, chosen, rejected) for reward models and DPO."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch.utils.data import Dataset
+
+from repulse.data.collate import pad_sequences
+from repulse.data.templates import format_pair
+from repulse.data.tokenize import encode_pair
+from repulse.infra.errors import DataError
+
+log = logging.getLogger("repulse")
+
+
+class PreferenceDataset(Dataset):
+    """Items {chosen_ids, rejected_ids: LongTensor, prompt_len: int, margin: float}."""
+
+    def __init__(
+        self,
+        rows,
+        tokenizer,
+        max_len: int,
+        *,
+        prompt_key: str | None = "prompt",
+        chosen_key: str = "chosen",
+        rejected_key: str = "rejected",
+        margin_key: str | None = None,
+        input_template: str | None = None,
+        apply_chat_template: bool = False,
+    ) -> None:
+        self.items: list[dict] = []
+        for row in rows:
+            prompt = row[prompt_key] if prompt_key else ""
+            if apply_chat_template and not prompt_key:
+                raise DataError("--apply_chat_template on preference data needs --prompt_key")
+            chosen_p, chosen_r = format_pair(
+                prompt, row[chosen_key], tokenizer, input_template=input_template, chat=apply_chat_template
+            )
+            _, rejected_r = format_pair(
+                prompt, row[rejected_key], tokenizer, input_template=input_template, chat=apply_chat_template
+            )
+            chosen_ids, prompt_len = encode_pair(tokenizer, chosen_p, chosen_r, max_len)
+            rejected_ids, _ = encode_pair(tokenizer, chosen_p, rejected_r, max_len)
+            margin = float(row[margin_key]) if margin_key else 0.0
+            self.items.append(
+                {
+                    "chosen_ids": torch.tensor(chosen_ids, dtype=torch.long),
+                    "rejected_ids": torch.tensor(rejected_ids, dtype=torch.long),
+                    "prompt_len": prompt_len,
+                    "margin": margin,
+                }
+            )
+        if not self.items:
+            raise DataError("preference data: no examples")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.items[index]
+
+
+class PairCollator:
+    """Chosen rows then rejected rows in one right-padded batch [2B, S], so one forward scores both."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
+        seqs = [it["chosen_ids"] for it in items] + [it["rejected_ids"] for it in items]
+        masks = [torch.ones(len(s), dtype=torch.long) for s in seqs]
+        return {
+            "input_ids": pad_sequences(seqs, self.pad_id),
+            "attention_mask": pad_sequences(masks, 0),
+            "prompt_lens": torch.tensor([it["prompt_len"] for it in items] * 2),
+            "margin": torch.tensor([it["margin"] for it in items], dtype=torch.float32),
+        }

@@ -1,0 +1,1 @@
+"""Strategies: the only code that talks to torch.distributed (and, later, DeepSpeed)."""

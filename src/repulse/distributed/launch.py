@@ -1,0 +1,34 @@
+"""Pick the strategy for this launch from the environment torchrun (or nothing) set."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from repulse.distributed.strategy import SingleProcessStrategy
+from repulse.infra.errors import UserError
+
+log = logging.getLogger("repulse")
+
+
+def make_strategy(backend: str = "auto", zero_stage: int = 0, adam_offload: bool = False) -> Any:
+    """The strategy for this launch: DDP when torchrun set WORLD_SIZE > 1, else a single process."""
+    if adam_offload:
+        raise UserError("--adam_offload needs the DeepSpeed strategy, which this version does not ship yet")
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if zero_stage > 0:
+        log.info(
+            "--zero_stage %d: ZeRO partitioning needs the DeepSpeed strategy; with %s it does not change the "
+            "numbers, only the memory layout",
+            zero_stage,
+            "torch DDP" if distributed else "one process",
+        )
+    if distributed:
+        from repulse.distributed.torch_ddp import DDPStrategy
+
+        strategy = DDPStrategy(backend)
+    else:
+        strategy = SingleProcessStrategy()
+    strategy.setup_distributed()
+    return strategy

@@ -1,0 +1,1 @@
+"""Metrics logging, checkpointing, seeding, atomic writes and user-facing errors."""

@@ -1,0 +1,1 @@
+"""Pure objectives: tensors in, tensors out. Import only torch."""

@@ -1,0 +1,1 @@
+"""Loading models and tokenizers, per-token log-probs, reward/value heads."""

@@ -1,0 +1,141 @@
+"""Load causal LMs and tokenizers from a folder or hub name, with dtype, attention, 4-bit and LoRA options."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from repulse.config.common import LoraArgs, ModelArgs
+from repulse.infra.errors import ModelLoadError, UserError, require_package
+
+log = logging.getLogger("repulse")
+
+
+def resolve_model_path(pretrain: str | None, default_dir: Path, what: str = "model") -> str:
+    """The --pretrain value, or the embedded default (announced in the log) when none is given."""
+    if pretrain:
+        return pretrain
+    log.info("no %s given: using the embedded default %s", what, default_dir)
+    if not default_dir.exists():
+        raise ModelLoadError(f"embedded {what} {default_dir} is missing: run `python scripts/build_assets.py`")
+    return str(default_dir)
+
+
+def check_loadable(path: str) -> None:
+    """A clear error for a path that is neither a folder nor a plausible hub name."""
+    p = Path(path)
+    looks_local = path.startswith((".", "/", "~")) or p.exists() or path.count("/") > 1
+    if looks_local and not p.is_dir():
+        raise ModelLoadError(f"model path {path!r} is not a folder")
+
+
+def load_tokenizer(path: str, *, use_fast: bool = True, padding_side: str = "right", chat_template: str | None = None):
+    from transformers import AutoTokenizer
+
+    check_loadable(path)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, use_fast=use_fast, padding_side=padding_side)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"cannot load a tokenizer from {path!r}: {first_line(err)}") from err
+    if tok.pad_token is None:
+        # OpenRLHF convention: pad with EOS; masks keep padding out of every loss.
+        tok.pad_token = tok.eos_token
+    if chat_template:
+        tok.chat_template = chat_template
+    return tok
+
+
+def first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def model_load_kwargs(model_args: ModelArgs) -> dict[str, Any]:
+    """dtype, attention implementation and quantization, with clear errors for GPU-only options."""
+    kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if model_args.bf16 else torch.float32}
+    if model_args.flash_attn:
+        if not torch.cuda.is_available():
+            raise UserError("--flash_attn needs a CUDA GPU; this machine has none (sdpa is used without the flag)")
+        require_package("flash_attn", "gpu", "--flash_attn")
+        kwargs["attn_implementation"] = "flash_attention_2"
+    else:
+        kwargs["attn_implementation"] = "sdpa"
+    if model_args.load_in_4bit:
+        require_package("bitsandbytes", "gpu", "--load_in_4bit")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=kwargs["dtype"],
+        )
+    return kwargs
+
+
+def load_causal_lm(path: str, model_args: ModelArgs, lora: LoraArgs | None = None, *, trainable: bool = True):
+    """A causal LM ready to train (LoRA and gradient checkpointing applied) or to score (`trainable=False`)."""
+    from transformers import AutoModelForCausalLM
+
+    check_loadable(path)
+    if model_args.load_in_4bit and trainable and (lora is None or lora.lora_rank == 0):
+        raise UserError("--load_in_4bit trains only through LoRA adapters: also set --lora_rank")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **model_load_kwargs(model_args))
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"cannot load a causal LM from {path!r}: {first_line(err)}") from err
+    return finish_model(model, model_args, lora, trainable=trainable, task_type="CAUSAL_LM")
+
+
+def finish_model(model, model_args: ModelArgs, lora: LoraArgs | None, *, trainable: bool, task_type: str):
+    """Apply LoRA / gradient checkpointing for training, or freeze for scoring."""
+    if not trainable:
+        model.eval()
+        model.requires_grad_(False)
+        return model
+    if model_args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if lora is not None and lora.lora_rank > 0:
+        model = apply_lora(model, lora, task_type)
+    model.train()
+    return model
+
+
+def apply_lora(model, lora: LoraArgs, task_type: str):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if getattr(model, "is_loaded_in_4bit", False):
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    targets: Any = lora.target_modules
+    if targets == ["all-linear"]:
+        targets = "all-linear"
+    config = LoraConfig(
+        r=lora.lora_rank,
+        lora_alpha=lora.lora_alpha,
+        lora_dropout=lora.lora_dropout,
+        target_modules=targets,
+        task_type=task_type,
+        bias="none",
+    )
+    try:
+        model = get_peft_model(model, config)
+    except ValueError as err:
+        raise UserError(f"--target_modules {lora.target_modules}: {first_line(err)}") from err
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("LoRA rank %d on %s: %d trainable parameters", lora.lora_rank, targets, n_train)
+    return model
+
+
+def save_pretrained_atomic(model, tokenizer, path: str | Path) -> Path:
+    """Hugging Face format (an adapter folder for LoRA), written to a temp folder then renamed."""
+    from repulse.infra.files import write_dir_atomic
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+
+    return write_dir_atomic(path, write)

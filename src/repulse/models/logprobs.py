@@ -1,0 +1,26 @@
+"""Forward passes that return per-token log-probabilities of given tokens."""
+
+from __future__ import annotations
+
+import torch
+
+from repulse.losses.lm import token_log_probs
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding: 0 at each row's first real token."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def forward_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra) -> torch.Tensor:
+    """Logits [B, S, V] with position ids that respect left padding (unless given, e.g. for packing)."""
+    if "position_ids" not in extra and attention_mask is not None and attention_mask.dim() == 2:
+        extra["position_ids"] = position_ids_from_mask(attention_mask)
+    return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra).logits
+
+
+def response_log_probs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_actions: int) -> torch.Tensor:
+    """log p of the last `num_actions` tokens of each row given everything before them -> [B, num_actions]."""
+    logits = forward_logits(model, input_ids, attention_mask)
+    logps = token_log_probs(logits[:, :-1], input_ids[:, 1:])
+    return logps[:, -num_actions:]

@@ -1,0 +1,113 @@
+"""Reward / critic models: a transformers sequence-regression model whose head is scored at the last token.
+
+The head is looked up by `--value_head_prefix` (transformers names it `score` for GPT-2, Llama, Qwen ...).
+Normalization statistics live in the model config (`normalize_reward`, `mean`, `std`) so that the saved folder
+carries them to every consumer (train_ppo, serve_rm, batch_inference).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from repulse.config.common import LoraArgs, ModelArgs
+from repulse.infra.errors import ModelLoadError, UserError
+from repulse.models.load import check_loadable, first_line, model_load_kwargs
+from repulse.models.logprobs import position_ids_from_mask
+
+log = logging.getLogger("repulse")
+
+
+def load_reward_model(
+    path: str,
+    model_args: ModelArgs,
+    lora: LoraArgs | None = None,
+    *,
+    value_head_prefix: str = "score",
+    trainable: bool = False,
+):
+    """A sequence-regression model with one output. From a causal LM folder the head is new (seeded init)."""
+    from transformers import AutoModelForSequenceClassification
+
+    check_loadable(path)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **model_load_kwargs(model_args))
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"cannot load a reward model from {path!r}: {first_line(err)}") from err
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = model.config.eos_token_id
+    value_head(model, value_head_prefix)
+    if not trainable:
+        model.eval()
+        model.requires_grad_(False)
+        return model
+    if model_args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if lora is not None and lora.lora_rank > 0:
+        from repulse.models.load import apply_lora
+
+        model = apply_lora(model, lora, "SEQ_CLS")
+        # The new head must train too; peft keeps a trainable copy of modules named in modules_to_save.
+        for name, param in model.named_parameters():
+            if f".{value_head_prefix}." in name and "modules_to_save" in name:
+                param.requires_grad_(True)
+    model.train()
+    return model
+
+
+def hf_model(model):
+    """The transformers model under a peft / DDP wrapper (LoRA layers stay injected in it)."""
+    model = getattr(model, "module", model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def value_head(model, prefix: str) -> torch.nn.Module:
+    base = hf_model(model)
+    head = getattr(base, prefix, None)
+    if not isinstance(head, torch.nn.Module):
+        names = [n for n, _ in base.named_children()]
+        raise UserError(f"--value_head_prefix {prefix!r}: the model has no such module (it has {names})")
+    return head
+
+
+def token_values(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, value_head_prefix: str = "score", **extra
+) -> torch.Tensor:
+    """The head applied at every position -> [B, S] (a critic's per-token values)."""
+    base = hf_model(model)
+    backbone = getattr(base, base.base_model_prefix)
+    if "position_ids" not in extra and attention_mask.dim() == 2:
+        extra["position_ids"] = position_ids_from_mask(attention_mask)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra).last_hidden_state
+    return value_head(model, value_head_prefix)(hidden).squeeze(-1).float()
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of each row's last real token, for left or right padding -> [B]."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (positions * attention_mask.long()).argmax(dim=1)
+
+
+def sequence_rewards(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    value_head_prefix: str = "score",
+    normalize: bool = True,
+) -> torch.Tensor:
+    """One reward per row, read at its last real token -> [B]; normalised when the config says so."""
+    values = token_values(model, input_ids, attention_mask, value_head_prefix)
+    rewards = values.gather(1, last_token_index(attention_mask).unsqueeze(1)).squeeze(1)
+    config = hf_model(model).config
+    if normalize and getattr(config, "normalize_reward", False):
+        rewards = (rewards - config.mean) / config.std
+    return rewards
+
+
+def store_reward_normalization(model, mean: float, std: float) -> None:
+    config = hf_model(model).config
+    config.normalize_reward = True
+    config.mean = float(mean)
+    config.std = float(max(std, 1e-8))
+    log.info("reward normalization stored in the config: mean %.4f std %.4f", config.mean, config.std)

@@ -1,0 +1,1 @@
+"""One training loop and one small trainer per algorithm."""
