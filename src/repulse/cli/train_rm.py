@@ -39,7 +39,6 @@ def parse_args(argv: Sequence[str] | None = None) -> RMConfig:
 
 
 def build_datasets(cfg: RMConfig, tokenizer):
-    from repulse.assets import default_dataset
     from repulse.data.loading import load_rows
     from repulse.data.preference import PreferenceDataset
 
@@ -53,7 +52,7 @@ def build_datasets(cfg: RMConfig, tokenizer):
         input_template=d.input_template,
         apply_chat_template=d.apply_chat_template,
     )
-    rows = load_rows(d, keys, default_dataset("preference"), seed=cfg.optim.seed)
+    rows = load_rows(d, keys, "preference", seed=cfg.optim.seed)
     train = PreferenceDataset(rows, tokenizer, d.max_len, **kwargs)
     eval_rows = load_rows(d, keys, None, seed=cfg.optim.seed, eval_split=True)
     return train, (PreferenceDataset(eval_rows, tokenizer, d.max_len, **kwargs) if eval_rows is not None else None)
@@ -77,7 +76,6 @@ def store_normalization(trainer, strategy, dataset, collate, batch_size: int) ->
 
 
 def train(cfg: RMConfig):
-    from repulse.assets import TINY_LM_DIR
     from repulse.data.preference import PairCollator
     from repulse.distributed.launch import make_strategy
     from repulse.infra.seed import set_seed
@@ -88,7 +86,7 @@ def train(cfg: RMConfig):
 
     strategy = make_strategy(cfg.strategy.dist_backend, cfg.strategy.zero_stage, cfg.strategy.adam_offload)
     set_seed(cfg.optim.seed)
-    path = resolve_model_path(cfg.model.pretrain, TINY_LM_DIR)
+    path = resolve_model_path(cfg.model.pretrain)
     tokenizer = load_tokenizer(
         path, use_fast=not cfg.model.disable_fast_tokenizer, chat_template=cfg.data.tokenizer_chat_template
     )

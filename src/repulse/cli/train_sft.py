@@ -40,13 +40,14 @@ def parse_args(argv: Sequence[str] | None = None) -> SFTConfig:
 
 
 def build_datasets(cfg: SFTConfig, tokenizer):
-    from repulse.assets import default_dataset
     from repulse.data.loading import load_rows
     from repulse.data.sft import SFTDataset
 
     d = cfg.data
+    # --pretrain_mode trains on input + output when the data has an output column, else on input alone.
     keys = [d.input_key] + ([d.output_key] if d.output_key and not cfg.sft.pretrain_mode else [])
-    default = default_dataset("pretrain" if cfg.sft.pretrain_mode else "sft")
+    optional = [d.output_key] if d.output_key else []
+    default = "pretrain" if cfg.sft.pretrain_mode else "sft"
     kwargs = dict(
         input_key=d.input_key,
         output_key=d.output_key,
@@ -54,14 +55,15 @@ def build_datasets(cfg: SFTConfig, tokenizer):
         apply_chat_template=d.apply_chat_template,
         pretrain_mode=cfg.sft.pretrain_mode,
     )
-    train = SFTDataset(load_rows(d, keys, default, seed=cfg.optim.seed), tokenizer, d.max_len, **kwargs)
-    eval_rows = load_rows(d, keys, None, seed=cfg.optim.seed, eval_split=True)
+    train = SFTDataset(
+        load_rows(d, keys, default, seed=cfg.optim.seed, optional=optional), tokenizer, d.max_len, **kwargs
+    )
+    eval_rows = load_rows(d, keys, None, seed=cfg.optim.seed, eval_split=True, optional=optional)
     evaluation = SFTDataset(eval_rows, tokenizer, d.max_len, **kwargs) if eval_rows is not None else None
     return train, evaluation
 
 
 def train(cfg: SFTConfig):
-    from repulse.assets import TINY_LM_DIR
     from repulse.data.collate import PackCollator, PadCollator
     from repulse.distributed.launch import make_strategy
     from repulse.infra.seed import set_seed
@@ -71,7 +73,7 @@ def train(cfg: SFTConfig):
 
     strategy = make_strategy(cfg.strategy.dist_backend, cfg.strategy.zero_stage, cfg.strategy.adam_offload)
     set_seed(cfg.optim.seed)
-    path = resolve_model_path(cfg.model.pretrain, TINY_LM_DIR)
+    path = resolve_model_path(cfg.model.pretrain)
     tokenizer = load_tokenizer(
         path, use_fast=not cfg.model.disable_fast_tokenizer, chat_template=cfg.data.tokenizer_chat_template
     )

@@ -60,11 +60,13 @@ def blend_datasets(
     probabilities: Sequence[float],
     columns: Sequence[str],
     *,
+    optional: Sequence[str] = (),
     split: str = "train",
     seed: int = 42,
     max_samples: int | None = None,
 ):
-    """Load each source, keep `columns`, interleave with the given probabilities, cap at max_samples.
+    """Load each source, keep `columns` (and the `optional` ones every source has), interleave with the
+    given probabilities, cap at max_samples.
 
     Blending samples until every source is exhausted (the smaller ones repeat), as OpenRLHF does.
     """
@@ -72,13 +74,15 @@ def blend_datasets(
 
     if len(names) != len(probabilities):
         raise DataError(f"--dataset_probs has {len(probabilities)} values for {len(names)} datasets")
-    parts = []
+    loaded = []
     for name in names:
         ds = load_source(name, split)
         require_columns(ds, columns, name)
         if len(ds) == 0:
             raise DataError(f"dataset {name}: empty")
-        parts.append(ds.select_columns(list(columns)))
+        loaded.append(ds)
+    extra = [c for c in optional if c not in columns and all(c in ds.column_names for ds in loaded)]
+    parts = [ds.select_columns([*columns, *extra]) for ds in loaded]
     if len(parts) == 1:
         blended = parts[0]
     else:
@@ -91,8 +95,17 @@ def blend_datasets(
     return blended
 
 
-def load_rows(data_args, columns: Sequence[str], default: str | None, *, seed: int, eval_split: bool = False):
-    """The blended training (or eval) rows that DataArgs describe; the embedded default when none is given.
+def load_rows(
+    data_args,
+    columns: Sequence[str],
+    default: str | None,
+    *,
+    seed: int,
+    eval_split: bool = False,
+    optional: Sequence[str] = (),
+):
+    """The blended training (or eval) rows that DataArgs describe; the embedded dataset of kind `default`
+    (see repulse.assets.DEFAULT_DATASETS) when none is given.
 
     Returns None for an eval set that was not asked for.
     """
@@ -102,9 +115,13 @@ def load_rows(data_args, columns: Sequence[str], default: str | None, *, seed: i
             return None
         if default is None:
             raise DataError("no --dataset given and no embedded default for this command")
-        log.info("no --dataset given: using the embedded default %s", default)
-        names = default
+        from repulse.assets import default_dataset
+
+        names = default_dataset(default)
+        log.info("no --dataset given: using the embedded default %s", names)
     split = data_args.eval_split if eval_split else data_args.dataset_split
     sources = names.split(",")
     probs = data_args.probabilities() if not eval_split else [1.0 / len(sources)] * len(sources)
-    return blend_datasets(sources, probs, columns, split=split, seed=seed, max_samples=data_args.max_samples)
+    return blend_datasets(
+        sources, probs, columns, optional=optional, split=split, seed=seed, max_samples=data_args.max_samples
+    )

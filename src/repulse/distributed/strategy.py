@@ -78,7 +78,9 @@ class SingleProcessStrategy:
 
     def train_dataloader(self, dataset: Dataset, micro: int, accum: int, collate: Callable, seed: int) -> DataLoader:
         sampler = GlobalBatchSampler(len(dataset), micro, accum, self.world_size, self.rank, shuffle=True, seed=seed)
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
+        # A private generator: each DataLoader iterator draws a base seed, which must not advance the global
+        # RNG (dropout), or a resumed run would diverge from an uninterrupted one.
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, generator=torch.Generator())
 
     def eval_dataloader(self, dataset: Dataset, batch_size: int, collate: Callable) -> DataLoader:
         sampler = ShardSampler(len(dataset), batch_size, self.world_size, self.rank)

@@ -14,10 +14,13 @@ from repulse.infra.errors import ModelLoadError, UserError, require_package
 log = logging.getLogger("repulse")
 
 
-def resolve_model_path(pretrain: str | None, default_dir: Path, what: str = "model") -> str:
-    """The --pretrain value, or the embedded default (announced in the log) when none is given."""
+def resolve_model_path(pretrain: str | None, default: str = "tiny_lm", what: str = "model") -> str:
+    """The --pretrain value, or the embedded default model folder `default` (announced in the log)."""
     if pretrain:
         return pretrain
+    from repulse.assets import ASSETS_DIR
+
+    default_dir = ASSETS_DIR / default
     log.info("no %s given: using the embedded default %s", what, default_dir)
     if not default_dir.exists():
         raise ModelLoadError(f"embedded {what} {default_dir} is missing: run `python scripts/build_assets.py`")

@@ -1,0 +1,1 @@
+"""The one generate() used by every command, trainer, attack and evaluation."""

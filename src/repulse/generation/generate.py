@@ -1,0 +1,121 @@
+"""Batched sampling from a causal LM (Hugging Face backend): left-padded prompts, responses with masks and text.
+
+Sampling settings are passed explicitly (never taken from the model's generation_config), so that
+`temperature=1, top_p=1, top_k=0` is exact ancestral sampling, as the probability estimates assume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from repulse.data.collate import pad_sequences
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    greedy: bool = False
+    num_samples: int = 1
+    repetition_penalty: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not self.greedy and self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class GenerationOutput:
+    """N = prompts x num_samples rows, grouped by prompt (row i belongs to prompt_index[i]).
+
+    sequences [N, P + T]: left-padded prompt then response (padded after EOS); attention_mask [N, P + T];
+    response_ids [N, T]; response_mask [N, T] true up to and including the first EOS; texts: decoded responses.
+    """
+
+    sequences: torch.Tensor
+    attention_mask: torch.Tensor
+    prompt_width: int
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+    texts: list[str]
+    prompt_index: torch.Tensor
+
+
+def response_mask_from_ids(response_ids: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:
+    """True for tokens up to and including each row's first EOS -> [N, T] bool."""
+    if eos_token_id is None:
+        return torch.ones_like(response_ids, dtype=torch.bool)
+    is_eos = response_ids == eos_token_id
+    after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0
+    return ~after_eos
+
+
+def encode_prompts(tokenizer, prompts: list[str] | list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded prompt ids [B, P] and mask."""
+    if prompts and isinstance(prompts[0], str):
+        ids = [torch.tensor(tokenizer(p, add_special_tokens=True)["input_ids"], dtype=torch.long) for p in prompts]
+    else:
+        ids = [torch.as_tensor(p, dtype=torch.long) for p in prompts]
+    if any(len(i) == 0 for i in ids):
+        raise ValueError("empty prompt: every prompt needs at least one token")
+    masks = [torch.ones(len(i), dtype=torch.long) for i in ids]
+    return pad_sequences(ids, tokenizer.pad_token_id, side="left"), pad_sequences(masks, 0, side="left")
+
+
+@torch.no_grad()
+def generate_batch(model, tokenizer, input_ids, attention_mask, params: SamplingParams) -> torch.Tensor:
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(
+        max_new_tokens=params.max_new_tokens,
+        do_sample=not params.greedy,
+        temperature=params.temperature if not params.greedy else None,
+        top_p=params.top_p if not params.greedy else None,
+        top_k=params.top_k if not params.greedy else None,
+        num_return_sequences=params.num_samples,
+        repetition_penalty=params.repetition_penalty,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+
+
+def generate(
+    model, tokenizer, prompts: list[str] | list[list[int]], params: SamplingParams, batch_size: int = 64
+) -> GenerationOutput:
+    """Sample `params.num_samples` responses for each prompt, `batch_size` prompts per model call."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    input_ids, attention_mask = encode_prompts(tokenizer, prompts)
+    width = input_ids.shape[1]
+    chunks = []
+    for start in range(0, len(prompts), batch_size):
+        ids = input_ids[start : start + batch_size].to(device)
+        mask = attention_mask[start : start + batch_size].to(device)
+        out = generate_batch(model, tokenizer, ids, mask, params)
+        chunks.append(out[:, width:].cpu())
+    model.train(was_training)
+    responses = pad_sequences([r for c in chunks for r in c], tokenizer.pad_token_id)
+    response_mask = response_mask_from_ids(responses, tokenizer.eos_token_id)
+    responses = responses.masked_fill(~response_mask, tokenizer.pad_token_id)
+    prompt_rep = input_ids.repeat_interleave(params.num_samples, dim=0)
+    prompt_mask = attention_mask.repeat_interleave(params.num_samples, dim=0)
+    texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
+    return GenerationOutput(
+        sequences=torch.cat([prompt_rep, responses], dim=1),
+        attention_mask=torch.cat([prompt_mask, response_mask.long()], dim=1),
+        prompt_width=width,
+        response_ids=responses,
+        response_mask=response_mask,
+        texts=texts,
+        prompt_index=torch.arange(len(prompts)).repeat_interleave(params.num_samples),
+    )

@@ -1,0 +1,77 @@
+"""train_rm end to end: parameters, head, normalization, loss choice, transformers compatibility."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from repulse.cli import train_rm
+from tests.integration.helpers import TRAIN_FLAGS, changed_and_unchanged, load_weights
+
+
+def run(tmp_path: Path, model_dir: Path, data: Path, *extra: str, name: str = "rm") -> tuple[int, Path]:
+    save = tmp_path / name
+    argv = ["--pretrain", str(model_dir), "--dataset", str(data), "--save_path", str(save), "--prompt_key", "prompt",
+            *TRAIN_FLAGS, *extra]  # fmt: skip
+    return train_rm.main(argv), save
+
+
+def test_reward_model_learns_and_every_parameter_changes(tmp_path, tiny_model_dir, pref_file):
+    code, save = run(tmp_path, tiny_model_dir, pref_file, "--max_epochs", "4", "--normalize_reward")
+    assert code == 0
+    before, after = load_weights(tiny_model_dir), load_weights(save / "final")
+    # The LM head is not part of a sequence-regression model; the new `score` head is.
+    changed, unchanged = changed_and_unchanged(before, after)
+    # A pairwise loss sees only r_c - r_r, so a shift of every reward has zero gradient; the final norm's bias
+    # feeds the linear head as exactly such a shift, and is the one parameter that cannot move.
+    assert unchanged == ["transformer.ln_f.bias"]
+    assert "score.weight" in after and "score.weight" not in before
+    rows = [json.loads(line) for line in (save / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["acc"] == 1.0
+    assert rows[-1]["reward_margin"] > rows[0]["reward_margin"]
+    config = json.loads((save / "final" / "config.json").read_text())
+    assert config["normalize_reward"] is True and config["std"] > 0
+
+
+def test_scores_match_transformers_sequence_classification(tmp_path, tiny_model_dir, pref_file, tiny_tokenizer):
+    from transformers import AutoModelForSequenceClassification
+
+    from repulse.config.common import ModelArgs
+    from repulse.models.reward import load_reward_model, sequence_rewards
+
+    _, save = run(tmp_path, tiny_model_dir, pref_file, "--max_samples", "8")
+    ours = load_reward_model(str(save / "final"), ModelArgs())
+    hf = AutoModelForSequenceClassification.from_pretrained(save / "final").eval()
+    batch = tiny_tokenizer(["this man is a good .<eos>", "this woman is a jerk<eos>"], padding=True,
+                           return_tensors="pt")  # fmt: skip
+    with torch.no_grad():
+        expected = hf(**batch).logits.squeeze(-1)
+        got = sequence_rewards(ours, batch["input_ids"], batch["attention_mask"])
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_logexp_and_sigmoid_give_the_same_first_step(tmp_path, tiny_model_dir, pref_file):
+    _, a = run(tmp_path, tiny_model_dir, pref_file, "--max_samples", "8", name="sigmoid")
+    _, b = run(tmp_path, tiny_model_dir, pref_file, "--max_samples", "8", "--loss", "logexp", name="logexp")
+    first = [json.loads((p / "metrics.jsonl").read_text().splitlines()[0]) for p in (a, b)]
+    assert first[0]["loss"] == pytest.approx(first[1]["loss"], rel=1e-6)
+
+
+def test_lora_reward_model_trains_adapters_and_head(tmp_path, tiny_model_dir, pref_file):
+    code, save = run(tmp_path, tiny_model_dir, pref_file, "--max_samples", "8", "--lora_rank", "4")
+    assert code == 0
+    from safetensors.torch import load_file
+
+    adapter = load_file(str(save / "final" / "adapter_model.safetensors"))
+    assert any("score" in k for k in adapter)
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in adapter.items())
+
+
+def test_bad_value_head_prefix_is_one_line(tmp_path, tiny_model_dir, pref_file, capsys):
+    code, _ = run(tmp_path, tiny_model_dir, pref_file, "--value_head_prefix", "value_head")
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "--value_head_prefix 'value_head'" in err
