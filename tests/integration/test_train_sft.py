@@ -169,3 +169,21 @@ def test_user_errors_are_one_line(tmp_path, tiny_model_dir, sft_file, capsys, fl
     assert code == 2
     assert message in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "flags", [["--bf16"], ["--gradient_checkpointing"], ["--packing_samples", "--lora_rank", "2"]]
+)
+def test_memory_and_precision_options_train(tmp_path, tiny_model_dir, sft_file, flags):
+    code, save = run(tmp_path, tiny_model_dir, sft_file, "--max_samples", "16", *flags)
+    assert code == 0
+    losses = [r["loss"] for r in metrics(save)]
+    assert all(0 < loss < 10 for loss in losses)
+
+
+def test_config_yaml_reproduces_the_run(tmp_path, tiny_model_dir, sft_file):
+    _, first = run(tmp_path, tiny_model_dir, sft_file, "--max_samples", "8", name="first")
+    again = tmp_path / "again"
+    code = train_sft.main(["--config", str(first / "config.yaml"), "--save_path", str(again)])
+    assert code == 0
+    assert metrics(first)[0]["loss"] == pytest.approx(metrics(again)[0]["loss"], rel=1e-6)

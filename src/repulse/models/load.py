@@ -92,6 +92,11 @@ def load_causal_lm(path: str, model_args: ModelArgs, lora: LoraArgs | None = Non
     return finish_model(model, model_args, lora, trainable=trainable, task_type="CAUSAL_LM")
 
 
+def load_scoring_lm(path: str, bf16: bool = False):
+    """A frozen causal LM in eval mode (sampling, exact enumeration, reference models)."""
+    return load_causal_lm(path, ModelArgs(bf16=bf16), trainable=False)
+
+
 def finish_model(model, model_args: ModelArgs, lora: LoraArgs | None, *, trainable: bool, task_type: str):
     """Apply LoRA / gradient checkpointing for training, or freeze for scoring."""
     if not trainable:

@@ -42,15 +42,7 @@ def build_run(
     eval_loader = None
     if eval_set is not None:
         eval_loader = strategy.eval_dataloader(eval_set, optim.micro_train_batch_size, collate)
-    schedule = LoopSchedule(
-        max_epochs=optim.max_epochs,
-        accumulation_steps=accum,
-        logging_steps=logging_args.logging_steps,
-        eval_steps=logging_args.eval_steps,
-        save_steps=ckpt.save_steps,
-        max_norm=optim.max_norm,
-        progress=not logging_args.disable_progress_bar,
-    )
+    schedule = make_schedule(optim, ckpt, logging_args, accum)
     checkpointer = Checkpointer(ckpt.checkpoint_dir(), ckpt.max_ckpt_num, strategy)
     run = TrainingRun(
         trainer,
@@ -65,15 +57,8 @@ def build_run(
     )
     if ckpt.load_checkpoint:
         resume(run)
-    run.logger = MetricLogger(
-        ckpt.save_path,
-        enabled=strategy.is_rank_0(),
-        tensorboard_dir=logging_args.use_tensorboard,
-        wandb=logging_args.use_wandb,
-        wandb_project=logging_args.wandb_project,
-        wandb_run_name=logging_args.wandb_run_name,
-        config=config,
-        resume_step=run.state.global_step if ckpt.load_checkpoint else None,
+    run.logger = make_logger(
+        strategy, ckpt, logging_args, config, resumed=ckpt.load_checkpoint, step=run.state.global_step
     )
     log.info(
         "training: %d examples, %d steps/epoch x %d epochs, global batch %d (micro %d x accumulation %d x %d procs)",
@@ -86,6 +71,33 @@ def build_run(
         strategy.world_size,
     )
     return run
+
+
+def make_schedule(optim: OptimArgs, ckpt: CheckpointArgs, logging_args: LoggingArgs, accum: int) -> LoopSchedule:
+    return LoopSchedule(
+        max_epochs=optim.max_epochs,
+        accumulation_steps=accum,
+        logging_steps=logging_args.logging_steps,
+        eval_steps=logging_args.eval_steps,
+        save_steps=ckpt.save_steps,
+        max_norm=optim.max_norm,
+        progress=not logging_args.disable_progress_bar,
+    )
+
+
+def make_logger(
+    strategy: Any, ckpt: CheckpointArgs, logging_args: LoggingArgs, config: dict | None, *, resumed: bool, step: int
+) -> MetricLogger:
+    return MetricLogger(
+        ckpt.save_path,
+        enabled=strategy.is_rank_0(),
+        tensorboard_dir=logging_args.use_tensorboard,
+        wandb=logging_args.use_wandb,
+        wandb_project=logging_args.wandb_project,
+        wandb_run_name=logging_args.wandb_run_name,
+        config=config,
+        resume_step=step if resumed else None,
+    )
 
 
 def fit(run: TrainingRun) -> None:
