@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from repulse.cli.runner import run_cli, write_resolved_config
+from repulse.cli.runner import run_cli
 from repulse.config.common import CheckpointArgs, DataArgs, LoggingArgs, LoraArgs, ModelArgs, OptimArgs, StrategyArgs
-from repulse.config.parser import parse_groups, to_flat_dict
+from repulse.config.parser import parse_groups
 from repulse.config.rm import RMArgs
 
 
@@ -76,51 +76,26 @@ def store_normalization(trainer, strategy, dataset, collate, batch_size: int) ->
 
 
 def train(cfg: RMConfig):
+    from repulse.cli.training import start_run, train_and_save
     from repulse.data.preference import PairCollator
-    from repulse.distributed.launch import make_strategy
-    from repulse.infra.seed import set_seed
-    from repulse.models.load import load_tokenizer, resolve_model_path, save_pretrained_atomic
     from repulse.models.reward import load_reward_model
     from repulse.trainers.rm import RewardModelTrainer
-    from repulse.trainers.session import build_run, fit
 
-    strategy = make_strategy(cfg.strategy.dist_backend, cfg.strategy.zero_stage, cfg.strategy.adam_offload)
-    set_seed(cfg.optim.seed)
-    path = resolve_model_path(cfg.model.pretrain)
-    tokenizer = load_tokenizer(
-        path, use_fast=not cfg.model.disable_fast_tokenizer, chat_template=cfg.data.tokenizer_chat_template
-    )
+    strategy, path, tokenizer = start_run(cfg)
     model = load_reward_model(path, cfg.model, cfg.lora, value_head_prefix=cfg.rm.value_head_prefix, trainable=True)
     model = strategy.prepare(model)
     train_set, eval_set = build_datasets(cfg, tokenizer)
     collate = PairCollator(tokenizer.pad_token_id)
-    flat = to_flat_dict(*cfg)
-    if strategy.is_rank_0():
-        write_resolved_config(cfg.ckpt.save_path, flat)
     trainer = RewardModelTrainer(model, cfg.rm.loss, cfg.rm.value_head_prefix)
-    run = build_run(
-        trainer,
-        strategy,
-        train_set,
-        collate,
-        optim=cfg.optim,
-        ckpt=cfg.ckpt,
-        logging_args=cfg.logging,
-        eval_set=eval_set,
-        config=flat,
-    )
-    fit(run)
-    if cfg.rm.normalize_reward:
-        store_normalization(trainer, strategy, train_set, collate, cfg.optim.micro_train_batch_size)
-    if strategy.is_rank_0():
-        final = save_pretrained_atomic(strategy.unwrap(model), tokenizer, f"{cfg.ckpt.save_path}/final")
-        acc = [h["acc"] for h in run.state.history]
-        print(
-            f"train_rm: {run.state.global_step} steps, last accuracy {acc[-1] if acc else float('nan'):.3f}; "
-            f"model saved to {final}"
-        )
-    strategy.cleanup()
-    return run
+
+    def normalize(run) -> None:
+        if cfg.rm.normalize_reward:
+            store_normalization(trainer, strategy, train_set, collate, cfg.optim.micro_train_batch_size)
+
+    return train_and_save(
+        cfg, strategy, trainer, tokenizer, train_set, collate, name="train_rm", eval_set=eval_set,
+        before_save=normalize,
+    )  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from repulse.cli.runner import run_cli, write_resolved_config
+from repulse.cli.runner import run_cli
 from repulse.config.common import CheckpointArgs, DataArgs, LoggingArgs, LoraArgs, ModelArgs, OptimArgs, StrategyArgs
-from repulse.config.parser import parse_groups, to_flat_dict
+from repulse.config.parser import parse_groups
 from repulse.config.sft import SFTArgs
 
 
@@ -64,49 +64,20 @@ def build_datasets(cfg: SFTConfig, tokenizer):
 
 
 def train(cfg: SFTConfig):
+    from repulse.cli.training import start_run, train_and_save
     from repulse.data.collate import PackCollator, PadCollator
-    from repulse.distributed.launch import make_strategy
-    from repulse.infra.seed import set_seed
-    from repulse.models.load import load_causal_lm, load_tokenizer, resolve_model_path, save_pretrained_atomic
-    from repulse.trainers.session import build_run, fit
+    from repulse.models.load import load_causal_lm
     from repulse.trainers.sft import SFTTrainer
 
-    strategy = make_strategy(cfg.strategy.dist_backend, cfg.strategy.zero_stage, cfg.strategy.adam_offload)
-    set_seed(cfg.optim.seed)
-    path = resolve_model_path(cfg.model.pretrain)
-    tokenizer = load_tokenizer(
-        path, use_fast=not cfg.model.disable_fast_tokenizer, chat_template=cfg.data.tokenizer_chat_template
-    )
+    strategy, path, tokenizer = start_run(cfg)
     model = strategy.prepare(load_causal_lm(path, cfg.model, cfg.lora))
     train_set, eval_set = build_datasets(cfg, tokenizer)
     collate = (
         PackCollator(not cfg.model.flash_attn) if cfg.data.packing_samples else PadCollator(tokenizer.pad_token_id)
     )
-    flat = to_flat_dict(*cfg)
-    if strategy.is_rank_0():
-        write_resolved_config(cfg.ckpt.save_path, flat)
-    run = build_run(
-        SFTTrainer(model),
-        strategy,
-        train_set,
-        collate,
-        optim=cfg.optim,
-        ckpt=cfg.ckpt,
-        logging_args=cfg.logging,
-        eval_set=eval_set,
-        config=flat,
+    return train_and_save(
+        cfg, strategy, SFTTrainer(model), tokenizer, train_set, collate, name="train_sft", eval_set=eval_set
     )
-    fit(run)
-    if strategy.is_rank_0():
-        final = save_pretrained_atomic(strategy.unwrap(model), tokenizer, f"{cfg.ckpt.save_path}/final")
-        print(f"train_sft: {run.state.global_step} steps, final loss {last(run, 'loss'):.4f}; model saved to {final}")
-    strategy.cleanup()
-    return run
-
-
-def last(run, key: str) -> float:
-    values = [h[key] for h in run.state.history if key in h]
-    return values[-1] if values else float("nan")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from repulse.config.fields import arg, require
@@ -52,6 +53,7 @@ class DataArgs:
         require(self.max_samples >= 1, f"--max_samples must be >= 1, got {self.max_samples}")
         if self.input_template is not None:
             require("{}" in self.input_template, "--input_template must contain '{}' where the prompt goes")
+        self.probabilities()  # fail at parse time, not after the model has loaded
 
     def probabilities(self) -> list[float]:
         """--dataset_probs as floats, one per --dataset entry (checked against the dataset list)."""
@@ -62,7 +64,7 @@ class DataArgs:
         names = self.dataset.split(",") if self.dataset else [""]
         if len(probs) != len(names):
             raise_probs(self.dataset_probs, f"{len(probs)} values for {len(names)} datasets")
-        if any(p <= 0 for p in probs) or abs(sum(probs) - 1.0) > 1e-6:
+        if not all(math.isfinite(p) and p > 0 for p in probs) or not abs(sum(probs) - 1.0) <= 1e-6:
             raise_probs(self.dataset_probs, "each must be > 0 and they must sum to 1")
         return probs
 

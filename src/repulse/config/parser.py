@@ -30,6 +30,25 @@ def make_parser(groups: Sequence[type], description: str | None = None) -> argpa
     return parser
 
 
+def convert_like_cli(parser: argparse.ArgumentParser, values: dict[str, Any]) -> dict[str, Any]:
+    """Give YAML values the types the command line would: argparse converts only string defaults, so
+    `dataset_probs: 1.0` would stay a float and `use_wandb: true` a bool."""
+    actions = {a.dest: a for a in parser._actions}
+    out = {}
+    for key, value in values.items():
+        convert = actions[key].type if key in actions else None
+        if convert is None or value is None:
+            out[key] = value
+        elif isinstance(value, list):
+            out[key] = [convert(str(v)) for v in value]
+        else:
+            try:
+                out[key] = convert(str(value))
+            except (TypeError, ValueError) as err:
+                raise ConfigError(f"--config: {key}: {value!r} is not a valid value ({err})") from err
+    return out
+
+
 def load_yaml_defaults(path: str, known: set[str]) -> dict[str, Any]:
     file = Path(path)
     if not file.is_file():
@@ -54,7 +73,7 @@ def parse_groups(groups: Sequence[type], argv: Sequence[str] | None, description
     known_args, _ = pre.parse_known_args(argv)
     if known_args.config:
         fields = {f.name for g in groups for f in dataclasses.fields(g)}
-        parser.set_defaults(**load_yaml_defaults(known_args.config, fields))
+        parser.set_defaults(**convert_like_cli(parser, load_yaml_defaults(known_args.config, fields)))
     namespace = parser.parse_args(argv)
     instances = []
     for group in groups:

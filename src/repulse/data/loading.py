@@ -23,6 +23,8 @@ def load_source(name: str, split: str = "train"):
             fmt = FILE_FORMATS.get(path.suffix.lower())
             if fmt is None:
                 raise DataError(f"dataset {name}: unsupported file type {path.suffix!r} (use {sorted(FILE_FORMATS)})")
+            if path.stat().st_size == 0:
+                raise DataError(f"dataset {name}: empty")
             return datasets.load_dataset(fmt, data_files=str(path), split="train")
         if path.is_dir():
             return load_folder(path, split)
@@ -33,6 +35,8 @@ def load_source(name: str, split: str = "train"):
         raise
     except Exception as err:  # datasets raises many types; the user needs the source and the first line
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "corresponds to no data" in msg or isinstance(err, IndexError | StopIteration):
+            raise DataError(f"dataset {name}: empty") from err
         raise DataError(f"dataset {name}: cannot load ({msg})") from err
 
 

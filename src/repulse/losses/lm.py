@@ -9,8 +9,12 @@ from repulse.losses.reductions import masked_mean
 
 
 def token_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """log p(labels[b, t] | ...) from logits [B, T, V] and labels [B, T] -> [B, T] (computed in float32)."""
-    logits = logits.float()
+    """log p(labels[b, t] | ...) from logits [B, T, V] and labels [B, T] -> [B, T].
+
+    Half-precision logits are upcast to float32 for the softmax; float32/float64 are kept as they are.
+    """
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
     return torch.gather(F.log_softmax(logits, dim=-1), -1, labels.unsqueeze(-1)).squeeze(-1)
 
 

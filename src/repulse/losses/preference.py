@@ -23,7 +23,7 @@ def pairwise_logexp_loss(
     diff = rejected - chosen
     if margin is not None:
         diff = diff + margin
-    return torch.log1p(torch.exp(diff)).mean()
+    return F.softplus(diff).mean()  # log(1 + e^x) without overflow
 
 
 PAIRWISE_LOSSES = {"sigmoid": pairwise_sigmoid_loss, "logexp": pairwise_logexp_loss}

@@ -12,10 +12,24 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def floating_dtype(model) -> torch.dtype:
+    """The compute dtype: the first floating-point parameter's (4-bit weights are stored as integers)."""
+    return next(p.dtype for p in model.parameters() if p.is_floating_point())
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean 4-D mask (True = may attend) as 0 / -inf-like additive scores, which every attention
+    implementation reads the same way (eager attention would add a boolean mask as +1)."""
+    zero = torch.zeros((), dtype=dtype, device=allowed.device)
+    return torch.where(allowed, zero, torch.finfo(dtype).min)
+
+
 def forward_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra) -> torch.Tensor:
     """Logits [B, S, V] with position ids that respect left padding (unless given, e.g. for packing)."""
     if "position_ids" not in extra and attention_mask is not None and attention_mask.dim() == 2:
         extra["position_ids"] = position_ids_from_mask(attention_mask)
+    if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.dtype == torch.bool:
+        attention_mask = additive_mask(attention_mask, floating_dtype(model))
     return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra).logits
 
 
