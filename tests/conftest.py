@@ -22,7 +22,7 @@ SPECIAL = ["<pad>", "<eos>", "<unk>"]
 
 def make_tokenizer():
     """A word-level tokenizer with GPT-2-style leading-space tokens ('Ġman'), so decode(concat) is natural text."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {tok: i for i, tok in enumerate(SPECIAL)}
@@ -31,10 +31,14 @@ def make_tokenizer():
         vocab.setdefault(w, len(vocab))
     vocab.setdefault(".", len(vocab))
     vocab.setdefault("Ġ.", len(vocab))
+    for marker in ("+", "-"):  # process-reward labels (appended: earlier ids stay)
+        vocab.setdefault(marker, len(vocab))
+        vocab.setdefault("Ġ" + marker, len(vocab))
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     backend.decoder = decoders.ByteLevel()
     tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    tok.add_tokens([AddedToken("ки", lstrip=True)])  # the process-reward step marker (not byte-level)
     tok.chat_template = (
         "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
         "{% if add_generation_prompt %}assistant:{% endif %}"
@@ -90,6 +94,27 @@ def sft_file(tmp_path_factory) -> Path:
         for adj in ("good", "kind", "nice", "tall", "jerk", "fool")
     ]
     return write_jsonl(tmp_path_factory.mktemp("data") / "sft.jsonl", rows)
+
+
+@pytest.fixture(scope="session")
+def unpaired_file(tmp_path_factory) -> Path:
+    rows = [
+        {"input": f"this {who} is a", "output": f" {word} .", "label": word not in ("jerk", "fool")}
+        for who in ("man", "woman")
+        for word in ("good", "kind", "nice", "tall", "jerk", "fool")
+    ]
+    return write_jsonl(tmp_path_factory.mktemp("data") / "unpaired.jsonl", rows)
+
+
+@pytest.fixture(scope="session")
+def prm_file(tmp_path_factory) -> Path:
+    """Two-step texts: a step ending in a bad word is labelled '-', any other '+'."""
+    rows = []
+    for first in ("good", "jerk", "kind"):
+        for second in ("nice", "fool", "tall"):
+            text = f"this man is {first} ки so {second} ки"
+            rows.append({"input": text, "value": ["-" if w in ("jerk", "fool") else "+" for w in (first, second)]})
+    return write_jsonl(tmp_path_factory.mktemp("data") / "prm.jsonl", rows)
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,10 @@ from collections.abc import Sequence
 COMMANDS = {
     "train_sft": "Supervised fine-tuning (prompt-masked or --pretrain_mode), LoRA, packing.",
     "train_rm": "Pairwise reward-model training (sigmoid / logexp), reward normalization.",
+    "train_dpo": "Direct preference optimisation (DPO, IPO, cDPO, NLL term) against a frozen reference.",
+    "train_kto": "KTO on unpaired desirable/undesirable examples with the KL reference point.",
+    "train_kd": "Knowledge distillation: SFT loss plus KL(teacher || student).",
+    "train_prm": "Process reward model: label tokens predicted at step markers (hard or soft labels).",
     "demo": "Train the embedded tiny LM for a few steps and print samples.",
 }
 

@@ -17,6 +17,7 @@ from typing import NamedTuple
 from repulse.cli.runner import run_cli
 from repulse.config.common import CheckpointArgs, DataArgs, LoggingArgs, LoraArgs, ModelArgs, OptimArgs, StrategyArgs
 from repulse.config.parser import parse_groups
+from repulse.config.preference import PreferenceKeys
 from repulse.config.rm import RMArgs
 
 
@@ -28,10 +29,11 @@ class RMConfig(NamedTuple):
     strategy: StrategyArgs
     ckpt: CheckpointArgs
     logging: LoggingArgs
+    keys: PreferenceKeys
     rm: RMArgs
 
 
-GROUPS = (ModelArgs, LoraArgs, DataArgs, OptimArgs, StrategyArgs, CheckpointArgs, LoggingArgs, RMArgs)
+GROUPS = (ModelArgs, LoraArgs, DataArgs, OptimArgs, StrategyArgs, CheckpointArgs, LoggingArgs, PreferenceKeys, RMArgs)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> RMConfig:
@@ -39,23 +41,9 @@ def parse_args(argv: Sequence[str] | None = None) -> RMConfig:
 
 
 def build_datasets(cfg: RMConfig, tokenizer):
-    from repulse.data.loading import load_rows
-    from repulse.data.preference import PreferenceDataset
+    from repulse.data.preference import build_preference_datasets
 
-    d, r = cfg.data, cfg.rm
-    keys = [k for k in (r.prompt_key, r.chosen_key, r.rejected_key, r.margin_key) if k]
-    kwargs = dict(
-        prompt_key=r.prompt_key,
-        chosen_key=r.chosen_key,
-        rejected_key=r.rejected_key,
-        margin_key=r.margin_key,
-        input_template=d.input_template,
-        apply_chat_template=d.apply_chat_template,
-    )
-    rows = load_rows(d, keys, "preference", seed=cfg.optim.seed)
-    train = PreferenceDataset(rows, tokenizer, d.max_len, **kwargs)
-    eval_rows = load_rows(d, keys, None, seed=cfg.optim.seed, eval_split=True)
-    return train, (PreferenceDataset(eval_rows, tokenizer, d.max_len, **kwargs) if eval_rows is not None else None)
+    return build_preference_datasets(cfg.data, cfg.keys, tokenizer, seed=cfg.optim.seed)
 
 
 def store_normalization(trainer, strategy, dataset, collate, batch_size: int) -> None:

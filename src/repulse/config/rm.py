@@ -11,10 +11,6 @@ RM_LOSSES = ("sigmoid", "logexp")
 
 @dataclass
 class RMArgs:
-    prompt_key: str | None = arg(None, "JSON key of the prompt (unset: chosen/rejected hold the whole text).")
-    chosen_key: str = arg("chosen", "JSON key of the preferred response.")
-    rejected_key: str = arg("rejected", "JSON key of the dispreferred response.")
-    margin_key: str | None = arg(None, "Optional JSON key of a per-pair margin m in -log sigmoid(r_c - r_r - m).")
     loss: str = arg("sigmoid", "Pairwise loss: sigmoid (Bradley-Terry, -log sigmoid(r_c - r_r)) or logexp.")
     value_head_prefix: str = arg("score", "Name of the reward head module in the saved model (HF uses 'score').")
     normalize_reward: bool = arg(False, "Store the mean/std of training rewards in the config; scores are normalised.")

@@ -78,3 +78,21 @@ class PairCollator:
             "prompt_lens": torch.tensor([it["prompt_len"] for it in items] * 2),
             "margin": torch.tensor([it["margin"] for it in items], dtype=torch.float32),
         }
+
+
+def build_preference_datasets(data_args, keys, tokenizer, *, seed: int):
+    """(train, eval or None) PreferenceDatasets from DataArgs and PreferenceKeys; embedded pairs by default."""
+    from repulse.data.loading import load_rows
+
+    kwargs = dict(
+        **keys.dataset_kwargs(),
+        input_template=data_args.input_template,
+        apply_chat_template=data_args.apply_chat_template,
+    )
+    rows = load_rows(data_args, keys.columns(), "preference", seed=seed)
+    train = PreferenceDataset(rows, tokenizer, data_args.max_len, **kwargs)
+    eval_rows = load_rows(data_args, keys.columns(), None, seed=seed, eval_split=True)
+    evaluation = (
+        PreferenceDataset(eval_rows, tokenizer, data_args.max_len, **kwargs) if eval_rows is not None else None
+    )
+    return train, evaluation

@@ -97,6 +97,17 @@ def load_scoring_lm(path: str, bf16: bool = False):
     return load_causal_lm(path, ModelArgs(bf16=bf16), trainable=False)
 
 
+def load_reference_lm(path: str, model_args: ModelArgs, *, offload: bool, device: torch.device):
+    """A frozen copy for KL/DPO/KTO references or KD teachers: on CPU with `offload`, else on `device`.
+
+    The reference never trains, so LoRA and gradient checkpointing are not applied to it.
+    """
+    frozen = ModelArgs(bf16=model_args.bf16, flash_attn=model_args.flash_attn and not offload,
+                       load_in_4bit=model_args.load_in_4bit)  # fmt: skip
+    model = load_causal_lm(path, frozen, trainable=False)
+    return model.to("cpu" if offload else device)
+
+
 def finish_model(model, model_args: ModelArgs, lora: LoraArgs | None, *, trainable: bool, task_type: str):
     """Apply LoRA / gradient checkpointing for training, or freeze for scoring."""
     if not trainable:

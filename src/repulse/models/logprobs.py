@@ -38,3 +38,20 @@ def response_log_probs(model, input_ids: torch.Tensor, attention_mask: torch.Ten
     logits = forward_logits(model, input_ids, attention_mask)
     logps = token_log_probs(logits[:, :-1], input_ids[:, 1:])
     return logps[:, -num_actions:]
+
+
+def response_token_mask(attention_mask: torch.Tensor, prompt_lens: torch.Tensor) -> torch.Tensor:
+    """[B, S-1] mask over next-token positions whose target is a response token (right-padded rows)."""
+    positions = torch.arange(1, attention_mask.shape[1], device=attention_mask.device)
+    after_prompt = positions.unsqueeze(0) >= prompt_lens.to(attention_mask.device).unsqueeze(1)
+    return after_prompt & attention_mask[:, 1:].bool()
+
+
+def sequence_logps(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lens: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(summed response log-probs [B], response token count [B], logits [B, S, V]) for right-padded rows."""
+    logits = forward_logits(model, input_ids, attention_mask)
+    mask = response_token_mask(attention_mask, prompt_lens)
+    token_logps = token_log_probs(logits[:, :-1], input_ids[:, 1:])
+    return (token_logps * mask).sum(-1), mask.sum(-1), logits

@@ -81,7 +81,7 @@ def test_rm_only_flags():
     assert cfg.rm.value_head_prefix == "value_head"
     assert cfg.rm.normalize_reward is True
     assert cfg.rm.loss == "logexp"
-    assert cfg.rm.prompt_key == "prompt"
+    assert cfg.keys.prompt_key == "prompt"
     default = train_rm.parse_args([]).rm
     assert (default.value_head_prefix, default.normalize_reward, default.loss) == ("score", False, "sigmoid")
 

@@ -1,0 +1,77 @@
+"""train_kd: knowledge distillation from a frozen teacher into a student.
+
+loss = (1 - kd_coef) * SFT NLL + kd_coef * KL(p_teacher || p_student), both on the response tokens (every token
+with --pretrain_mode). The teacher must share the student's vocabulary; --teacher_offload runs it on the CPU.
+
+    repulse train_kd --pretrain student_dir --teacher_model teacher_dir --save_path runs/kd --kd_coef 0.4
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from repulse.cli.runner import run_cli
+from repulse.config.common import CheckpointArgs, DataArgs, LoggingArgs, LoraArgs, ModelArgs, OptimArgs, StrategyArgs
+from repulse.config.kd import KDArgs
+from repulse.config.parser import parse_groups
+
+
+class KDConfig(NamedTuple):
+    model: ModelArgs
+    lora: LoraArgs
+    data: DataArgs
+    optim: OptimArgs
+    strategy: StrategyArgs
+    ckpt: CheckpointArgs
+    logging: LoggingArgs
+    kd: KDArgs
+
+
+GROUPS = (ModelArgs, LoraArgs, DataArgs, OptimArgs, StrategyArgs, CheckpointArgs, LoggingArgs, KDArgs)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> KDConfig:
+    return KDConfig(*parse_groups(GROUPS, argv, description=__doc__))
+
+
+def check_vocabularies(student, teacher, student_path: str, teacher_path: str) -> None:
+    from repulse.infra.errors import UserError
+
+    s = student.get_output_embeddings().weight.shape[0]
+    t = teacher.get_output_embeddings().weight.shape[0]
+    if s != t:
+        raise UserError(f"--teacher_model {teacher_path} has {t} output tokens, the student {student_path} {s}: "
+                        "distillation needs the same vocabulary")  # fmt: skip
+
+
+def train(cfg: KDConfig):
+    from repulse.cli.training import start_run, train_and_save
+    from repulse.data.collate import PadCollator
+    from repulse.data.loading import load_rows
+    from repulse.data.sft import SFTDataset
+    from repulse.models.load import load_causal_lm, load_reference_lm, resolve_model_path
+    from repulse.trainers.kd import KDTrainer
+
+    strategy, path, tokenizer = start_run(cfg)
+    student = load_causal_lm(path, cfg.model, cfg.lora)
+    teacher_path = resolve_model_path(cfg.kd.teacher_model, what="teacher model")
+    teacher = load_reference_lm(teacher_path, cfg.model, offload=cfg.kd.teacher_offload, device=strategy.device)
+    check_vocabularies(student, teacher, path, teacher_path)
+    d = cfg.data
+    keys = [d.input_key] + ([d.output_key] if d.output_key and not cfg.kd.pretrain_mode else [])
+    rows = load_rows(d, keys, "distill", seed=cfg.optim.seed, optional=[d.output_key] if d.output_key else [])
+    train_set = SFTDataset(rows, tokenizer, d.max_len, input_key=d.input_key, output_key=d.output_key,
+                           input_template=d.input_template, apply_chat_template=d.apply_chat_template,
+                           pretrain_mode=cfg.kd.pretrain_mode)  # fmt: skip
+    trainer = KDTrainer(strategy.prepare(student), teacher, cfg.kd.kd_coef)
+    collate = PadCollator(tokenizer.pad_token_id)
+    return train_and_save(cfg, strategy, trainer, tokenizer, train_set, collate, name="train_kd")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(lambda a: train(parse_args(a)), argv, "train_kd")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,74 @@
+"""train_prm: process reward model, a causal LM trained to predict a label token at each step marker.
+
+Each input holds the steps of a solution with --placeholder_token after every step; --label_key holds one label
+per step: a reward token (hard, e.g. "+"/"-") or the probability of the first reward token (soft). The loss is
+the cross-entropy over the reward tokens at the marker positions only; `repulse.trainers.prm.step_rewards`
+scores new texts.
+
+    repulse train_prm --save_path runs/prm                                  # embedded tiny LM + step data
+    repulse train_prm --pretrain model --dataset steps.jsonl --input_key input --label_key value \\
+        --placeholder_token "ки" --reward_tokens + - --save_path runs/prm
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from repulse.cli.runner import run_cli
+from repulse.config.common import CheckpointArgs, DataArgs, LoggingArgs, LoraArgs, ModelArgs, OptimArgs, StrategyArgs
+from repulse.config.parser import parse_groups
+from repulse.config.prm import PRMArgs
+
+
+class PRMConfig(NamedTuple):
+    model: ModelArgs
+    lora: LoraArgs
+    data: DataArgs
+    optim: OptimArgs
+    strategy: StrategyArgs
+    ckpt: CheckpointArgs
+    logging: LoggingArgs
+    prm: PRMArgs
+
+
+GROUPS = (ModelArgs, LoraArgs, DataArgs, OptimArgs, StrategyArgs, CheckpointArgs, LoggingArgs, PRMArgs)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> PRMConfig:
+    return PRMConfig(*parse_groups(GROUPS, argv, description=__doc__))
+
+
+def build_datasets(cfg: PRMConfig, tokenizer):
+    from repulse.data.loading import load_rows
+    from repulse.data.process_reward import ProcessRewardDataset
+
+    d, p = cfg.data, cfg.prm
+    keys = [d.input_key, p.label_key]
+    kwargs = dict(input_key=d.input_key, label_key=p.label_key, placeholder_token=p.placeholder_token,
+                  reward_tokens=p.reward_tokens, input_template=d.input_template)  # fmt: skip
+    train = ProcessRewardDataset(load_rows(d, keys, "prm", seed=cfg.optim.seed), tokenizer, d.max_len, **kwargs)
+    eval_rows = load_rows(d, keys, None, seed=cfg.optim.seed, eval_split=True)
+    return train, (ProcessRewardDataset(eval_rows, tokenizer, d.max_len, **kwargs) if eval_rows is not None else None)
+
+
+def train(cfg: PRMConfig):
+    from repulse.cli.training import start_run, train_and_save
+    from repulse.data.process_reward import ProcessRewardCollator
+    from repulse.models.load import load_causal_lm
+    from repulse.trainers.prm import PRMTrainer
+
+    strategy, path, tokenizer = start_run(cfg)
+    model = strategy.prepare(load_causal_lm(path, cfg.model, cfg.lora))
+    train_set, eval_set = build_datasets(cfg, tokenizer)
+    trainer = PRMTrainer(model, train_set.label_ids)
+    collate = ProcessRewardCollator(tokenizer.pad_token_id)
+    return train_and_save(cfg, strategy, trainer, tokenizer, train_set, collate, name="train_prm", eval_set=eval_set)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(lambda a: train(parse_args(a)), argv, "train_prm")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

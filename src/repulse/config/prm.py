@@ -1,0 +1,18 @@
+"""Flags of train_prm."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from repulse.config.fields import arg, require
+
+
+@dataclass
+class PRMArgs:
+    placeholder_token: str = arg("ки", "The step-marker token placed after every step of the input text.")
+    reward_tokens: list[str] = arg(["+", "-"], "Label tokens predicted at each marker, first = good step.")
+    label_key: str = arg("value", "JSON key of the per-step labels: reward tokens (hard) or probabilities (soft).")
+
+    def __post_init__(self) -> None:
+        require(len(self.reward_tokens) >= 2, "--reward_tokens needs at least two tokens")
+        require(len(set(self.reward_tokens)) == len(self.reward_tokens), "--reward_tokens must be distinct")

@@ -1,0 +1,98 @@
+"""train_dpo, train_kto, train_kd, train_prm end to end on tiny random GPT-2s."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from repulse.cli import train_dpo, train_kd, train_kto, train_prm
+from tests.integration.helpers import TRAIN_FLAGS, changed_and_unchanged, load_weights
+
+
+def rows(save: Path) -> list[dict]:
+    return [json.loads(line) for line in (save / "metrics.jsonl").read_text().splitlines()]
+
+
+def run(module, tmp_path: Path, model_dir: Path, data: Path, *extra: str, name: str = "run") -> tuple[int, Path]:
+    save = tmp_path / name
+    argv = ["--pretrain", str(model_dir), "--dataset", str(data), "--save_path", str(save), *TRAIN_FLAGS, *extra]
+    return module.main(argv), save
+
+
+@pytest.mark.parametrize(
+    ("module", "fixture", "extra"),
+    [
+        (train_dpo, "pref_file", ["--beta", "0.5"]),
+        (train_dpo, "pref_file", ["--ipo", "--beta", "0.5", "--ref_offload"]),
+        (train_dpo, "pref_file", ["--label_smoothing", "0.1", "--nll_loss_coef", "0.5"]),
+        (train_kto, "unpaired_file", ["--beta", "0.5"]),
+    ],
+    ids=["dpo", "ipo", "cdpo_nll", "kto"],
+)
+def test_policy_changes_and_reference_does_not(request, tmp_path, tiny_model_dir, module, fixture, extra):
+    data = request.getfixturevalue(fixture)
+    before = load_weights(tiny_model_dir)
+    code, save = run(module, tmp_path, tiny_model_dir, data, "--max_samples", "16", *extra)
+    assert code == 0
+    changed, unchanged = changed_and_unchanged(before, load_weights(save / "final"))
+    assert unchanged == [] and changed
+    assert load_weights(tiny_model_dir).keys() == before.keys()
+    assert all(torch.equal(v, before[k]) for k, v in load_weights(tiny_model_dir).items())  # reference untouched
+    first = rows(save)[0]
+    if module is train_dpo and "--ipo" not in extra and "--label_smoothing" not in extra:
+        assert first["loss"] == pytest.approx(0.693147, abs=1e-5)  # policy = reference at step 1
+
+
+def test_dpo_learns_the_preference(tmp_path, tiny_model_dir, pref_file):
+    code, save = run(train_dpo, tmp_path, tiny_model_dir, pref_file, "--max_epochs", "3", "--beta", "0.5")
+    assert code == 0
+    history = rows(save)
+    assert history[-1]["reward_margin"] > 0.5 and history[-1]["acc"] == 1.0
+
+
+def test_kd_moves_the_student_toward_the_teacher(tmp_path, tiny_tokenizer, tiny_model_dir, sft_file):
+    from tests.conftest import make_gpt2
+
+    teacher = tmp_path / "teacher"
+    make_gpt2(len(tiny_tokenizer), seed=11).save_pretrained(teacher)
+    tiny_tokenizer.save_pretrained(teacher)
+    code, save = run(train_kd, tmp_path, tiny_model_dir, sft_file, "--teacher_model", str(teacher), "--kd_coef",
+                     "1.0", "--max_epochs", "3", "--teacher_offload")  # fmt: skip
+    assert code == 0
+    kd = [r["kd_loss"] for r in rows(save)]
+    assert kd[-1] < 0.7 * kd[0]
+
+
+def test_kd_rejects_a_teacher_with_another_vocabulary(tmp_path, tiny_tokenizer, tiny_model_dir, sft_file, capsys):
+    from tests.conftest import make_gpt2
+
+    teacher = tmp_path / "other_vocab"
+    make_gpt2(len(tiny_tokenizer) + 7).save_pretrained(teacher)
+    code, _ = run(train_kd, tmp_path, tiny_model_dir, sft_file, "--teacher_model", str(teacher))
+    assert code == 2
+    assert "same vocabulary" in capsys.readouterr().err
+
+
+def test_prm_learns_to_rank_good_steps_above_bad(tmp_path, tiny_model_dir, prm_file, tiny_tokenizer):
+    from repulse.models.load import load_scoring_lm
+    from repulse.trainers.prm import step_rewards
+
+    code, save = run(train_prm, tmp_path, tiny_model_dir, prm_file, "--max_epochs", "25", "--micro_train_batch_size",
+                     "3", "--train_batch_size", "9", "--max_len", "24")  # fmt: skip
+    assert code == 0
+    model = load_scoring_lm(str(save / "final"))
+    scores = step_rewards(model, tiny_tokenizer, ["this man is kind ки so fool ки", "this man is jerk ки so tall ки"],
+                          "ки", ["+", "-"])  # fmt: skip
+    assert scores[0][0] > scores[0][1]  # kind (+) above fool (-)
+    assert scores[1][1] > scores[1][0]  # tall (+) above jerk (-)
+
+
+def test_prm_soft_labels(tmp_path, tiny_model_dir):
+    from tests.conftest import write_jsonl
+
+    data = write_jsonl(tmp_path / "soft.jsonl", [{"input": "this man is good ки", "value": [0.8]}] * 8)
+    code, save = run(train_prm, tmp_path, tiny_model_dir, data, "--max_epochs", "2")
+    assert code == 0 and rows(save)
