@@ -13,6 +13,8 @@ COMMANDS = {
     "train_kto": "KTO on unpaired desirable/undesirable examples with the KL reference point.",
     "train_kd": "Knowledge distillation: SFT loss plus KL(teacher || student).",
     "train_prm": "Process reward model: label tokens predicted at step markers (hard or soft labels).",
+    "train_ppo": "PPO / REINFORCE, twist learning, and RePULSe harmlessness training with exact evaluation.",
+    "plot_frontier": "Reward vs exact P(bad) frontier and per-step curves (PNG) from train_ppo runs.",
     "demo": "Train the embedded tiny LM for a few steps and print samples.",
 }
 

@@ -74,8 +74,9 @@ def raise_probs(value: str, why: str) -> None:
 
 
 @dataclass
-class OptimArgs:
-    learning_rate: float = arg(5e-6, "Peak learning rate.")
+class ScheduleArgs:
+    """Optimizer settings other than the learning rate (PPO has one learning rate per model)."""
+
     lr_scheduler: str = arg("cosine_with_min_lr", f"Learning-rate schedule: one of {', '.join(LR_SCHEDULERS)}.")
     lr_warmup_ratio: float = arg(0.03, "Fraction of the optimizer steps used for linear warm-up.")
     min_lr_ratio: float = arg(0.1, "cosine_with_min_lr: the final learning rate as a fraction of the peak.")
@@ -84,11 +85,10 @@ class OptimArgs:
     max_norm: float = arg(1.0, "Gradient clipping norm; 0 disables clipping.")
     micro_train_batch_size: int = arg(8, "Examples per forward pass on each process.")
     train_batch_size: int = arg(128, "Examples per optimizer step over all processes (sets gradient accumulation).")
-    max_epochs: int = arg(1, "Passes over the training data.")
+    max_epochs: int = arg(1, "Passes over the training data (PPO: over each rollout buffer).")
     seed: int = arg(42, "Seed for data order, initialisation of new heads, dropout and sampling.")
 
     def __post_init__(self) -> None:
-        require(self.learning_rate > 0, f"--learning_rate must be > 0, got {self.learning_rate}")
         require(self.lr_scheduler in LR_SCHEDULERS, f"--lr_scheduler must be one of {LR_SCHEDULERS}")
         require(0 <= self.lr_warmup_ratio < 1, f"--lr_warmup_ratio must be in [0, 1), got {self.lr_warmup_ratio}")
         require(len(self.adam_betas) == 2, f"--adam_betas takes two floats, got {self.adam_betas}")
@@ -104,6 +104,15 @@ class OptimArgs:
             f"processes = {per_step}",
         )
         return self.train_batch_size // per_step
+
+
+@dataclass
+class OptimArgs(ScheduleArgs):
+    learning_rate: float = arg(5e-6, "Peak learning rate.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.learning_rate > 0, f"--learning_rate must be > 0, got {self.learning_rate}")
 
 
 @dataclass

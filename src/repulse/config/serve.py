@@ -26,6 +26,11 @@ class ServeArgs:
     bf16: bool = arg(False, "Load the reward model in bfloat16.")
     flash_attn: bool = arg(False, "Use FlashAttention-2 (needs a CUDA GPU and the flash-attn package).")
     load_in_4bit: bool = arg(False, "Load the weights in 4-bit NF4 (bitsandbytes, [gpu] extra).")
+    device: str = arg("auto", "Where the model runs: auto (the GPU if there is one), cpu, cuda or cuda:N.")
+    num_threads: int = arg(
+        0, "CPU threads for the model (torch.set_num_threads); 0 keeps torch's default. On a CPU shared with other "
+        "work, 1 avoids threads waiting on each other."
+    )  # fmt: skip
     host: str = arg("127.0.0.1", "Address to bind. Anything but a loopback address exposes the server: set --api_key.")
     port: int = arg(5000, "TCP port to listen on.")
     api_key: str | None = arg(
@@ -39,6 +44,11 @@ class ServeArgs:
         require(self.max_len >= 2, f"--max_len must be >= 2, got {self.max_len}")
         require(self.batch_size >= 1, f"--batch_size must be >= 1, got {self.batch_size}")
         require(0 <= self.max_wait_ms <= 10_000, f"--max_wait_ms must be in [0, 10000], got {self.max_wait_ms}")
+        require(
+            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+            f"--device must be auto, cpu, cuda or cuda:N, got {self.device!r}",
+        )
+        require(self.num_threads >= 0, f"--num_threads must be >= 0, got {self.num_threads}")
         require(1 <= self.port <= 65535, f"--port must be in [1, 65535], got {self.port}")
         require(self.max_texts_per_request >= 1, "--max_texts_per_request must be >= 1")
         require(self.max_body_bytes >= 1024, f"--max_body_bytes must be >= 1024, got {self.max_body_bytes}")

@@ -1,0 +1,116 @@
+"""train_ppo: PPO / REINFORCE, twist (proposal) learning, and RePULSe harmlessness training, on one process.
+
+Modes (METHODS §1):
+- PPO (`--actor_loss_type ppo`, critic + GAE + KL penalty) or REINFORCE (`--actor_loss_type reinforce`,
+  `--reinforce_baseline_type expectation` = RLOO);
+- twist learning (`--actor_loss_type ctl|ctl_nosecondterm|dpg|sixo|sixo_approxneg` with a policy_psi_*
+  `--parameterization`): q learns sigma ∝ p_0 e^{beta r} with `--target_dist_beta`;
+- harmlessness (`--do_harmlessness_training`): p_theta trained with REINFORCE (+ RLOO) and, for RePULSe
+  (`--harmlessness_training_loss_type neg_training`), alpha times a negative-training term on samples from a
+  learned proposal q of sigma_theta ∝ p_theta e^{beta r}; q trained with CTL/DPG alongside.
+Departures from the reference code: importance weights use masked sums; scoring runs in eval mode; nothing is
+scored after EOS in the exact evaluation; `--num_episodes > 1` works for every harmlessness variant.
+
+    repulse train_ppo --config configs/toy_repulse.yaml                       # embedded toy, RePULSe
+    repulse train_ppo --do_harmlessness_training --harmlessness_training_loss_type reinforce \\
+        --reinforce_baseline_type expectation --duplicate_rollout_batch_by 64 --generate_max_len 2 \\
+        --new_custom_single_prompt --analytic_bad_word_calc --save_path runs/reinforce
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from repulse.cli.runner import run_cli, write_resolved_config
+from repulse.config.common import CheckpointArgs, LoggingArgs, LoraArgs, ModelArgs, StrategyArgs
+from repulse.config.harmlessness import EvalArgs, HarmlessnessArgs
+from repulse.config.parser import parse_groups, to_flat_dict
+from repulse.config.ppo import PPOArgs, ProposalArgs
+from repulse.config.reward import RewardArgs
+from repulse.config.rollout import PPOOptimArgs, RolloutArgs
+
+
+class PPOConfig(NamedTuple):
+    model: ModelArgs
+    lora: LoraArgs
+    optim: PPOOptimArgs
+    strategy: StrategyArgs
+    ckpt: CheckpointArgs
+    logging: LoggingArgs
+    rollout: RolloutArgs
+    reward: RewardArgs
+    ppo: PPOArgs
+    proposal: ProposalArgs
+    harm: HarmlessnessArgs
+    evaluation: EvalArgs
+
+
+GROUPS = (ModelArgs, LoraArgs, PPOOptimArgs, StrategyArgs, CheckpointArgs, LoggingArgs, RolloutArgs, RewardArgs,
+          PPOArgs, ProposalArgs, HarmlessnessArgs, EvalArgs)  # fmt: skip
+
+
+def parse_args(argv: Sequence[str] | None = None) -> PPOConfig:
+    from repulse.config.validate import check_train_ppo
+
+    cfg = PPOConfig(*parse_groups(GROUPS, argv, description=__doc__))
+    check_train_ppo(cfg.rollout, cfg.ppo, cfg.proposal, cfg.harm, cfg.evaluation, cfg.optim)
+    return cfg
+
+
+def warn_inert_flags(cfg: PPOConfig) -> None:
+    import logging
+
+    e = cfg.evaluation
+    if e.test_info_every != 1 or e.n_seeds_f_q != 1 or not e.no_test_info:
+        logging.getLogger("repulse").warning("--no_test_info, --test_info_every and --n_seeds_f_q have no effect "
+                                             "(they were inert in the reference code too)")  # fmt: skip
+
+
+def only_negative_data(cfg: PPOConfig, strategy, path: str, tokenizer) -> dict:
+    from repulse.infra.files import write_json_atomic
+    from repulse.models.load import load_scoring_lm
+    from repulse.trainers.rl_evals import negative_data_pass
+
+    result = negative_data_pass(cfg, load_scoring_lm(path).to(strategy.device), tokenizer)
+    write_json_atomic(f"{cfg.ckpt.save_path}/negative_data.json", result)
+    print(f"train_ppo: negative-data mean log-prob {result['mean_logprob']:.4f} over {result['n_sequences']} texts")
+    return result
+
+
+def train(cfg: PPOConfig) -> dict:
+    from repulse.cli.training import start_run
+    from repulse.trainers.rl_run import run_train_ppo
+
+    warn_inert_flags(cfg)
+    strategy, path, tokenizer = start_run(cfg_with_data_view(cfg))
+    if cfg.evaluation.only_evaluate_on_neg_data:
+        return only_negative_data(cfg, strategy, path, tokenizer)
+    flat = to_flat_dict(*cfg)
+    if strategy.is_rank_0():
+        write_resolved_config(cfg.ckpt.save_path, flat)
+    summary = run_train_ppo(cfg, strategy, path, tokenizer, flat)
+    shown = {k: v for k, v in summary.items() if isinstance(v, int | float)}
+    print("train_ppo: " + " ".join(f"{k}={v:.4g}" for k, v in shown.items()) + f"; outputs in {cfg.ckpt.save_path}")
+    strategy.cleanup()
+    return summary
+
+
+def cfg_with_data_view(cfg: PPOConfig):
+    """start_run reads cfg.data.tokenizer_chat_template; PPO keeps that flag in the rollout group."""
+
+    class View(NamedTuple):
+        model: ModelArgs
+        data: RolloutArgs
+        optim: PPOOptimArgs
+        strategy: StrategyArgs
+
+    return View(cfg.model, cfg.rollout, cfg.optim, cfg.strategy)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(lambda a: train(parse_args(a)), argv, "train_ppo")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,71 @@
+"""Rules that span several flag groups of train_ppo (the fork's asserts, as named checks raising ConfigError)."""
+
+from __future__ import annotations
+
+from repulse.config.fields import require
+
+HARMLESSNESS_PROPOSAL_LOSSES = ("ctl", "ctl_nosecondterm", "dpg")
+MODULATIONS = ("modulation_linear_head", "modulation_nn_head", "modulation_model")
+
+
+def check_harmlessness(rollout, ppo, proposal, harm, optim) -> None:
+    n = rollout.duplicate_rollout_batch_by
+    if harm.harmlessness_training_loss_type != "reinforce" or harm.use_base_as_proposal:
+        require(proposal.target_dist_beta is not None, "--target_dist_beta is needed for negative training "
+                "(the beta of sigma ∝ p e^{beta r})")  # fmt: skip
+    if separate_proposal(harm):
+        require(
+            proposal.actor_loss_type in HARMLESSNESS_PROPOSAL_LOSSES,
+            f"--do_harmlessness_training trains q with --actor_loss_type in {HARMLESSNESS_PROPOSAL_LOSSES}",
+        )
+        require(
+            proposal.parameterization.startswith("policy_psi"),
+            "--do_harmlessness_training with a learned proposal needs a policy_psi_* --parameterization",
+        )
+    require(optim.micro_train_batch_size % n == 0, "--micro_train_batch_size must be a multiple of "
+            "--duplicate_rollout_batch_by so every update sees whole prompt groups")  # fmt: skip
+    require(ppo.kl_target is None, "--kl_target (adaptive KL) is for PPO mode, not --do_harmlessness_training")
+
+
+def separate_proposal(harm) -> bool:
+    """RePULSe draws its own proposal samples; REINFORCE and the base-as-proposal baseline do not."""
+    return harm.harmlessness_training_loss_type != "reinforce" and not harm.use_base_as_proposal
+
+
+def check_ppo_mode(rollout, ppo, proposal, optim) -> None:
+    n = rollout.duplicate_rollout_batch_by
+    if proposal.actor_loss_type == "ppo":
+        require(proposal.target_dist_beta is None, "--actor_loss_type ppo derives beta = 1/--init_kl_coef: leave "
+                "--target_dist_beta unset")  # fmt: skip
+        require(proposal.parameterization == "policy", "--actor_loss_type ppo needs --parameterization policy")
+    elif proposal.actor_loss_type == "reinforce":
+        require(proposal.parameterization == "policy", "--actor_loss_type reinforce needs --parameterization policy")
+    else:
+        require(proposal.parameterization != "policy", f"--actor_loss_type {proposal.actor_loss_type} learns a twist: "
+                "choose a policy_psi_* --parameterization")  # fmt: skip
+        require(proposal.target_dist_beta is not None, "twist learning needs --target_dist_beta")
+        require(n > 1, "twist learning needs --duplicate_rollout_batch_by > 1 (weights are normalised per group)")
+        require(ppo.init_kl_coef == 0, "twist learning outside harmlessness mode needs --init_kl_coef 0")
+        require(optim.micro_train_batch_size % n == 0,
+                "--micro_train_batch_size must be a multiple of --duplicate_rollout_batch_by")  # fmt: skip
+    if ppo.reinforce_baseline_type == "expectation":
+        require(n > 1, "--reinforce_baseline_type expectation (RLOO) needs --duplicate_rollout_batch_by > 1")
+
+
+def check_common(rollout, proposal, evaluation) -> None:
+    require(
+        proposal.parameterization not in MODULATIONS,
+        f"--parameterization {proposal.parameterization}: "
+        "modulation heads are not available in this version (use a policy_psi_* parameterization)",
+    )
+    if evaluation.analytic_bad_word_calc:
+        require(rollout.generate_max_len <= 3, "--analytic_bad_word_calc enumerates every continuation: use "
+                "--generate_max_len <= 3")  # fmt: skip
+
+
+def check_train_ppo(rollout, ppo, proposal, harm, evaluation, optim) -> None:
+    check_common(rollout, proposal, evaluation)
+    if harm.do_harmlessness_training:
+        check_harmlessness(rollout, ppo, proposal, harm, optim)
+    else:
+        check_ppo_mode(rollout, ppo, proposal, optim)

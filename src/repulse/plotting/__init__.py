@@ -1,0 +1,1 @@
+"""PNG figures of run outputs (matplotlib, Agg backend), written atomically."""

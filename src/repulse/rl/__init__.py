@@ -1,0 +1,1 @@
+"""RL building blocks: advantages, KL penalties, potentials and transforms, importance weights, experience."""

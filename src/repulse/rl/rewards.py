@@ -1,0 +1,98 @@
+"""Reward sources for RL: a local reward model, a remote serve_rm server, or a Python function.
+
+Every source maps (prompt texts, response texts) to one float reward per pair. The local model scores
+prompt + response + EOS (as train_rm trains it), truncated from the left to --rm_max_len so the last token,
+where the reward is read, is kept.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Sequence
+
+import torch
+
+from repulse.data.collate import pad_sequences
+from repulse.infra.errors import UserError
+
+log = logging.getLogger("repulse")
+
+RewardSource = Callable[[Sequence[str], Sequence[str]], torch.Tensor]
+
+
+class LocalRewardModel:
+    def __init__(self, model, tokenizer, *, value_head_prefix: str = "score", normalize: bool = False,
+                 max_len: int | None = None, batch_size: int = 64) -> None:  # fmt: skip
+        from repulse.models.reward import hf_model
+
+        config = hf_model(model).config
+        if normalize and not getattr(config, "normalize_reward", False):
+            raise UserError("--normalize_reward: the reward model config holds no mean/std (train it with "
+                            "train_rm --normalize_reward)")  # fmt: skip
+        self.model, self.tokenizer = model, tokenizer
+        self.value_head_prefix, self.normalize = value_head_prefix, normalize
+        self.max_len, self.batch_size = max_len, batch_size
+
+    def encode(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        eos = self.tokenizer.eos_token_id
+        seqs = []
+        for text in texts:
+            ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
+            if eos is not None and (not ids or ids[-1] != eos):
+                ids = [*ids, eos]
+            if self.max_len is not None:
+                ids = ids[-self.max_len :]
+            seqs.append(torch.tensor(ids, dtype=torch.long))
+        masks = [torch.ones(len(s), dtype=torch.long) for s in seqs]
+        return pad_sequences(seqs, self.tokenizer.pad_token_id), pad_sequences(masks, 0)
+
+    @torch.no_grad()
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+        from repulse.models.reward import sequence_rewards
+
+        device = next(self.model.parameters()).device
+        texts = [p + r for p, r in zip(prompts, responses, strict=True)]
+        out = []
+        for start in range(0, len(texts), self.batch_size):
+            ids, mask = self.encode(texts[start : start + self.batch_size])
+            rewards = sequence_rewards(self.model, ids.to(device), mask.to(device), self.value_head_prefix,
+                                       normalize=self.normalize)  # fmt: skip
+            out.append(rewards.float().cpu())
+        return torch.cat(out)
+
+
+class FunctionReward:
+    """`--reward_fn module:function`; the function takes (prompts, responses) and returns one float each."""
+
+    def __init__(self, spec: str) -> None:
+        module_name, _, attr = spec.partition(":")
+        try:
+            self.fn = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as err:
+            raise UserError(f"--reward_fn {spec}: cannot import ({err})") from err
+
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+        values = torch.as_tensor(self.fn(list(prompts), list(responses)), dtype=torch.float32).flatten()
+        if values.shape[0] != len(responses):
+            raise UserError(f"--reward_fn returned {values.shape[0]} rewards for {len(responses)} responses")
+        return values
+
+
+def make_reward_source(reward_args, model_args, device: torch.device) -> RewardSource:
+    """The reward source the flags name: --remote_rm_url, --reward_fn, or a local model (default embedded)."""
+    if reward_args.remote_rm_url:
+        from repulse.serving.client import RemoteRewardModel
+
+        remote = RemoteRewardModel(reward_args.remote_rm_url)
+        return lambda prompts, responses: remote(list(responses), list(prompts))
+    if reward_args.reward_fn:
+        return FunctionReward(reward_args.reward_fn)
+    from repulse.config.common import ModelArgs
+    from repulse.models.load import load_tokenizer, resolve_model_path
+    from repulse.models.reward import load_reward_model
+
+    path = resolve_model_path(reward_args.reward_pretrain, "tiny_rm", what="reward model")
+    model = load_reward_model(path, ModelArgs(bf16=model_args.bf16), value_head_prefix=reward_args.value_head_prefix)
+    return LocalRewardModel(model.to(device), load_tokenizer(path), value_head_prefix=reward_args.value_head_prefix,
+                            normalize=reward_args.normalize_reward, max_len=reward_args.rm_max_len)  # fmt: skip

@@ -1,0 +1,89 @@
+"""Sampling N responses per prompt and scoring their tokens under any model (always in eval mode).
+
+Rows are contiguous per prompt (rows [p*N, (p+1)*N) share prompt p), the layout every group-wise estimator
+(RLOO baselines, self-normalised weights) relies on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from repulse.generation.generate import SamplingParams, generate
+from repulse.losses.lm import token_log_probs
+from repulse.models.logprobs import forward_logits
+
+
+@dataclass
+class Rollout:
+    """sequences [B, S] (left-padded prompt, then response), attention_mask [B, S], action_mask [B, T]
+    (valid response tokens, EOS included), prompts / responses: the texts per row, group_size N."""
+
+    sequences: torch.Tensor
+    attention_mask: torch.Tensor
+    action_mask: torch.Tensor
+    prompts: list[str]
+    responses: list[str]
+    group_size: int
+
+    @property
+    def num_actions(self) -> int:
+        return self.action_mask.shape[1]
+
+    @property
+    def actions(self) -> torch.Tensor:
+        return self.sequences[:, -self.num_actions :]
+
+    def rows(self, start: int, stop: int) -> Rollout:
+        return Rollout(self.sequences[start:stop], self.attention_mask[start:stop], self.action_mask[start:stop],
+                       self.prompts[start:stop], self.responses[start:stop], self.group_size)  # fmt: skip
+
+    def select(self, index: torch.Tensor) -> Rollout:
+        """Rows in `index` order (PPO shuffles; group-wise estimators must use rows() on whole groups)."""
+        picked = index.tolist()
+        return Rollout(self.sequences[index], self.attention_mask[index], self.action_mask[index],
+                       [self.prompts[i] for i in picked], [self.responses[i] for i in picked],
+                       self.group_size)  # fmt: skip
+
+    def to(self, device: torch.device) -> Rollout:
+        return replace(self, sequences=self.sequences.to(device), attention_mask=self.attention_mask.to(device),
+                       action_mask=self.action_mask.to(device))  # fmt: skip
+
+
+def encode_prompts_left_truncated(tokenizer, prompts: list[str], max_len: int) -> list[list[int]]:
+    """Token ids of each prompt, keeping the last max_len tokens (the end is what the response follows)."""
+    return [tokenizer(p, add_special_tokens=True)["input_ids"][-max_len:] for p in prompts]
+
+
+def sample_rollout(model, tokenizer, prompt_ids: list[list[int]], group_size: int, params: SamplingParams,
+                   batch_size: int = 64) -> Rollout:  # fmt: skip
+    """N = group_size samples for each prompt from `model` (ancestral sampling with `params`)."""
+    out = generate(model, tokenizer, prompt_ids, replace(params, num_samples=group_size), batch_size=batch_size)
+    texts = tokenizer.batch_decode(prompt_ids, skip_special_tokens=False)
+    prompts = [texts[i] for i in out.prompt_index.tolist()]
+    return Rollout(out.sequences, out.attention_mask, out.response_mask, prompts, out.texts, group_size)
+
+
+def response_logits(model, rollout: Rollout) -> torch.Tensor:
+    """Logits that predict each response token -> [B, T, V] (with gradient if the caller wants one)."""
+    logits = forward_logits(model, rollout.sequences, rollout.attention_mask)
+    return logits[:, -rollout.num_actions - 1 : -1]
+
+
+def response_token_logps(model, rollout: Rollout, *, grad: bool = False) -> torch.Tensor:
+    """log p(s_t | x, s_<t) for every response position -> [B, T]; padded positions are 0.
+
+    Without `grad` the model runs in eval mode under no_grad: scoring never sees dropout (a departure from the
+    reference code, which scored with modules in train mode).
+    """
+    if grad:
+        logits = response_logits(model, rollout)
+    else:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            logits = response_logits(model, rollout)
+        model.train(was_training)
+    logps = token_log_probs(logits, rollout.actions)
+    return logps * rollout.action_mask

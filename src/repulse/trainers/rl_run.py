@@ -1,0 +1,221 @@
+"""The whole train_ppo run: models, prompts, trainer, evaluation passes, checkpoints, outputs.
+
+Outputs under --save_path: config.yaml, metrics.jsonl (one row per step and per evaluation), final/ (p_theta
+in harmlessness mode, else the actor), final_proposal/ (q), final_critic/, summary.json, evaluations.json,
+and negdata.jsonl with --save_negdata.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from repulse.config.validate import separate_proposal
+from repulse.evaluation.bad_output import BadOutputSpec, exact_bad_output
+from repulse.infra.files import write_json_atomic, write_jsonl_atomic
+from repulse.infra.metrics import MetricLogger
+from repulse.models.load import load_causal_lm, load_reference_lm, save_pretrained_atomic
+from repulse.rl.rollout import encode_prompts_left_truncated
+from repulse.trainers.rl_loop import RLLoopSettings, run_rl_loop
+
+log = logging.getLogger("repulse")
+
+
+def load_models(cfg, path: str, strategy) -> dict[str, Any]:
+    """p_theta / actor, frozen p_0, and (by mode) the proposal q or the critic."""
+    lora, device = cfg.lora, strategy.device
+    models: dict[str, Any] = {"initial": load_reference_lm(path, cfg.model, offload=False, device=device)}
+    main = strategy.prepare(load_causal_lm(path, cfg.model, lora))
+    if cfg.harm.do_harmlessness_training:
+        models["base"] = main
+        if separate_proposal(cfg.harm):
+            q = load_causal_lm(path, cfg.model, lora, trainable=cfg.optim.actor_learning_rate > 0)
+            models["proposal"] = strategy.prepare(q)
+        return models
+    models["actor"] = main
+    if cfg.proposal.actor_loss_type == "ppo" and not cfg.ppo.no_critic:
+        from repulse.models.reward import load_reward_model
+
+        critic = load_reward_model(cfg.ppo.critic_pretrain or path, cfg.model, lora,
+                                   value_head_prefix=cfg.reward.value_head_prefix, trainable=True)  # fmt: skip
+        models["critic"] = strategy.prepare(critic)
+    if cfg.ppo.enable_ema:
+        import copy
+
+        models["ema"] = copy.deepcopy(strategy.unwrap(main)).to("cpu").requires_grad_(False)
+    return models
+
+
+def load_prompt_ids(cfg, tokenizer) -> list[list[int]]:
+    from repulse.data.prompts import format_prompts, load_prompt_texts
+
+    r = cfg.rollout
+    if r.new_custom_single_prompt:
+        texts = [r.custom_prompt]
+    else:
+        raw = load_prompt_texts(r.prompt_data, r.prompt_data_probs, key=r.input_key, split=r.prompt_split,
+                                seed=cfg.optim.seed, max_samples=r.max_samples)  # fmt: skip
+        texts = format_prompts(raw, tokenizer, input_template=r.input_template, chat=r.apply_chat_template)
+    return encode_prompts_left_truncated(tokenizer, texts, r.prompt_max_len)
+
+
+def bad_output_spec(cfg, reward_source) -> BadOutputSpec:
+    from repulse.assets import bad_words
+
+    e, r = cfg.evaluation, cfg.rollout
+    if e.analytic_by_threshold:
+        return BadOutputSpec(r.custom_prompt, r.generate_max_len, reward_source=reward_source,
+                             threshold=cfg.reward.threshold)  # fmt: skip
+    words = Path(e.bad_words_file).read_text().split() if e.bad_words_file else bad_words()
+    return BadOutputSpec(r.custom_prompt, r.generate_max_len, bad_words=words)
+
+
+def make_evaluator(cfg, model, tokenizer, reward_source):
+    if not cfg.evaluation.analytic_bad_word_calc:
+        return None
+    spec = bad_output_spec(cfg, reward_source)
+
+    def evaluate(fit_step: int) -> dict[str, Any]:
+        result = exact_bad_output(model, tokenizer, spec)
+        return {"fit_step": fit_step, "exact_log_p_bad": result["log_p_bad"], "exact_p_bad": result["p_bad"]}
+
+    return evaluate
+
+
+def build_trainer(cfg, models, reward_source, tokenizer, strategy, total_steps: int):
+    from repulse.trainers import rl_setup
+
+    if cfg.harm.do_harmlessness_training:
+        trainer = rl_setup.build_harmlessness_trainer(cfg, models, reward_source, tokenizer, strategy, total_steps)
+        return rl_setup.AnnealedTrainer(trainer, cfg.harm, trainer.update.beta, total_steps)
+    if cfg.proposal.is_twist_loss:
+        return rl_setup.build_twist_trainer(cfg, models, reward_source, tokenizer, strategy, total_steps)
+    ptx = ptx_batches(cfg, tokenizer, strategy.device) if cfg.ppo.pretrain_data else None
+    return rl_setup.build_ppo_trainer(cfg, models, reward_source, tokenizer, strategy, total_steps, ptx)
+
+
+def ptx_batches(cfg, tokenizer, device):
+    """An endless iterator of pre-training batches (full-sequence LM loss) for the PPO-ptx term."""
+    from repulse.data.collate import PadCollator
+    from repulse.data.loading import blend_datasets
+    from repulse.data.sft import SFTDataset
+
+    key = cfg.ppo.pretrain_input_key
+    rows = blend_datasets(cfg.ppo.pretrain_data.split(","), [1.0 / len(cfg.ppo.pretrain_data.split(","))] *
+                          len(cfg.ppo.pretrain_data.split(",")), [key], seed=cfg.optim.seed)  # fmt: skip
+    data = SFTDataset(rows, tokenizer, cfg.rollout.prompt_max_len, input_key=key, output_key=None, pretrain_mode=True)
+    collate, size = PadCollator(tokenizer.pad_token_id), cfg.optim.micro_train_batch_size
+    gen = torch.Generator().manual_seed(cfg.optim.seed)
+    while True:
+        order = torch.randperm(len(data), generator=gen).tolist()
+        for i in range(0, len(order), size):
+            batch = collate([data[j] for j in order[i : i + size]])
+            yield {k: v.to(device) for k, v in batch.items()}
+
+
+def loop_settings(cfg, n_prompts: int) -> RLLoopSettings:
+    per_step = max(1, cfg.rollout.rollout_batch_size)
+    episodes = (cfg.harm.harmlessness_training_num_episodes * cfg.harm.harmlessness_training_episodes_per_loop
+                if cfg.harm.do_harmlessness_training else cfg.rollout.num_episodes)  # fmt: skip
+    save_steps = cfg.harm.save_steps_harmless if cfg.harm.do_harmlessness_training else cfg.ckpt.save_steps
+    return RLLoopSettings(episodes=episodes, prompts_per_step=min(per_step, n_prompts), fit_steps=cfg.ppo.fit_steps,
+                          logging_steps=cfg.logging.logging_steps, save_steps=save_steps, seed=cfg.optim.seed,
+                          progress=not cfg.logging.disable_progress_bar)  # fmt: skip
+
+
+def save_models(cfg, models: dict[str, Any], tokenizer, strategy, folder: str) -> None:
+    main = models.get("base") or models.get("actor")
+    save_pretrained_atomic(strategy.unwrap(main), tokenizer, f"{folder}/final")
+    for key, name in (("proposal", "final_proposal"), ("critic", "final_critic"), ("ema", "final_ema")):
+        if models.get(key) is not None:
+            save_pretrained_atomic(strategy.unwrap(models[key]), tokenizer, f"{folder}/{name}")
+
+
+def summarize(state, trainer) -> dict[str, Any]:
+    last = state.history[-1] if state.history else {}
+    evals = state.evaluations
+    summary = {"steps": state.global_step, "reward_mean_final": last.get("reward_mean"),
+               "samples_used": getattr(getattr(trainer, "trainer", trainer), "samples_used", None)}  # fmt: skip
+    if evals:
+        summary["exact_log_p_bad_initial"] = evals[0]["exact_log_p_bad"]
+        summary["exact_log_p_bad_final"] = evals[-1]["exact_log_p_bad"]
+        summary["exact_log10_p_bad_final"] = evals[-1]["exact_log_p_bad"] / math.log(10)
+    return summary
+
+
+def run_train_ppo(cfg, strategy, path: str, tokenizer, config_dump: dict[str, Any]) -> dict[str, Any]:
+    from repulse.rl.rewards import make_reward_source
+
+    models = load_models(cfg, path, strategy)
+    reward_source = make_reward_source(cfg.reward, cfg.model, strategy.device)
+    prompt_ids = load_prompt_ids(cfg, tokenizer)
+    settings = loop_settings(cfg, len(prompt_ids))
+    total = settings.fit_steps * settings.episodes * math.ceil(len(prompt_ids) / settings.prompts_per_step)
+    trainer = build_trainer(cfg, models, reward_source, tokenizer, strategy, total)
+    main = models.get("base") or models.get("actor")
+    lg = cfg.logging
+    logger = MetricLogger(cfg.ckpt.save_path, enabled=strategy.is_rank_0(), tensorboard_dir=lg.use_tensorboard,
+                          wandb=lg.use_wandb, wandb_project=lg.wandb_project, config=config_dump)  # fmt: skip
+    negdata = NegDataRecorder(trainer, cfg.harm) if cfg.harm.save_negdata else None
+    try:
+        evaluate = make_evaluator(cfg, main, tokenizer, reward_source)
+        folder = cfg.ckpt.checkpoint_dir()
+
+        def save(step: int) -> None:
+            if strategy.is_rank_0():
+                save_models(cfg, models, tokenizer, strategy, f"{folder}/global_step{step}")
+
+        state = run_rl_loop(negdata or trainer, prompt_ids, settings, logger, evaluate=evaluate, save=save)
+    finally:
+        logger.close()
+    summary = summarize(state, trainer)
+    summary.update(run_post_evaluations(cfg, main, models["initial"], tokenizer, reward_source))
+    if strategy.is_rank_0():
+        save_models(cfg, models, tokenizer, strategy, cfg.ckpt.save_path)
+        write_json_atomic(f"{cfg.ckpt.save_path}/evaluations.json", state.evaluations)
+        write_json_atomic(f"{cfg.ckpt.save_path}/summary.json", summary)
+        if negdata is not None:
+            write_jsonl_atomic(f"{cfg.ckpt.save_path}/negdata.jsonl", negdata.rows)
+    return summary
+
+
+class NegDataRecorder:
+    """Wraps a trainer; keeps every sampled (prompt, response) whose reward is below the threshold."""
+
+    def __init__(self, trainer, harm) -> None:
+        self.trainer, self.model, self.threshold = trainer, trainer.model, harm.save_negdata_threshold
+        self.rows: list[dict[str, Any]] = []
+        self.seen: set[tuple[str, str]] = set()
+
+    def step(self, prompt_ids):
+        inner = getattr(self.trainer, "trainer", self.trainer)
+        original = inner.reward_source
+
+        def recording(prompts, responses):
+            rewards = original(prompts, responses)
+            for p, r, value in zip(prompts, responses, rewards.tolist(), strict=True):
+                if value < self.threshold and (p, r) not in self.seen:
+                    self.seen.add((p, r))
+                    self.rows.append({"prompt": p, "response": r, "reward": value})
+            return rewards
+
+        inner.reward_source = recording
+        try:
+            return self.trainer.step(prompt_ids)
+        finally:
+            inner.reward_source = original
+
+
+def run_post_evaluations(cfg, model, reference, tokenizer, reward_source) -> dict[str, Any]:
+    from repulse.trainers.rl_evals import heldout_pass, negative_data_pass
+
+    out: dict[str, Any] = {}
+    if cfg.evaluation.evaluate_heldout_sampling:
+        out["heldout"] = heldout_pass(cfg, model, reference, tokenizer, reward_source)
+    if cfg.evaluation.evaluate_on_neg_data:
+        out["negative_data"] = negative_data_pass(cfg, model, tokenizer)
+    return out
