@@ -78,10 +78,25 @@ def only_negative_data(cfg: PPOConfig, strategy, path: str, tokenizer) -> dict:
     return result
 
 
+def check_single_process(cfg: PPOConfig) -> None:
+    import os
+
+    from repulse.infra.errors import UserError
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("train_ppo runs on one process (CPU or one GPU); multi-process RL is train_ppo_ray's job")
+    if cfg.ckpt.load_checkpoint:
+        raise UserError(
+            "--load_checkpoint: train_ppo does not resume yet (its checkpoints hold the models in "
+            "Hugging Face format: start a new run with --pretrain <ckpt>/global_stepN/final)"
+        )
+
+
 def train(cfg: PPOConfig) -> dict:
     from repulse.cli.training import start_run
     from repulse.trainers.rl_run import run_train_ppo
 
+    check_single_process(cfg)
     warn_inert_flags(cfg)
     strategy, path, tokenizer = start_run(cfg_with_data_view(cfg))
     if cfg.evaluation.only_evaluate_on_neg_data:

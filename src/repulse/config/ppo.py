@@ -32,6 +32,9 @@ class PPOArgs:
     freezing_actor_steps: int = arg(-1, "Skip actor updates for the first N steps (critic warm-up).")
     model_eval: bool = arg(False, "Run update passes in eval mode (no dropout). Scoring always uses eval mode.")
     fit_steps: int = arg(1, "Repeat training this many times, evaluating after each (toy setting).")
+    critic_loss_type: str = arg("mse", "Critic loss; only 'mse' (the clipped PPO value loss) exists, as in the fork.")
+    advantage_estimator: str = arg("gae", "PPO advantages: 'gae' (REINFORCE uses --actor_loss_type reinforce).")
+    shared_actorcritic: bool = arg(False, "Not supported (it raised in the reference code too); must stay off.")
 
     def __post_init__(self) -> None:
         require(self.eps_clip > 0, "--eps_clip must be > 0")
@@ -41,6 +44,11 @@ class PPOArgs:
                 "--reinforce_baseline_type must be expectation, hardcoded or unset")  # fmt: skip
         require(0 < self.ema_beta < 1, "--ema_beta must be in (0, 1)")
         require(self.fit_steps >= 1, "--fit_steps must be >= 1")
+        require(self.critic_loss_type == "mse", "--critic_loss_type: only mse is implemented (the others raised in "
+                "the reference code)")  # fmt: skip
+        require(self.advantage_estimator == "gae", "--advantage_estimator: only gae (use --actor_loss_type "
+                "reinforce with --reinforce_baseline_type for REINFORCE/RLOO)")  # fmt: skip
+        require(not self.shared_actorcritic, "--shared_actorcritic is not supported")
 
 
 @dataclass

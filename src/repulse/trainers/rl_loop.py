@@ -26,6 +26,7 @@ class RLLoopSettings:
     fit_steps: int = 1
     logging_steps: int = 1
     save_steps: int = -1
+    eval_steps: int = -1
     seed: int = 0
     progress: bool = True
 
@@ -73,6 +74,8 @@ def run_rl_loop(
                 bar.set_postfix(reward=f"{metrics.get('reward_mean', float('nan')):.3f}")
                 if save is not None and settings.save_steps > 0 and state.global_step % settings.save_steps == 0:
                     save(state.global_step)
+                if evaluate is not None and settings.eval_steps > 0 and state.global_step % settings.eval_steps == 0:
+                    record_evaluation(state, evaluate(fit), logger)
         if evaluate is not None:
             record_evaluation(state, evaluate(fit + 1), logger)
     bar.close()

@@ -122,9 +122,10 @@ def loop_settings(cfg, n_prompts: int) -> RLLoopSettings:
     episodes = (cfg.harm.harmlessness_training_num_episodes * cfg.harm.harmlessness_training_episodes_per_loop
                 if cfg.harm.do_harmlessness_training else cfg.rollout.num_episodes)  # fmt: skip
     save_steps = cfg.harm.save_steps_harmless if cfg.harm.do_harmlessness_training else cfg.ckpt.save_steps
+    lg = cfg.logging
     return RLLoopSettings(episodes=episodes, prompts_per_step=min(per_step, n_prompts), fit_steps=cfg.ppo.fit_steps,
-                          logging_steps=cfg.logging.logging_steps, save_steps=save_steps, seed=cfg.optim.seed,
-                          progress=not cfg.logging.disable_progress_bar)  # fmt: skip
+                          logging_steps=lg.logging_steps, save_steps=save_steps, seed=cfg.optim.seed,
+                          eval_steps=lg.eval_steps, progress=not lg.disable_progress_bar)  # fmt: skip
 
 
 def save_models(cfg, models: dict[str, Any], tokenizer, strategy, folder: str) -> None:
@@ -133,6 +134,17 @@ def save_models(cfg, models: dict[str, Any], tokenizer, strategy, folder: str) -
     for key, name in (("proposal", "final_proposal"), ("critic", "final_critic"), ("ema", "final_ema")):
         if models.get(key) is not None:
             save_pretrained_atomic(strategy.unwrap(models[key]), tokenizer, f"{folder}/{name}")
+
+
+def prune_checkpoints(folder: str, keep: int) -> None:
+    """Keep the newest `keep` global_stepN folders."""
+    import shutil
+
+    from repulse.infra.checkpoint import STEP_DIR
+
+    found = sorted((int(m.group(1)), p) for p in Path(folder).iterdir() if (m := STEP_DIR.match(p.name)))
+    for _, old in found[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def summarize(state, trainer) -> dict[str, Any]:
@@ -159,7 +171,8 @@ def run_train_ppo(cfg, strategy, path: str, tokenizer, config_dump: dict[str, An
     main = models.get("base") or models.get("actor")
     lg = cfg.logging
     logger = MetricLogger(cfg.ckpt.save_path, enabled=strategy.is_rank_0(), tensorboard_dir=lg.use_tensorboard,
-                          wandb=lg.use_wandb, wandb_project=lg.wandb_project, config=config_dump)  # fmt: skip
+                          wandb=lg.use_wandb, wandb_project=lg.wandb_project, wandb_run_name=lg.wandb_run_name,
+                          config=config_dump)  # fmt: skip
     negdata = NegDataRecorder(trainer, cfg.harm) if cfg.harm.save_negdata else None
     try:
         evaluate = make_evaluator(cfg, main, tokenizer, reward_source)
@@ -168,6 +181,7 @@ def run_train_ppo(cfg, strategy, path: str, tokenizer, config_dump: dict[str, An
         def save(step: int) -> None:
             if strategy.is_rank_0():
                 save_models(cfg, models, tokenizer, strategy, f"{folder}/global_step{step}")
+                prune_checkpoints(folder, cfg.ckpt.max_ckpt_num)
 
         state = run_rl_loop(negdata or trainer, prompt_ids, settings, logger, evaluate=evaluate, save=save)
     finally:
@@ -175,11 +189,12 @@ def run_train_ppo(cfg, strategy, path: str, tokenizer, config_dump: dict[str, An
     summary = summarize(state, trainer)
     summary.update(run_post_evaluations(cfg, main, models["initial"], tokenizer, reward_source))
     if strategy.is_rank_0():
+        info = cfg.evaluation.save_info_path or cfg.ckpt.save_path
         save_models(cfg, models, tokenizer, strategy, cfg.ckpt.save_path)
-        write_json_atomic(f"{cfg.ckpt.save_path}/evaluations.json", state.evaluations)
-        write_json_atomic(f"{cfg.ckpt.save_path}/summary.json", summary)
+        write_json_atomic(f"{info}/evaluations.json", state.evaluations)
+        write_json_atomic(f"{info}/summary.json", summary)
         if negdata is not None:
-            write_jsonl_atomic(f"{cfg.ckpt.save_path}/negdata.jsonl", negdata.rows)
+            write_jsonl_atomic(f"{info}/negdata.jsonl", negdata.rows)
     return summary
 
 
