@@ -1,0 +1,149 @@
+"""forecast_rare_outputs: forecast the worst query's chance of eliciting a behaviour at deployment scale.
+
+Per model in --pretrain: each query's elicitation probability p (keyword or target log-prob, or k samples), a
+Gumbel-tail fit to ψ = -log(-log p) over the top --top_k_fit queries, and the forecast Q_p(n), the p of the worst
+of n queries (Jones et al. 2025; docs/algorithms/forecasting.md). Writes --output_file and a PNG next to it.
+
+    repulse forecast_rare_outputs --output_file runs/forecast/forecast.json        # embedded tiny LM and prompts
+    repulse forecast_rare_outputs --pretrain runs/sft/final,runs/repulse/final --elicitation_method \\
+        repeated_sampling --k_samples 200 --top_k_fit 6 --output_file runs/forecast/compare.json
+"""
+
+from __future__ import annotations
+
+import importlib
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+from repulse.cli.runner import run_cli
+from repulse.config.forecast import ForecastArgs
+from repulse.config.parser import parse_groups
+from repulse.infra.errors import UserError
+
+
+def parse_args(argv: Sequence[str] | None = None) -> ForecastArgs:
+    return parse_groups((ForecastArgs,), argv, description=__doc__)[0]
+
+
+def load_queries(args: ForecastArgs) -> list[str]:
+    from repulse.data.loading import load_source, require_columns
+
+    name = args.dataset or embedded("default_dataset", "--dataset")("prompts")
+    rows = load_source(name)
+    require_columns(rows, [args.input_key], name)
+    queries = [str(q) for q in rows[args.input_key]]
+    if len(queries) > args.evaluation_set_size:
+        queries = random.Random(args.random_seed).sample(queries, args.evaluation_set_size)
+    if len(queries) < args.top_k_fit:
+        raise UserError(f"--top_k_fit {args.top_k_fit} needs at least that many queries; {name} has {len(queries)}")
+    return queries
+
+
+def embedded(attr: str, flag: str):
+    """A function of the embedded assets, or a clear error naming the flag that replaces it."""
+    try:
+        return getattr(importlib.import_module("repulse.assets"), attr)
+    except (ImportError, AttributeError) as err:
+        raise UserError(f"no {flag} given and the embedded default is missing: pass {flag}") from err
+
+
+def keywords_of(args: ForecastArgs) -> list[str]:
+    return args.keyword_list() or list(embedded("bad_words", "--keywords")())
+
+
+def elicit(args: ForecastArgs, model, tokenizer, queries: list[str]):
+    """log p per query, and the draws per query for repeated sampling (None otherwise)."""
+    from repulse.estimation import elicitation as el
+
+    if args.elicitation_method == "repeated_sampling":
+        from repulse.generation.generate import SamplingParams, generate
+
+        def sample(chunk: list[str], k: int) -> list[list[str]]:
+            params = SamplingParams(max_new_tokens=args.gen_max_new_tokens, temperature=args.gen_temperature,
+                                    top_p=args.gen_top_p, num_samples=k)  # fmt: skip
+            texts = generate(model, tokenizer, chunk, params, batch_size=len(chunk)).texts
+            return [texts[i * k : (i + 1) * k] for i in range(len(chunk))]  # rows are grouped by prompt
+
+        result = el.sampled_log_probs(queries, args.k_samples, sample, el.keyword_behaviour(keywords_of(args)))
+        return result.log_p, result.draws.tolist()
+    query_ids = [tokenizer(q, add_special_tokens=True)["input_ids"] for q in queries]
+    if args.elicitation_method == "logprob_specific":
+        target = tokenizer(args.target_sequence, add_special_tokens=False)["input_ids"]
+        if not target or tokenizer.unk_token_id in target:
+            raise UserError(f"--target_sequence {args.target_sequence!r} is empty or not in the vocabulary")
+        return el.target_log_probs(model, query_ids, target, args.batch_size), None
+    sequences = el.keyword_token_sequences(tokenizer, keywords_of(args))
+    if not sequences:
+        raise UserError(f"none of the keywords {keywords_of(args)} is in the vocabulary (use --keywords)")
+    return el.keyword_log_probs(model, query_ids, sequences, args.batch_size), None
+
+
+def forecast_model(args: ForecastArgs, pretrain: str | None, queries: list[str]) -> dict:
+    import torch
+
+    from repulse.config.common import ModelArgs
+    from repulse.estimation.forecast import fit_gumbel_tail, forecast_worst_query, scores_from_log_p
+    from repulse.models.load import load_causal_lm, load_tokenizer, resolve_model_path
+
+    path = resolve_model_path(pretrain)
+    tokenizer = load_tokenizer(path)
+    model = load_causal_lm(path, ModelArgs(bf16=args.bf16), trainable=False)
+    if torch.cuda.is_available():
+        model.to("cuda")
+    torch.manual_seed(args.random_seed)  # the same sampled responses for every model given the same weights
+    log_p, draws = elicit(args, model, tokenizer, queries)
+    try:
+        fit = fit_gumbel_tail(scores_from_log_p(log_p), args.top_k_fit)
+        q_p = forecast_worst_query(fit, args.scales()).tolist()
+    except ValueError as err:
+        raise UserError(f"model {path}: {err}") from err
+    extra = [{"k_samples": n} for n in draws] if draws else [{}] * len(queries)
+    rows = [{"query": q, "log_p": lp, **e} for q, lp, e in zip(queries, log_p.tolist(), extra)]
+    forecast = {str(n): q for n, q in zip(args.scales(), q_p)}
+    return {"model": path, "fit": fit.as_dict(), "forecast_Q_p": forecast, "queries": rows}
+
+
+def plot_forecasts(path: Path, scales: list[int], results: list[dict]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: write files only
+    import matplotlib.pyplot as plt
+
+    from repulse.infra.files import write_atomic
+
+    fig, ax = plt.subplots(figsize=(5.5, 4), layout="tight")
+    for res in results:
+        q = [max(res["forecast_Q_p"][str(n)], 1e-300) for n in scales]
+        ax.loglog(scales, q, marker="o", label=res["model"])
+    ax.set(xlabel="deployment size n (queries)", ylabel="forecast worst-query p: Q_p(n)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+    return path
+
+
+def run(args: ForecastArgs) -> dict:
+    from repulse.infra.files import write_json_atomic
+
+    queries = load_queries(args)
+    results = [forecast_model(args, pretrain, queries) for pretrain in args.models()]
+    out = Path(args.output_file)
+    png = plot_forecasts(out.with_suffix(".png"), args.scales(), results)
+    payload = {"config": vars(args) | {"forecast_scales": args.scales()}, "plot": str(png), "results": results}
+    write_json_atomic(out, payload)
+    last = args.scales()[-1]
+    for res in results:
+        print(f"forecast_rare_outputs: {res['model']}: Q_p({last:.0e}) = {res['forecast_Q_p'][str(last)]:.3g} "
+              f"(R² {res['fit']['r2']:.3f}, top {args.top_k_fit} of {len(queries)} queries)")  # fmt: skip
+    print(f"forecast_rare_outputs: results in {out}, plot in {png}")
+    return payload
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(lambda a: run(parse_args(a)), argv, "forecast_rare_outputs")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

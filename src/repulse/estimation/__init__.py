@@ -1,0 +1,1 @@
+"""Rare-output probability estimation: exact enumeration, importance sampling, brute force, forecasting."""
