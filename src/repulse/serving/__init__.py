@@ -1,0 +1,10 @@
+"""The reward-model HTTP server (serve_rm) and its client.
+
+    scorer.py  texts -> rewards with a loaded model (tokenize as training does, truncate from the left)
+    batcher.py dynamic batching of concurrent requests, one model call at a time in a worker thread
+    guards.py  API key and body-size middleware
+    app.py     the FastAPI app (needs the [serve] extra), server.py uvicorn with a graceful stop
+    client.py  RemoteRewardModel, used by --remote_rm_url
+
+Nothing is imported here, so `import repulse.serving.client` works without FastAPI installed.
+"""

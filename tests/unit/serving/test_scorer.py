@@ -1,0 +1,78 @@
+"""Scoring without HTTP: tokenization as in training, left truncation, normalization rules."""
+
+from __future__ import annotations
+
+import dataclasses
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from repulse.infra.errors import UserError
+from repulse.serving.scorer import encode_texts, join_texts, load_scorer, normalization_stats
+from tests.conftest import make_tokenizer
+from tests.unit.serving.conftest import STATS
+from tests.unit.serving.reference import reference_rewards, training_ids
+
+TEXTS = ["this man is a good man .", "a", "", "the woman is so very nice and kind ."]
+
+
+def test_encode_matches_training_tokenization_and_appends_eos():
+    tok = make_tokenizer()
+    encoded = encode_texts(tok, TEXTS, max_len=1000)
+    assert encoded == [training_ids(tok, "", t, 1000) for t in TEXTS]
+    assert all(ids[-1] == tok.eos_token_id for ids in encoded)
+    # A text that already ends with EOS gets no second one (encode_pair's rule).
+    assert encode_texts(tok, ["a good man<eos>"], 100)[0].count(tok.eos_token_id) == 1
+
+
+def test_truncation_drops_tokens_from_the_left_and_keeps_the_last():
+    tok = make_tokenizer()
+    full = encode_texts(tok, [TEXTS[3]], max_len=1000)[0]
+    cut = encode_texts(tok, [TEXTS[3]], max_len=4)[0]
+    assert len(full) > 4 and cut == full[-4:]
+    assert cut[-1] == tok.eos_token_id
+
+
+def test_join_texts_prepends_prompts():
+    assert join_texts(["b", "d"], ["a", "c"]) == ["ab", "cd"]
+    assert join_texts(["b"], None) == ["b"]
+
+
+def test_normalization_rules():
+    plain = SimpleNamespace()
+    stored = SimpleNamespace(normalize_reward=True, mean=1.0, std=2.0)
+    stats_off = SimpleNamespace(normalize_reward=False, mean=1.0, std=2.0)
+    assert normalization_stats(plain, force=False) is None
+    assert normalization_stats(stored, force=False) == (1.0, 2.0)
+    assert normalization_stats(stats_off, force=False) is None  # the config decides by default
+    assert normalization_stats(stats_off, force=True) == (1.0, 2.0)  # the flag forces the stored stats
+    with pytest.raises(UserError, match="--normalize_reward"):
+        normalization_stats(plain, force=True)
+
+
+def test_scorer_equals_in_process_rewards_with_normalization(rm_dir_norm, base_cfg):
+    scorer = load_scorer(dataclasses.replace(base_cfg, reward_pretrain=str(rm_dir_norm), batch_size=3))
+    assert scorer.stats == STATS
+    got = torch.tensor(scorer.score_texts(TEXTS))
+    want = reference_rewards(scorer.model, scorer.tokenizer, TEXTS)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    raw = reference_rewards(scorer.model, scorer.tokenizer, TEXTS, normalize=False)
+    torch.testing.assert_close(got, (raw - STATS[0]) / STATS[1], atol=1e-5, rtol=1e-5)
+    assert scorer.calls.calls == 2 and scorer.calls.largest == 3  # 4 texts in calls of at most batch_size
+
+
+def test_normalize_flag_without_stats_fails_at_load(base_cfg):
+    with pytest.raises(UserError, match="no 'mean'/'std'"):
+        load_scorer(dataclasses.replace(base_cfg, normalize_reward=True))
+
+
+def test_missing_head_is_a_user_error(base_cfg):
+    with pytest.raises(UserError, match="value_head_prefix"):
+        load_scorer(dataclasses.replace(base_cfg, value_head_prefix="value_head"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the error of a machine without a GPU")
+def test_cuda_without_a_gpu_is_a_user_error(base_cfg):
+    with pytest.raises(UserError, match="no CUDA GPU"):
+        load_scorer(dataclasses.replace(base_cfg, device="cuda"))
