@@ -15,7 +15,7 @@ COMMANDS = {
     "train_prm": "Process reward model: label tokens predicted at step markers (hard or soft labels).",
     "train_ppo": "PPO / REINFORCE, twist learning, and RePULSe harmlessness training with exact evaluation.",
     "plot_frontier": "Reward vs exact P(bad) frontier and per-step curves (PNG) from train_ppo runs.",
-    "demo": "Train the embedded tiny LM for a few steps and print samples.",
+    "demo": "RePULSe vs REINFORCE on the embedded toy: exact P(bad) before and after, frontier plot.",
 }
 
 

@@ -1,11 +1,14 @@
-"""demo: the embedded tiny LM before and after a short SFT run, with samples and the exact P(bad).
+"""demo: RePULSe against REINFORCE on the embedded toy, at equal sample budgets, with exact P(bad).
 
-Runs on the embedded defaults only (nothing downloaded): samples continuations of a few prompts, computes
-the exact probability that the 2-token continuation of "This man is a" contains a bad word (enumerating
-every continuation), fine-tunes with train_sft for a few steps, and repeats. Results go to
-<save_path>/demo.json.
+The embedded tiny LM continues "This man is a" with 2 tokens; a planted set of bad words is rare. Both methods
+train it against the embedded reward model; RePULSe draws N samples from p and N from its learned proposal q per
+step and so gets half as many p-steps (the paper's sample accounting). After every fit step the probability
+that the 2-token continuation contains a bad word is computed exactly by enumerating every continuation.
+Prints a table (method, average reward, exact P(bad) before and after) and writes <save_path>/demo.json,
+<save_path>/frontier.png and <save_path>/curves.png. The settings are configs/toy_repulse.yaml and
+configs/toy_reinforce.yaml.
 
-    repulse demo --save_path demo_out
+    repulse demo --save_path demo_out --seeds 1
 """
 
 from __future__ import annotations
@@ -17,67 +20,101 @@ from repulse.cli.runner import run_cli
 from repulse.config.fields import arg, require
 from repulse.config.parser import parse_groups
 
+COMMON = {
+    "new_custom_single_prompt": True, "generate_max_len": 2, "duplicate_rollout_batch_by": 64,
+    "micro_rollout_batch_size": 1, "rollout_batch_size": 1, "micro_train_batch_size": 64, "train_batch_size": 64,
+    "do_harmlessness_training": True, "reinforce_baseline_type": "expectation", "init_kl_coef": 0.0,
+    "base_actor_learning_rate": 3e-4, "lr_scheduler": "constant", "lr_warmup_ratio": 0.0,
+    "adam_betas": [0.9, 0.999], "fit_steps": 4, "analytic_bad_word_calc": True, "disable_progress_bar": True,
+}  # fmt: skip
+METHODS = {
+    "REINFORCE": {**COMMON, "harmlessness_training_loss_type": "reinforce", "harmlessness_training_num_episodes": 10},
+    "RePULSe": {
+        **COMMON, "harmlessness_training_loss_type": "neg_training", "harmlessness_training_num_episodes": 5,
+        "actor_loss_type": "ctl", "parameterization": "policy_psi_q_p_s_t", "target_dist_beta": -1.0,
+        "alpha": 1.0, "actor_learning_rate": 1e-3,
+    },
+}  # fmt: skip
+
 
 @dataclass
 class DemoArgs:
-    save_path: str = arg("demo_out", "Output folder: sft/ (the fine-tuned model) and demo.json.")
-    sft_samples: int = arg(256, "Examples for the short SFT run (--max_samples of train_sft).")
-    num_samples: int = arg(4, "Samples printed per prompt, before and after.")
-    seed: int = arg(0, "Seed for training and sampling.")
+    save_path: str = arg("demo_out", "Output folder: one run folder per method and seed, demo.json and PNGs.")
+    seeds: int = arg(1, "Seeds per method (the table shows the mean over seeds).")
 
     def __post_init__(self) -> None:
-        require(self.num_samples >= 1, "--num_samples must be >= 1")
+        require(self.seeds >= 1, "--seeds must be >= 1")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> DemoArgs:
     return parse_groups((DemoArgs,), argv, description=__doc__)[0]
 
 
-def describe(model_dir: str, args: DemoArgs, label: str) -> dict:
-    import torch
+def to_argv(settings: dict) -> list[str]:
+    argv: list[str] = []
+    for key, value in settings.items():
+        if value is True:
+            argv.append(f"--{key}")
+        elif isinstance(value, list):
+            argv += [f"--{key}", *map(str, value)]
+        else:
+            argv += [f"--{key}", str(value)]
+    return argv
 
-    from repulse.assets import bad_words, load_metadata
-    from repulse.estimation.exact import exact_bad_probability
-    from repulse.generation.generate import SamplingParams, generate
-    from repulse.models.load import load_scoring_lm, load_tokenizer
 
-    meta = load_metadata()
-    tokenizer = load_tokenizer(model_dir)
-    model = load_scoring_lm(model_dir)
-    prompts = [meta["default_prompt"], "That woman is so", "My neighbor was a"]
-    torch.manual_seed(args.seed)
-    out = generate(model, tokenizer, prompts, SamplingParams(max_new_tokens=6, num_samples=args.num_samples))
-    prompt_ids = torch.tensor(tokenizer(meta["default_prompt"])["input_ids"])
-    exact = exact_bad_probability(model, prompt_ids, meta["response_len"], bad_words=bad_words(),
-                                  tokenizer=tokenizer, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+def run_method(name: str, seed: int, folder: str) -> dict:
+    import json
+
+    from repulse.cli import train_ppo
+    from repulse.infra.errors import UserError
+
+    code = train_ppo.main([*to_argv(METHODS[name]), "--seed", str(seed), "--save_path", folder])
+    if code != 0:
+        raise UserError(f"the {name} run of the demo failed (exit {code})")
+    with open(f"{folder}/summary.json") as f:
+        return json.load(f)
+
+
+def mean(results: list[dict], key: str) -> float:
+    return sum(r[key] for r in results) / len(results)
+
+
+def print_table(rows: list[dict]) -> None:
     print(
-        f"\n== {label}: exact P(bad | {meta['default_prompt']!r}, {meta['response_len']} tokens) = {exact.p_bad:.3e}"
+        f"\n{'method':<10} {'seeds':>5} {'samples':>8} {'avg reward':>11} {'P(bad) before':>14} {'P(bad) after':>13}"
     )
-    for i, text in enumerate(out.texts):
-        print(f"  {prompts[int(out.prompt_index[i])]!s:>20} |{text}")
-    return {"p_bad": exact.p_bad, "log_p_bad": exact.log_p_bad, "samples": out.texts}
+    for r in rows:
+        print(f"{r['method']:<10} {r['seeds']:>5} {r['samples']:>8} {r['reward']:>11.3f} {r['p_bad_before']:>14.3e} "
+              f"{r['p_bad_after']:>13.3e}")  # fmt: skip
 
 
 def run(args: DemoArgs) -> dict:
-    from repulse.assets import TINY_LM_DIR
-    from repulse.cli import train_sft
-    from repulse.infra.errors import UserError
-    from repulse.infra.files import write_json_atomic
+    import math
 
-    before = describe(str(TINY_LM_DIR), args, "embedded tiny LM")
-    sft_dir = f"{args.save_path}/sft"
-    code = train_sft.main([
-        "--save_path", sft_dir, "--max_samples", str(args.sft_samples), "--micro_train_batch_size", "16",
-        "--train_batch_size", "32", "--learning_rate", "1e-3", "--max_len", "32", "--seed", str(args.seed),
-        "--logging_steps", "2",
-    ])  # fmt: skip
-    if code != 0:
-        raise UserError(f"the SFT step of the demo failed (exit {code})")
-    after = describe(f"{sft_dir}/final", args, "after train_sft on the embedded SFT data")
-    result = {"before": before, "after": after, "sft_model": f"{sft_dir}/final"}
-    write_json_atomic(f"{args.save_path}/demo.json", result)
-    print(f"\ndemo: P(bad) {before['p_bad']:.3e} -> {after['p_bad']:.3e}; results in {args.save_path}/demo.json")
-    return result
+    from repulse.infra.files import write_json_atomic
+    from repulse.plotting.frontier import plot_curves, plot_frontier, read_run
+
+    rows, folders = [], []
+    for name in METHODS:
+        results = []
+        for seed in range(1, args.seeds + 1):
+            folder = f"{args.save_path}/{name.lower()}_seed{seed}"
+            folders.append(folder)
+            results.append(run_method(name, seed, folder))
+        rows.append({
+            "method": name, "seeds": len(results), "samples": int(mean(results, "samples_used")),
+            "reward": mean(results, "reward_mean_final"),
+            "p_bad_before": math.exp(mean(results, "exact_log_p_bad_initial")),
+            "p_bad_after": math.exp(mean(results, "exact_log_p_bad_final")),
+        })  # fmt: skip
+    print_table(rows)
+    runs = [read_run(f) for f in folders]
+    frontier = plot_frontier(runs, f"{args.save_path}/frontier.png")
+    plot_curves(runs, f"{args.save_path}/curves.png")
+    write_json_atomic(f"{args.save_path}/demo.json", {"rows": rows, "runs": folders, "settings": METHODS})
+    print(f"\ndemo: P(bad) shown as exp(mean log P(bad)) over seeds; plots: {frontier}; "
+          f"table: {args.save_path}/demo.json")  # fmt: skip
+    return {"rows": rows}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

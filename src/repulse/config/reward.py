@@ -16,7 +16,11 @@ class RewardArgs:
     remote_rm_url: str | None = arg(None, "HTTP reward server (serve_rm protocol) instead of a local model.")
     reward_fn: str | None = arg(None, "Python reward function 'module:function' taking (prompts, responses) lists.")
     value_head_prefix: str = arg("score", "Reward head module name of a local reward model.")
-    normalize_reward: bool = arg(False, "Standardise rewards with the mean/std stored in the reward model config.")
+    normalize_reward: bool = arg(
+        False,
+        "Require the reward model config to hold mean/std (stored statistics are "
+        "always applied; this flag makes their absence an error).",
+    )
     rm_max_len: int | None = arg(None, "Truncate reward-model inputs to this many tokens (keeps the end).")
     rm_type: str = arg("rlhf", f"How the score becomes a reward/potential: one of {RM_TYPES}.")
     threshold: float = arg(-5.0, "Reward below which an output counts as bad (indicator rm_type, evaluation).")

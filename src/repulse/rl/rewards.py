@@ -31,7 +31,8 @@ class LocalRewardModel:
             raise UserError("--normalize_reward: the reward model config holds no mean/std (train it with "
                             "train_rm --normalize_reward)")  # fmt: skip
         self.model, self.tokenizer = model, tokenizer
-        self.value_head_prefix, self.normalize = value_head_prefix, normalize
+        # Stored statistics are always applied (as everywhere else); the flag only insists that they exist.
+        self.value_head_prefix, self.normalize = value_head_prefix, True
         self.max_len, self.batch_size = max_len, batch_size
 
     def encode(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
