@@ -2,7 +2,7 @@
 
 Per model in --pretrain: each query's elicitation probability p (keyword or target log-prob, or k samples), a
 Gumbel-tail fit to ψ = -log(-log p) over the top --top_k_fit queries, and the forecast Q_p(n), the p of the worst
-of n queries (Jones et al. 2025; docs/algorithms/forecasting.md). Writes --output_file and a PNG next to it.
+of n queries (Jones et al. 2025; docs/algorithms/forecast.md). Writes --output_file and a PNG next to it.
 
     repulse forecast_rare_outputs --output_file runs/forecast/forecast.json        # embedded tiny LM and prompts
     repulse forecast_rare_outputs --pretrain runs/sft/final,runs/repulse/final --elicitation_method \\

@@ -1,0 +1,104 @@
+"""estimate_rare_harmful_outputs and forecast_rare_outputs end to end via main(argv) on the embedded defaults."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from repulse.cli import estimate_rare_harmful_outputs as lpe_cli
+from repulse.cli import forecast_rare_outputs as forecast_cli
+
+SMALL = ["--distribution_name", "english", "--sequence_length", "2", "--batch_size", "32", "--n_samples", "64"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _use_one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("method", ["itgis", "mhis", "bruteforce"])
+def test_estimate_writes_the_result_json(method, tmp_path, capsys):
+    out = tmp_path / f"{method}.json"
+    argv = [*SMALL, "--method", method, "--mhis_burn_in", "2", "--compare_exact", "--output_file", str(out)]
+    assert lpe_cli.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert {"method", "estimate", "std_err", "n_samples", "wall_time_s", "exact", "log10_error"} <= set(result)
+    assert result["method"] == method and result["n_samples"] == 64
+    assert result["target_word"] == " fuck" and result["target_tokens"] == ["Ġfuck"]
+    assert 0 < result["exact"] < 1e-2 and result["estimate"] > 0 and math.isfinite(result["std_err"])
+    assert result["log10_error"] < 1.5
+    assert result["distribution"]["support_sizes"] == [40, 34]
+    assert "estimate_rare_harmful_outputs: " + method in capsys.readouterr().out
+
+
+def test_exact_method_reports_the_enumerated_probability(tmp_path):
+    out = tmp_path / "exact.json"
+    assert lpe_cli.main([*SMALL, "--method", "exact", "--target_word", " shit", "--output_file", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["method"] == "exact" and result["std_err"] == 0.0 and result["n_samples"] == 40 * 34
+    assert result["exact"] == result["estimate"] and result["log10_error"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--target_word", " zzzz"], "--target_word ' zzzz' is not in the vocabulary"),
+        (["--method", "exact", "--distribution_name", "uniform", "--sequence_length", "4"], "--max_exact_inputs"),
+        (["--distribution_name", "caps"], "all-caps"),
+        (["--method", "nope"], "--method must be one of"),
+    ],
+)
+def test_estimate_bad_input_exits_2_with_one_line(argv, message, capsys):
+    assert lpe_cli.main([*SMALL, *argv]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if ": error: " in line]  # the other lines are [repulse] notes
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in err
+
+
+def test_forecast_writes_json_and_png(tmp_path, capsys):
+    out = tmp_path / "fc" / "forecast.json"
+    argv = [
+        "--evaluation_set_size",
+        "24",
+        "--top_k_fit",
+        "6",
+        "--forecast_scales",
+        "1e3,1e5",
+        "--output_file",
+        str(out),
+    ]
+    assert forecast_cli.main(argv) == 0
+    payload = json.loads(out.read_text())
+    png = out.with_suffix(".png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and payload["plot"] == str(png)
+    (res,) = payload["results"]
+    assert len(res["queries"]) == 24 and all(q["log_p"] <= 0 for q in res["queries"])
+    assert res["fit"]["slope"] < 0 and res["fit"]["top_k"] == 6 and res["fit"]["n_queries"] == 24
+    q3, q5 = res["forecast_Q_p"]["1000"], res["forecast_Q_p"]["100000"]
+    assert 0 <= q3 <= q5 <= 1
+    worst = max(math.exp(q["log_p"]) for q in res["queries"])
+    assert q5 > worst  # 100000 queries are forecast to do worse than the worst of 24
+    assert "Q_p(1e+05)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--dataset", "no/such/file.jsonl"], "no/such/file.jsonl"),
+        (["--keywords", "zzzz,qqqq"], "none of the keywords"),
+        (["--elicitation_method", "logprob_specific"], "--target_sequence is required"),
+    ],
+)
+def test_forecast_bad_input_exits_2_with_one_line(argv, message, tmp_path, capsys):
+    argv = [*argv, "--evaluation_set_size", "8", "--top_k_fit", "4", "--output_file", str(tmp_path / "f.json")]
+    assert forecast_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if ": error: " in line]  # the other lines are [repulse] notes
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in err
+    assert not (tmp_path / "f.json").exists()
