@@ -14,6 +14,12 @@ COMMANDS = {
     "train_kd": "Knowledge distillation: SFT loss plus KL(teacher || student).",
     "train_prm": "Process reward model: label tokens predicted at step markers (hard or soft labels).",
     "train_ppo": "PPO / REINFORCE, twist learning, and RePULSe harmlessness training with exact evaluation.",
+    "estimate_rare_harmful_outputs": "P(rare target output) under an input distribution: ITGIS, MHIS, MC, exact.",
+    "forecast_rare_outputs": "Worst-query risk Q_p(n) at deployment scale from a Gumbel-tail fit.",
+    "batch_inference": "Generate (HF/vLLM, best-of-N) or score with a reward model; rs/csft/iter_dpo post-processing.",
+    "interactive_chat": "Chat with a model in the terminal (history, clear/exit, streamed replies).",
+    "lora_combiner": "Merge a LoRA adapter into its base LM or reward model, verified on a probe batch.",
+    "serve_rm": "HTTP reward-model server (FastAPI): POST /get_reward, dynamic batching, validation, health.",
     "plot_frontier": "Reward vs exact P(bad) frontier and per-step curves (PNG) from train_ppo runs.",
     "demo": "RePULSe vs REINFORCE on the embedded toy: exact P(bad) before and after, frontier plot.",
 }
