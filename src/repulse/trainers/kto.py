@@ -10,6 +10,7 @@ import torch
 from repulse.losses.kto import kto_kl_estimate, kto_loss
 from repulse.models.logprobs import sequence_logps
 from repulse.trainers.dpo import reference_logps
+from repulse.trainers.loop import average_micro_metrics
 
 
 class KTOTrainer:
@@ -31,11 +32,14 @@ class KTOTrainer:
         out = kto_loss(logps, ref[:n], batch["desirable"], kl, beta=self.beta,
                        desirable_weight=self.desirable_weight, undesirable_weight=self.undesirable_weight)  # fmt: skip
         good = batch["desirable"].bool()
-        metrics = {"loss": out.loss.item(), "kl": out.kl.item()}
-        if good.any():
-            metrics["chosen_reward"] = out.rewards[good].mean().item()
-        if (~good).any():
-            metrics["reject_reward"] = out.rewards[~good].mean().item()
+        # Every micro-batch reports the same keys (the loop and the DDP all-reduce line metrics up by key);
+        # a micro-batch without desirable (or undesirable) rows reports NaN there, which the loop skips.
+        metrics = {
+            "loss": out.loss.item(),
+            "kl": out.kl.item(),
+            "chosen_reward": out.rewards[good].mean().item() if good.any() else float("nan"),
+            "reject_reward": out.rewards[~good].mean().item() if (~good).any() else float("nan"),
+        }
         return out.loss, metrics
 
     def training_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -44,5 +48,4 @@ class KTOTrainer:
     def evaluate(self, loader: Any) -> dict[str, float]:
         device = next(self.model.parameters()).device
         rows = [self._losses({k: v.to(device) for k, v in b.items()})[1] for b in loader]
-        keys = {k for r in rows for k in r}
-        return {k: sum(r[k] for r in rows if k in r) / sum(1 for r in rows if k in r) for k in keys}
+        return average_micro_metrics(rows)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -129,14 +130,23 @@ def format_metrics(metrics: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
 
 
+def average_micro_metrics(micro_metrics: list[dict[str, float]]) -> dict[str, float]:
+    """Mean of each metric over the micro-batches of one step; NaN entries (nothing to measure in that
+    micro-batch, e.g. no rejected rows) are skipped, and a metric that none measured stays NaN."""
+    out = {}
+    for key in micro_metrics[0]:
+        values = [m[key] for m in micro_metrics if not math.isnan(m[key])]
+        out[key] = sum(values) / len(values) if values else float("nan")
+    return out
+
+
 def finish_optimizer_step(run: TrainingRun, micro_metrics: list[dict[str, float]], bar: Any) -> None:
     sched, st = run.schedule, run.state
     grad_norm = run.strategy.optimizer_step(run.optimizer, run.trainer.model, run.scheduler, sched.max_norm)
     st.global_step += 1
     st.step_in_epoch += 1
     st.consumed_samples += run.train_loader.batch_sampler.global_batch_size
-    keys = micro_metrics[0].keys()
-    metrics = {k: sum(m[k] for m in micro_metrics) / len(micro_metrics) for k in keys}
+    metrics = average_micro_metrics(micro_metrics)
     metrics.update(grad_norm=grad_norm, lr=run.optimizer.param_groups[0]["lr"])
     metrics = run.strategy.all_reduce(metrics)
     st.history.append({"step": st.global_step, **metrics})
