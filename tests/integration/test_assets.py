@@ -131,10 +131,8 @@ def test_exact_p_bad_of_default_prompt_is_rare_but_not_zero(tokenizer):
     assert 1e-4 <= brute <= 1e-2
     meta = load_metadata()
     assert brute == pytest.approx(meta.get("brute_force_p_bad", meta["exact_p_bad"]), rel=1e-4)
-    try:
-        from repulse.estimation.exact import exact_bad_probability
-    except ImportError:
-        return
+    from repulse.estimation.exact import exact_bad_probability
+
     result = exact_bad_probability(
         model, prompt_ids, 2, bad_words=bad_words(), tokenizer=tokenizer, eos_token_id=tokenizer.eos_token_id
     )

@@ -119,8 +119,8 @@ class OptimArgs(ScheduleArgs):
 class StrategyArgs:
     zero_stage: int = arg(
         2,
-        "DeepSpeed ZeRO stage (0-3). With one process, or under torchrun DDP, partitioning "
-        "does not change the numbers, and the log says so.",
+        "DeepSpeed ZeRO stage (0-3). Accepted so the fork's commands parse; it has no effect until the "
+        "DeepSpeed strategy ships (the log says so).",
     )
     adam_offload: bool = arg(False, "Offload Adam states to CPU (needs the DeepSpeed strategy).")
     local_rank: int = arg(-1, "Set by the deepspeed launcher; torchrun uses the LOCAL_RANK variable instead.")

@@ -19,10 +19,10 @@ def make_strategy(backend: str = "auto", zero_stage: int = 0, adam_offload: bool
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if zero_stage > 0:
         log.info(
-            "--zero_stage %d: ZeRO partitioning needs the DeepSpeed strategy; with %s it does not change the "
-            "numbers, only the memory layout",
+            "--zero_stage %d has no effect: ZeRO partitioning needs the DeepSpeed strategy, which this version "
+            "does not ship yet; training runs as %s (same numbers, unpartitioned memory)",
             zero_stage,
-            "torch DDP" if distributed else "one process",
+            "torch DDP" if distributed else "a single process",
         )
     if distributed:
         from repulse.distributed.torch_ddp import DDPStrategy
