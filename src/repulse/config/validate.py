@@ -5,7 +5,7 @@ from __future__ import annotations
 from repulse.config.fields import require
 
 HARMLESSNESS_PROPOSAL_LOSSES = ("ctl", "ctl_nosecondterm", "dpg")
-MODULATIONS = ("modulation_linear_head", "modulation_nn_head", "modulation_model")
+NORMALISED_TWISTS = ("policy_psi_q_p_s_t", "policy_psi_q_p_s_1_to_t")
 
 
 def check_harmlessness(rollout, ppo, proposal, harm, optim) -> None:
@@ -19,9 +19,11 @@ def check_harmlessness(rollout, ppo, proposal, harm, optim) -> None:
             f"--do_harmlessness_training trains q with --actor_loss_type in {HARMLESSNESS_PROPOSAL_LOSSES}",
         )
         require(
-            proposal.parameterization.startswith("policy_psi"),
-            "--do_harmlessness_training with a learned proposal needs a policy_psi_* --parameterization",
+            proposal.parameterization != "policy",
+            "--do_harmlessness_training with a learned proposal needs a policy_psi_* or modulation_* "
+            "--parameterization",
         )
+        check_twist_pair(proposal)
     require(optim.micro_train_batch_size % n == 0, "--micro_train_batch_size must be a multiple of "
             "--duplicate_rollout_batch_by so every update sees whole prompt groups")  # fmt: skip
     require(ppo.kl_target is None, "--kl_target (adaptive KL) is for PPO mode, not --do_harmlessness_training")
@@ -42,7 +44,10 @@ def check_ppo_mode(rollout, ppo, proposal, optim) -> None:
         require(proposal.parameterization == "policy", "--actor_loss_type reinforce needs --parameterization policy")
     else:
         require(proposal.parameterization != "policy", f"--actor_loss_type {proposal.actor_loss_type} learns a twist: "
-                "choose a policy_psi_* --parameterization")  # fmt: skip
+                "choose a policy_psi_* or modulation_* --parameterization")  # fmt: skip
+        check_twist_pair(proposal)
+        require(not ppo.enable_ema or proposal.parameterization.startswith("policy"),
+                "--enable_ema averages a full actor LM; a modulation_* proposal has none")  # fmt: skip
         require(proposal.target_dist_beta is not None, "twist learning needs --target_dist_beta")
         require(n > 1, "twist learning needs --duplicate_rollout_batch_by > 1 (weights are normalised per group)")
         require(ppo.init_kl_coef == 0, "twist learning outside harmlessness mode needs --init_kl_coef 0")
@@ -52,19 +57,25 @@ def check_ppo_mode(rollout, ppo, proposal, optim) -> None:
         require(n > 1, "--reinforce_baseline_type expectation (RLOO) needs --duplicate_rollout_batch_by > 1")
 
 
-def check_common(rollout, proposal, evaluation) -> None:
+def check_twist_pair(proposal) -> None:
+    """ctl_nosecondterm keeps only CTL's positive term, E_sigma[grad log psi_t] (METHODS §4.2). It is maximum
+    likelihood of q on sigma-weighted samples only when log psi_t = log q - log p; with a raw logit or a
+    modulation m nothing normalises psi, and the term just raises log psi on every sample without bound."""
     require(
-        proposal.parameterization not in MODULATIONS,
-        f"--parameterization {proposal.parameterization}: "
-        "modulation heads are not available in this version (use a policy_psi_* parameterization)",
+        proposal.actor_loss_type != "ctl_nosecondterm" or proposal.parameterization in NORMALISED_TWISTS,
+        f"--actor_loss_type ctl_nosecondterm needs --parameterization in {NORMALISED_TWISTS}, not "
+        f"{proposal.parameterization}",
     )
+
+
+def check_common(rollout, evaluation) -> None:
     if evaluation.analytic_bad_word_calc:
         require(rollout.generate_max_len <= 3, "--analytic_bad_word_calc enumerates every continuation: use "
                 "--generate_max_len <= 3")  # fmt: skip
 
 
 def check_train_ppo(rollout, ppo, proposal, harm, evaluation, optim) -> None:
-    check_common(rollout, proposal, evaluation)
+    check_common(rollout, evaluation)
     if harm.do_harmlessness_training:
         check_harmlessness(rollout, ppo, proposal, harm, optim)
     else:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from repulse.data.collate import pad_sequences
+from repulse.generation.stepwise import sample_stepwise
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,9 @@ def generate(
     for start in range(0, len(prompts), batch_size):
         ids = input_ids[start : start + batch_size].to(device)
         mask = attention_mask[start : start + batch_size].to(device)
-        out = generate_batch(model, tokenizer, ids, mask, params)
+        # Models without Hugging Face generate (the modulated proposal) sample through the KV-cached loop.
+        sample = generate_batch if hasattr(model, "generate") else sample_stepwise
+        out = sample(model, tokenizer, ids, mask, params)
         chunks.append(out[:, width:].cpu())
     model.train(was_training)
     responses = pad_sequences([r for c in chunks for r in c], tokenizer.pad_token_id)

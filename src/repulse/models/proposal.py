@@ -126,13 +126,18 @@ def log_psi_all_tokens(
     return prefix.unsqueeze(-1) + ratio_all
 
 
-def modulated_logits(base_logits: torch.Tensor, modulation: torch.Tensor) -> torch.Tensor:
-    """Unnormalised proposal logits log p(v|s_<t) + m(v|s_<t): [B, T, V]; softmax gives q ∝ p e^m.
+def base_log_probs(base_logits: torch.Tensor) -> torch.Tensor:
+    """log p(v|s_<t) [B, T, V] from the base logits, detached (and upcast from half precision).
 
     The base model is detached: the proposal update must not move p (it is frozen p_0 or p_theta, which has its
     own optimizer).
     """
-    return _log_softmax(base_logits.detach()) + modulation
+    return _log_softmax(base_logits.detach())
+
+
+def modulated_logits(base_logits: torch.Tensor, modulation: torch.Tensor) -> torch.Tensor:
+    """Unnormalised proposal logits log p(v|s_<t) + m(v|s_<t): [B, T, V]; softmax gives q ∝ p e^m (p detached)."""
+    return base_log_probs(base_logits) + modulation
 
 
 def log_psi_from_modulation(

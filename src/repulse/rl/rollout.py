@@ -12,7 +12,7 @@ import torch
 
 from repulse.generation.generate import SamplingParams, generate
 from repulse.losses.lm import token_log_probs
-from repulse.models.logprobs import forward_logits
+from repulse.models.logprobs import forward_logits, position_ids_from_mask
 
 
 @dataclass
@@ -69,6 +69,15 @@ def response_logits(model, rollout: Rollout) -> torch.Tensor:
     """Logits that predict each response token -> [B, T, V] (with gradient if the caller wants one)."""
     logits = forward_logits(model, rollout.sequences, rollout.attention_mask)
     return logits[:, -rollout.num_actions - 1 : -1]
+
+
+def response_modulation(model, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p [B, T, V] of the proposal's base, detached; modulation m [B, T, V] with gradient) that predict each
+    response token, for a modulated proposal q ∝ p e^m (models/modulated.py)."""
+    out = model(input_ids=rollout.sequences, attention_mask=rollout.attention_mask,
+                position_ids=position_ids_from_mask(rollout.attention_mask), use_cache=False)  # fmt: skip
+    window = slice(-rollout.num_actions - 1, -1)
+    return out.base_logits[:, window], out.modulation[:, window]
 
 
 def response_token_logps(model, rollout: Rollout, *, grad: bool = False) -> torch.Tensor:

@@ -1,8 +1,9 @@
 """The whole train_ppo run: models, prompts, trainer, evaluation passes, checkpoints, outputs.
 
 Outputs under --save_path: config.yaml, metrics.jsonl (one row per step and per evaluation), final/ (p_theta
-in harmlessness mode, else the actor), final_proposal/ (q), final_critic/, summary.json, evaluations.json,
-and negdata.jsonl with --save_negdata.
+in harmlessness mode, else the actor), final_proposal/ (q; in twist learning with a modulation_* proposal the only
+model written, as the base p_0 does not change), final_critic/, summary.json, evaluations.json, and negdata.jsonl
+with --save_negdata.
 """
 
 from __future__ import annotations
@@ -27,13 +28,24 @@ log = logging.getLogger("repulse")
 
 def load_models(cfg, path: str, strategy) -> dict[str, Any]:
     """p_theta / actor, frozen p_0, and (by mode) the proposal q or the critic."""
+    from repulse.models.proposal import is_modulation
+    from repulse.trainers.rl_setup import build_modulated_proposal
+
     lora, device = cfg.lora, strategy.device
     models: dict[str, Any] = {"initial": load_reference_lm(path, cfg.model, offload=False, device=device)}
+    modulated = is_modulation(cfg.proposal.parameterization)
+    if modulated and not cfg.harm.do_harmlessness_training:
+        # Twist learning: q = p_0 e^m modulates the frozen p_0 itself, so no trainable LM copy is loaded.
+        models["actor"] = strategy.prepare(build_modulated_proposal(cfg, path, models["initial"]))
+        return models
     main = strategy.prepare(load_causal_lm(path, cfg.model, lora))
     if cfg.harm.do_harmlessness_training:
         models["base"] = main
         if separate_proposal(cfg.harm):
-            q = load_causal_lm(path, cfg.model, lora, trainable=cfg.optim.actor_learning_rate > 0)
+            if modulated:  # q = p_theta e^m tracks the current p_theta (METHODS §4.1)
+                q = build_modulated_proposal(cfg, path, strategy.unwrap(main))
+            else:
+                q = load_causal_lm(path, cfg.model, lora, trainable=cfg.optim.actor_learning_rate > 0)
             models["proposal"] = strategy.prepare(q)
         return models
     models["actor"] = main
@@ -129,8 +141,12 @@ def loop_settings(cfg, n_prompts: int) -> RLLoopSettings:
 
 
 def save_models(cfg, models: dict[str, Any], tokenizer, strategy, folder: str) -> None:
+    from repulse.models.modulated import is_modulated
+
     main = models.get("base") or models.get("actor")
-    save_pretrained_atomic(strategy.unwrap(main), tokenizer, f"{folder}/final")
+    # A modulated actor (twist learning) is a head on the unchanged p_0, so it is a proposal, not a new final/ LM.
+    save_pretrained_atomic(strategy.unwrap(main), tokenizer, f"{folder}/final_proposal" if is_modulated(main)
+                           else f"{folder}/final")  # fmt: skip
     for key, name in (("proposal", "final_proposal"), ("critic", "final_critic"), ("ema", "final_ema")):
         if models.get(key) is not None:
             save_pretrained_atomic(strategy.unwrap(models[key]), tokenizer, f"{folder}/{name}")

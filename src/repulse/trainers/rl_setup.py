@@ -36,6 +36,21 @@ def optimizer_pair(model, optim, lr: float, total_steps: int):
     return opt, build_scheduler(opt, optim, total_steps)
 
 
+def build_modulated_proposal(cfg, path: str, base):
+    """q ∝ p e^m on `base` (frozen p_0 in twist learning, the current p_theta in harmlessness training, METHODS
+    §4.1); modulation_model loads its own trainable copy of the LM from `path`."""
+    from repulse.models.load import load_causal_lm
+    from repulse.models.modulated import build_modulated
+
+    trainable, prop = cfg.optim.actor_learning_rate > 0, cfg.proposal
+    lm = None
+    if prop.parameterization == "modulation_model":
+        lm = load_causal_lm(path, cfg.model, cfg.lora, trainable=trainable)
+    return build_modulated(prop.parameterization, base, sd_divider=prop.additional_sd_divider,
+                           init_head_from_base=prop.init_head_from_base, modulation_lm=lm,
+                           trainable=trainable)  # fmt: skip
+
+
 def build_proposal_updater(cfg, q_model, strategy, total_steps: int) -> ProposalUpdater:
     lr = cfg.optim.actor_learning_rate
     opt, sched = optimizer_pair(q_model, cfg.optim, lr, total_steps) if lr > 0 else (None, None)

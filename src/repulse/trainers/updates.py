@@ -11,7 +11,13 @@ import torch
 from repulse.losses.lm import token_log_probs
 from repulse.losses.policy import neg_reinforce_loss, neg_training_loss, reinforce_loss
 from repulse.losses.proposal import PROPOSAL_LOSSES, dpg_loss, sixo_loss
-from repulse.models.proposal import is_cumulative, log_psi_all_tokens, log_psi_from_policy
+from repulse.models.proposal import (
+    is_cumulative,
+    is_modulation,
+    log_psi_all_tokens,
+    log_psi_from_modulation,
+    log_psi_from_policy,
+)
 from repulse.rl.advantages import neg_reinforce_returns, reinforce_advantages
 from repulse.rl.experience import Experience
 from repulse.rl.importance import (
@@ -23,7 +29,7 @@ from repulse.rl.importance import (
     zero_weights_where_not_bad,
 )
 from repulse.rl.potentials import log_potential
-from repulse.rl.rollout import Rollout, response_logits, response_token_logps
+from repulse.rl.rollout import Rollout, response_logits, response_modulation, response_token_logps
 
 
 @dataclass
@@ -127,51 +133,39 @@ class ProposalUpdater:
         logits = self.base_logits(neg.rollout, base_model)
         return token_log_probs(logits, neg.rollout.actions) * neg.rollout.action_mask
 
-    def log_psi(self, rollout: Rollout, base_model) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(log psi [B, T] with gradient through q, q logits, base logits) on `rollout`."""
+    def twist(self, rollout: Rollout, base_model, all_tokens: bool = False):
+        """(log psi [B, T] with gradient through q, log psi of every next token [B, T, V] or None unless
+        `all_tokens`, base logits [B, T, V]) on `rollout`."""
+        if is_modulation(self.parameterization):
+            # q ∝ p e^m carries its own base (base_model: p_0, or the current p_theta), so one pass gives
+            # log p and m; log psi_t = m(s_t), and the all-token twist is m itself.
+            base_logits, modulation = response_modulation(self.model, rollout)
+            return log_psi_from_modulation(modulation, rollout.actions, rollout.action_mask), modulation, base_logits
         q_logits = response_logits(self.model, rollout)
         base_logits = self.base_logits(rollout, base_model)
         log_psi = log_psi_from_policy(q_logits, base_logits, rollout.actions, rollout.action_mask,
                                       self.parameterization)  # fmt: skip
-        return log_psi, q_logits, base_logits
+        log_psi_all = None
+        if all_tokens:
+            log_psi_all = log_psi_all_tokens(q_logits, base_logits, self.parameterization, rollout.actions,
+                                             rollout.action_mask)  # fmt: skip
+        return log_psi, log_psi_all, base_logits
 
     def loss(self, neg: Experience, base_model, negatives: Rollout | None = None) -> torch.Tensor:
         roll = neg.rollout
-        log_psi, q_logits, base_logits = self.log_psi(roll, base_model)
+        log_psi, log_psi_all, base_logits = self.twist(roll, base_model, all_tokens=self.loss_type == "dpg")
         base_logps = token_log_probs(base_logits, roll.actions) * roll.action_mask
+        common = (base_logps, neg.behaviour_logps, neg.log_phi, roll.action_mask, self.group_size)
         if self.loss_type == "sixo":
             if negatives is None:
                 raise ValueError("sixo needs fresh samples from the base model (negatives)")
-            log_psi_neg, _, _ = self.log_psi(negatives, base_model)
-            return sixo_loss(
-                log_psi,
-                base_logps,
-                neg.behaviour_logps,
-                neg.log_phi,
-                roll.action_mask,
-                self.group_size,
-                log_psi_neg=log_psi_neg,
-                neg_action_mask=negatives.action_mask,
-            )
+            log_psi_neg = self.twist(negatives, base_model)[0]
+            return sixo_loss(log_psi, *common, log_psi_neg=log_psi_neg, neg_action_mask=negatives.action_mask)
         if self.loss_type == "dpg":
-            log_psi_all = log_psi_all_tokens(
-                q_logits, base_logits, self.parameterization, roll.actions, roll.action_mask
-            )
-            return dpg_loss(
-                log_psi,
-                base_logps,
-                neg.behaviour_logps,
-                neg.log_phi,
-                roll.action_mask,
-                self.group_size,
-                log_psi_all=log_psi_all,
-                base_logps_all=torch.log_softmax(base_logits.float(), -1),
-            )
+            return dpg_loss(log_psi, *common, log_psi_all=log_psi_all,
+                            base_logps_all=torch.log_softmax(base_logits.float(), -1))  # fmt: skip
         extra = {"cumulative_psi": is_cumulative(self.parameterization)} if self.loss_type == "ctl" else {}
-        loss_fn = PROPOSAL_LOSSES[self.loss_type]
-        return loss_fn(
-            log_psi, base_logps, neg.behaviour_logps, neg.log_phi, roll.action_mask, self.group_size, **extra
-        )
+        return PROPOSAL_LOSSES[self.loss_type](log_psi, *common, **extra)
 
     def update(self, neg: Experience, base_model, negatives: Rollout | None = None) -> dict[str, float]:
         if not self.enabled:

@@ -1,0 +1,69 @@
+"""KV-cached ancestral sampling for causal models that have no Hugging Face `generate` (the modulated proposal
+q ∝ p e^m of models/modulated.py is a plain `nn.Module` around the base LM).
+
+The model is called as `model(input_ids, attention_mask, position_ids, past_key_values, use_cache=True)` and
+must return `.logits` [B, S, V] and `.past_key_values`. Sampling settings are applied with the same logits
+processors, in the same order, as Hugging Face sampling, so `temperature=1, top_p=1, top_k=0` is exact ancestral
+sampling from softmax(logits).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def logits_processors(params):
+    """Repetition penalty, then temperature, top-k, top-p (Hugging Face's order); identity ones are left out."""
+    from transformers.generation import (
+        LogitsProcessorList,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    steps = LogitsProcessorList()
+    if params.repetition_penalty != 1.0:
+        steps.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
+    if not params.greedy:
+        if params.temperature != 1.0:
+            steps.append(TemperatureLogitsWarper(params.temperature))
+        if params.top_k > 0:
+            steps.append(TopKLogitsWarper(params.top_k))
+        if params.top_p < 1.0:
+            steps.append(TopPLogitsWarper(params.top_p))
+    return steps
+
+
+@torch.no_grad()
+def sample_stepwise(model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor, params) -> torch.Tensor:
+    """Left-padded prompts [B, P] -> [B * num_samples, P + T] (prompt then response, rows grouped by prompt).
+
+    Like Hugging Face generate: a finished row continues with pad tokens, and sampling stops once every row has
+    produced EOS or after max_new_tokens.
+    """
+    ids = input_ids.repeat_interleave(params.num_samples, dim=0)
+    mask = attention_mask.repeat_interleave(params.num_samples, dim=0)
+    processors = logits_processors(params)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+    # Positions skip the left padding; after the prompt each new token is one past the row's last position.
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    step_ids, cache = ids, None
+    for _ in range(params.max_new_tokens):
+        out = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                    use_cache=True)  # fmt: skip
+        scores = processors(ids, out.logits[:, -1].float())
+        if params.greedy:
+            token = scores.argmax(-1)
+        else:
+            token = torch.multinomial(scores.softmax(-1), 1).squeeze(-1)
+        token = torch.where(done, torch.full_like(token, pad), token)
+        ids = torch.cat([ids, token[:, None]], dim=1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        if eos is not None:
+            done |= token == eos
+        if done.all():
+            break
+        step_ids, cache, positions = token[:, None], out.past_key_values, positions[:, -1:] + 1
+    return ids
