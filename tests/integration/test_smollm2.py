@@ -67,10 +67,13 @@ def test_trainers_run_on_smollm2(tmp_path, smollm2, command, flags):
 def test_prm_runs_on_smollm2(tmp_path, smollm2):
     from repulse.cli import train_prm
 
-    code = train_prm.main(["--pretrain", str(smollm2), "--save_path", str(tmp_path), *FEW_STEPS,
-                           "--dataset", default_dataset("prm")])  # fmt: skip
+    # The embedded data's step marker "ки" is two tokens in SmolLM2's vocabulary; "§" is one (also as " §").
+    data = tmp_path / "prm.jsonl"
+    data.write_text(Path(default_dataset("prm")).read_text(encoding="utf-8").replace("ки", "§"), encoding="utf-8")
+    code = train_prm.main(["--pretrain", str(smollm2), "--save_path", str(tmp_path / "run"), *FEW_STEPS,
+                           "--dataset", str(data), "--placeholder_token", "§"])  # fmt: skip
     assert code == 0
-    assert (tmp_path / "final" / "config.json").exists()
+    assert_trained(smollm2, tmp_path / "run" / "final")
 
 
 def test_repulse_harmlessness_training_with_the_profanity_reward(tmp_path, smollm2):
