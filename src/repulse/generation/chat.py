@@ -32,16 +32,6 @@ def make_streamer(tokenizer, out: TextIO):
     return WriteStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
 
 
-class StreamingModel:
-    """`model` whose generate() also feeds a streamer, so chat samples through the shared generate_batch."""
-
-    def __init__(self, model, streamer) -> None:
-        self.model, self.streamer = model, streamer
-
-    def generate(self, **kwargs):
-        return self.model.generate(streamer=self.streamer, **kwargs)
-
-
 @dataclass
 class ChatSession:
     model: object
@@ -86,8 +76,8 @@ class ChatSession:
         ids = self.encode(user_text)
         params = SamplingParams(**{**self.params.__dict__, "max_new_tokens": self.max_len - ids.shape[1]})
         device = next(self.model.parameters()).device
-        streaming = StreamingModel(self.model, make_streamer(self.tokenizer, out))
-        seq = generate_batch(streaming, self.tokenizer, ids.to(device), torch.ones_like(ids).to(device), params)
+        seq = generate_batch(self.model, self.tokenizer, ids.to(device), torch.ones_like(ids).to(device), params,
+                             streamer=make_streamer(self.tokenizer, out))  # fmt: skip
         reply = self.tokenizer.decode(seq[0, ids.shape[1] :], skip_special_tokens=True)
         self.turns.append((user_text, reply))
         return reply

@@ -72,7 +72,8 @@ def encode_prompts(tokenizer, prompts: list[str] | list[list[int]]) -> tuple[tor
 
 
 @torch.no_grad()
-def generate_batch(model, tokenizer, input_ids, attention_mask, params: SamplingParams) -> torch.Tensor:
+def generate_batch(model, tokenizer, input_ids, attention_mask, params: SamplingParams, streamer=None) -> torch.Tensor:
+    """One HF generate call; `streamer` (a transformers streamer) receives tokens as they are sampled."""
     from transformers import GenerationConfig
 
     config = GenerationConfig(
@@ -86,7 +87,8 @@ def generate_batch(model, tokenizer, input_ids, attention_mask, params: Sampling
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    return model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+    return model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
+                          streamer=streamer)  # fmt: skip
 
 
 def generate(
