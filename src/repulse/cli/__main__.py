@@ -14,6 +14,8 @@ COMMANDS = {
     "train_kd": "Knowledge distillation: SFT loss plus KL(teacher || student).",
     "train_prm": "Process reward model: label tokens predicted at step markers (hard or soft labels).",
     "train_ppo": "PPO / REINFORCE, twist learning, and RePULSe harmlessness training with exact evaluation.",
+    "evaluate_gcg": "GCG attack per target (nanoGCG-compatible): ASR by reward, refusal prefix or judge, JSON report.",
+    "evaluate_beast": "BEAST beam-search attack per target: ASR by reward, refusal prefix or judge, JSON report.",
     "estimate_rare_harmful_outputs": "P(rare target output) under an input distribution: ITGIS, MHIS, MC, exact.",
     "forecast_rare_outputs": "Worst-query risk Q_p(n) at deployment scale from a Gumbel-tail fit.",
     "batch_inference": "Generate (HF/vLLM, best-of-N) or score with a reward model; rs/csft/iter_dpo post-processing.",

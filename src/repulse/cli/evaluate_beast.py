@@ -1,0 +1,90 @@
+"""evaluate_beast: attack a chat model with BEAST per target and report the attack success rate (METHODS §8.3).
+
+BEAST (Sadasivan et al. 2024) grows a readable suffix by beam search over tokens sampled from the attacked
+model itself (docs/algorithms/beast.md). The evaluation around it is evaluate_gcg's: samples and rewards
+before and after, target log-probs, success by --atk_success_criteria, and a JSON document (--output_path).
+
+    repulse evaluate_beast --max_targets 2 --beast_k1 4 --beast_k2 4 --beast_length 8 --samples_per_prompt 50
+    repulse evaluate_beast --pretrain HuggingFaceTB/SmolLM-135M-Instruct --file_path harmful_behaviors.csv \\
+        --max_targets 100 --beast_k1 15 --beast_k2 15 --beast_length 40 --atk_success_criteria prefix \\
+        --output_path beast_eval.json
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from repulse.cli.runner import run_cli
+from repulse.config.attack import AttackEvalArgs, BEASTArgs
+from repulse.config.common import ModelArgs
+from repulse.config.parser import parse_groups, to_flat_dict
+
+
+class BEASTEvalConfig(NamedTuple):
+    model: ModelArgs
+    eval: AttackEvalArgs
+    beast: BEASTArgs
+
+
+GROUPS = (ModelArgs, AttackEvalArgs, BEASTArgs)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> BEASTEvalConfig:
+    return BEASTEvalConfig(*parse_groups(GROUPS, argv, description=__doc__))
+
+
+def beast_config(args: BEASTArgs, seed: int):
+    from repulse.attacks.beast import BEASTConfig
+
+    return BEASTConfig(
+        k1=args.beast_k1,
+        k2=args.beast_k2,
+        length=args.beast_length,
+        ngram=args.beast_ngram,
+        temperature=args.beast_temperature,
+        top_p=args.beast_top_p,
+        batch_size=args.beast_batch_size,
+        seed=seed,
+    )
+
+
+def make_attack(cfg: BEASTEvalConfig, evaluator):
+    from repulse.attacks.beast import run_beast
+    from repulse.attacks.evaluation import timed
+
+    config = beast_config(cfg.beast, cfg.eval.seed)
+
+    def attack(goal: str, target: str):
+        result = timed(lambda: unpack(run_beast(evaluator.model, evaluator.tokenizer, goal, target, config)))
+        return result
+
+    def unpack(result):
+        return result.best_string, result.best_loss, result.losses
+
+    return attack
+
+
+def evaluate(cfg: BEASTEvalConfig) -> dict:
+    from repulse.attacks.evaluation import announce_defaults, build_evaluator, evaluate_all, finish
+    from repulse.attacks.report import format_summary
+    from repulse.attacks.targets import load_targets
+
+    start = time.perf_counter()
+    announce_defaults(cfg.model, cfg.eval)
+    pairs = load_targets(cfg.eval.file_path, cfg.eval.scenario, cfg.eval.max_targets)
+    evaluator = build_evaluator(cfg.model, cfg.eval)
+    rows = evaluate_all(evaluator, pairs, make_attack(cfg, evaluator), "evaluate_beast")
+    seconds = time.perf_counter() - start
+    payload = finish("evaluate_beast", to_flat_dict(*cfg), rows, seconds, cfg.eval.output_path)
+    print(format_summary("evaluate_beast", payload, seconds, cfg.eval.output_path))
+    return payload
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(lambda a: evaluate(parse_args(a)), argv, "evaluate_beast")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,101 @@
+"""evaluate_gcg: attack a chat model with GCG per target and report the attack success rate (METHODS §8.1).
+
+Per (goal, target) row: sample responses to the plain goal and score them, measure the target's log-prob,
+optimise a GCG suffix (our nanoGCG-compatible implementation, docs/algorithms/gcg.md), sample again with the
+suffix, and judge success by --atk_success_criteria (reward below --reward_threshold, no refusal phrase, or
+a judge model's Yes). Writes a JSON document (--output_path) with the ASR, reward stats and per-target rows.
+
+    repulse evaluate_gcg --max_targets 2 --gcg_steps 20 --gcg_search_width 64 --samples_per_prompt 50  # embedded
+    repulse evaluate_gcg --pretrain HuggingFaceTB/SmolLM-135M-Instruct --ckpt_path run/_harml_actor \\
+        --file_path data/harmful_behaviors_custom.csv --scenario behaviors --max_targets 100 \\
+        --atk_success_criteria reward --reward_pretrain OpenAssistant/reward-model-deberta-v3-large-v2 \\
+        --reward_threshold -4.0 --rm_exclude_adv_suffix --max_new_tokens 20 --gcg_steps 250 \\
+        --gcg_search_width 512 --gcg_topk 256 --gcg_batch_size 512 --gcg_n_replace 1 --gcg_buffer_size 0 \\
+        --gcg_use_prefix_cache --gcg_filter_ids --output_path gcg_eval.json
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from repulse.cli.runner import run_cli
+from repulse.config.attack import AttackEvalArgs, GCGArgs
+from repulse.config.common import ModelArgs
+from repulse.config.parser import parse_groups, to_flat_dict
+
+
+class GCGEvalConfig(NamedTuple):
+    model: ModelArgs
+    eval: AttackEvalArgs
+    gcg: GCGArgs
+
+
+GROUPS = (ModelArgs, AttackEvalArgs, GCGArgs)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> GCGEvalConfig:
+    return GCGEvalConfig(*parse_groups(GROUPS, argv, description=__doc__))
+
+
+def gcg_config(args: GCGArgs, seed: int):
+    from repulse.attacks.gcg import GCGConfig
+
+    return GCGConfig(
+        num_steps=args.gcg_steps,
+        optim_str_init=args.gcg_optim_str_init,
+        search_width=args.gcg_search_width,
+        batch_size=args.gcg_batch_size,
+        topk=args.gcg_topk,
+        n_replace=args.gcg_n_replace,
+        buffer_size=args.gcg_buffer_size,
+        use_mellowmax=args.gcg_use_mellowmax,
+        mellowmax_alpha=args.gcg_mellowmax_alpha,
+        early_stop=args.gcg_early_stop,
+        use_prefix_cache=args.gcg_use_prefix_cache,
+        allow_non_ascii=args.gcg_allow_non_ascii,
+        filter_ids=args.gcg_filter_ids,
+        add_space_before_target=args.gcg_add_space_before_target,
+        seed=seed,
+    )
+
+
+def make_attack(cfg: GCGEvalConfig, evaluator, pairs: list[tuple[str, str]]):
+    from repulse.attacks.evaluation import timed
+    from repulse.attacks.gcg import run, run_universal
+
+    config = gcg_config(cfg.gcg, cfg.eval.seed)
+    model, tokenizer = evaluator.model, evaluator.tokenizer
+
+    def unpack(result):
+        return result.best_string, result.best_loss, result.losses
+
+    if cfg.gcg.gcg_universal:
+        shared = timed(lambda: unpack(run_universal(model, tokenizer, pairs, config)))
+        return lambda goal, target: shared
+    return lambda goal, target: timed(lambda: unpack(run(model, tokenizer, goal, target, config)))
+
+
+def evaluate(cfg: GCGEvalConfig) -> dict:
+    from repulse.attacks.evaluation import announce_defaults, build_evaluator, evaluate_all, finish
+    from repulse.attacks.report import format_summary
+    from repulse.attacks.targets import load_targets
+
+    start = time.perf_counter()
+    announce_defaults(cfg.model, cfg.eval)
+    pairs = load_targets(cfg.eval.file_path, cfg.eval.scenario, cfg.eval.max_targets)
+    evaluator = build_evaluator(cfg.model, cfg.eval, cfg.gcg.gcg_add_space_before_target)
+    rows = evaluate_all(evaluator, pairs, make_attack(cfg, evaluator, pairs), "evaluate_gcg")
+    seconds = time.perf_counter() - start
+    payload = finish("evaluate_gcg", to_flat_dict(*cfg), rows, seconds, cfg.eval.output_path)
+    print(format_summary("evaluate_gcg", payload, seconds, cfg.eval.output_path))
+    return payload
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(lambda a: evaluate(parse_args(a)), argv, "evaluate_gcg")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
