@@ -39,7 +39,12 @@ assets: $(STAMP)
 	$(BIN)/python scripts/build_assets.py
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install -q -r benchmarks/requirements.txt
 	$(BIN)/python benchmarks/sft_throughput.py
+	$(BIN)/python benchmarks/dpo_throughput.py
+	$(BIN)/python benchmarks/rl_throughput.py
+	$(BIN)/python benchmarks/exact_enumeration.py
+	$(BIN)/python benchmarks/lpe_accuracy.py
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache

