@@ -56,10 +56,18 @@ def score(reward_source: Callable, rollout: Rollout) -> torch.Tensor:
     return reward_source(rollout.prompts, rollout.responses).to(rollout.sequences.device).float()
 
 
-def make_base_experience(rollout: Rollout, sampler, reference, reward_source, settings: RewardSettings) -> Experience:
-    """Samples from p_theta (METHODS §2.3): transformed, capped reward, minus c times the summed k1 KL."""
+def make_base_experience(rollout: Rollout, sampler, reference, reward_source, settings: RewardSettings, *,
+                         need_behaviour_logps: bool = True) -> Experience:  # fmt: skip
+    """Samples from p_theta (METHODS §2.3): transformed, capped reward, minus c times the summed k1 KL.
+
+    With `need_behaviour_logps` off and no KL penalty the scoring pass is skipped (REINFORCE's loss needs only the
+    update's own forward): behaviour_logps and kl are zeros, as the KL is when c = 0.
+    """
     raw = score(reward_source, rollout)
-    behaviour = response_token_logps(sampler, rollout)
+    if need_behaviour_logps or settings.kl_coef > 0:
+        behaviour = response_token_logps(sampler, rollout)
+    else:
+        behaviour = torch.zeros(rollout.action_mask.shape, device=rollout.sequences.device)
     ref = response_token_logps(reference, rollout) if settings.kl_coef > 0 else behaviour
     kl = kl_k1(behaviour, ref, rollout.action_mask)
     reward = transform_reward(raw, settings.transform, settings.transform_alpha, settings.transform_beta,

@@ -71,7 +71,9 @@ class PPOTrainer:
         roll = sample_rollout(self.model, self.tokenizer, prompt_ids, s.group_size, self.sampling,
                               batch_size=s.rollout_batch_size).to(self.strategy.device)  # fmt: skip
         self.rewards.kl_coef = self.kl.value
-        exp = make_base_experience(roll, self.model, self.models.reference, self.reward_source, self.rewards)
+        # REINFORCE uses only the log-probs of its update pass; PPO's ratio needs those at sampling time.
+        exp = make_base_experience(roll, self.model, self.models.reference, self.reward_source, self.rewards,
+                                   need_behaviour_logps=s.loss_type != "reinforce")  # fmt: skip
         mask = roll.action_mask
         if s.loss_type == "reinforce":
             adv = reinforce_advantages(exp.returns, s.group_size, s.baseline_type, s.hardcoded_baseline)
