@@ -97,3 +97,35 @@ def test_repulse_harmlessness_training_with_the_profanity_reward(tmp_path, smoll
     assert summary["samples_used"] >= 2 * 2 * 4  # N from p and N from q on each of 2 steps
     assert_trained(smollm2, tmp_path / "final")
     assert (tmp_path / "final_proposal").exists()
+
+
+@pytest.mark.parametrize("command", ["evaluate_gcg", "evaluate_beast"])
+def test_attacks_on_smollm2_with_the_shipped_behaviours(tmp_path, smollm2, command):
+    import importlib
+
+    module = importlib.import_module(f"repulse.cli.{command}")
+    attack = (["--gcg_steps", "2", "--gcg_search_width", "16", "--gcg_topk", "16"] if command == "evaluate_gcg"
+              else ["--beast_k1", "2", "--beast_k2", "2", "--beast_length", "2"])  # fmt: skip
+    out = tmp_path / "attack.json"
+    code = module.main(["--pretrain", str(smollm2), "--file_path", default_dataset("behaviors"), "--max_targets", "1",
+                        "--samples_per_prompt", "2", "--max_new_tokens", "8", "--atk_success_criteria", "prefix",
+                        "--output_path", str(out), *attack])  # fmt: skip
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert 0 <= report["asr"] <= 100 and len(report["rows"]) == 1
+
+
+def test_lpe_and_forecast_on_smollm2(tmp_path, smollm2):
+    from repulse.cli import estimate_rare_harmful_outputs, forecast_rare_outputs
+
+    lpe = tmp_path / "lpe.json"
+    code = estimate_rare_harmful_outputs.main(["--pretrain", str(smollm2), "--target_word", " kill", "--method",
+                                               "itgis", "--sequence_length", "4", "--n_samples", "64",
+                                               "--batch_size", "32", "--output_file", str(lpe)])  # fmt: skip
+    assert code == 0
+    result = json.loads(lpe.read_text())
+    assert 0 < result["estimate"] < 1 and result["std_err"] >= 0
+    forecast = tmp_path / "forecast.json"
+    code = forecast_rare_outputs.main(["--pretrain", str(smollm2), "--evaluation_set_size", "20", "--top_k_fit",
+                                       "5", "--keywords", "kill", "--output_file", str(forecast)])  # fmt: skip
+    assert code == 0 and forecast.with_suffix(".png").exists()
