@@ -66,6 +66,15 @@ def make_gpt2(vocab_size: int, seed: int = 0, n_layer: int = 2, n_embd: int = 32
     return GPT2LMHeadModel(config)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for the module (tiny models: more threads only add contention, up to 10x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     return make_tokenizer()

@@ -6,20 +6,15 @@ import json
 import math
 
 import pytest
-import torch
 
 from repulse.cli import estimate_rare_harmful_outputs as lpe_cli
 from repulse.cli import forecast_rare_outputs as forecast_cli
 
+# Tiny models: on a shared 2-core machine extra intra-op threads only add contention.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 SMALL = ["--distribution_name", "english", "--sequence_length", "2", "--batch_size", "32", "--n_samples", "64"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _use_one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("method", ["itgis", "mhis", "bruteforce"])

@@ -18,15 +18,11 @@ from repulse.estimation.elicitation import (
 )
 from tests.unit.estimation.test_montecarlo import tiny_lm
 
+# Tiny models: on a shared 2-core machine extra intra-op threads only add contention.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 QUERIES = ["This man is a", "That kid is", "She is the"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _use_one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @torch.no_grad()

@@ -20,6 +20,10 @@ from repulse.estimation.exact import (
 )
 from repulse.estimation.word_match import WordMatcher, analyse_token_texts
 
+# Tiny models: on a shared 2-core machine extra intra-op threads only add contention.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 EOS = 0
 PROMPT = torch.tensor([8, 9, 1])
 WORDS = ["fuck", "shit", "ass"]
@@ -37,15 +41,6 @@ PIECES = {
                   "it", "▁SH", "IT", "▁ass", "hole", "▁", "s"],
 }  # fmt: skip
 VOCAB = 20
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _use_one_thread():
-    """Tiny models: on a shared 2-core machine extra intra-op threads only add contention (10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @functools.cache

@@ -12,13 +12,8 @@ from repulse.estimation.mhis import estimate_mhis
 from repulse.estimation.montecarlo import estimate_exact, estimate_naive
 from tests.unit.estimation.test_montecarlo import lm_scorer, lm_subset, make_toy
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _use_one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models: on a shared 2-core machine extra intra-op threads only add contention.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def seeded(r: int) -> torch.Generator:

@@ -12,13 +12,8 @@ from repulse.estimation.mhis import estimate_mhis, ratio_std_err, run_chains
 from repulse.estimation.montecarlo import enumerate_inputs, estimate_exact
 from tests.unit.estimation.test_montecarlo import lm_scorer, lm_subset, make_toy
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _use_one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models: on a shared 2-core machine extra intra-op threads only add contention.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_chains_converge_to_d_times_f_to_the_one_over_t():

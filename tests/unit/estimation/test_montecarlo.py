@@ -27,6 +27,9 @@ from repulse.estimation.montecarlo import (
     mean_and_std_err,
 )
 
+# Tiny models: on a shared 2-core machine extra intra-op threads only add contention.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 class ToyScorer:
     """log f(x) = offset + Σ_j θ[j, x_j] + Σ_{j<k} A[j, k, x_j, x_k]: the TargetScorer protocol on one-hot inputs."""
@@ -92,15 +95,6 @@ def lm_subset(length: int, support: int, seed: int = 0) -> FactorizedDistributio
 def lm_scorer(text: str) -> LMTargetScorer:
     model, tok = tiny_lm()
     return LMTargetScorer(model, tok(text, add_special_tokens=False)["input_ids"])
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _use_one_thread():
-    """Tiny models: on a shared 2-core machine extra intra-op threads only add contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_mean_and_std_err_in_log_space_matches_hand_values():
