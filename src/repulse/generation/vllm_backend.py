@@ -52,15 +52,23 @@ def generate_vllm(
         raise UserError("--eval_task generate_vllm runs in one process (vLLM uses --tp_size GPUs): drop torchrun")
     vllm = import_vllm()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    llm = vllm.LLM(
-        model=model_path,
-        tensor_parallel_size=tp_size,
-        dtype="bfloat16" if bf16 else "auto",
-        seed=seed,
-        max_model_len=max_model_len,
-        trust_remote_code=False,
-    )
-    prompts = [{"prompt_token_ids": list(ids)} for ids in prompt_ids]
-    outputs = llm.generate(prompts, vllm_sampling(vllm, params, seed))
+    try:
+        llm = vllm.LLM(
+            model=model_path,
+            tensor_parallel_size=tp_size,
+            dtype="bfloat16" if bf16 else "auto",
+            seed=seed,
+            max_model_len=max_model_len,
+            trust_remote_code=False,
+        )
+        prompts = [{"prompt_token_ids": list(ids)} for ids in prompt_ids]
+        outputs = llm.generate(prompts, vllm_sampling(vllm, params, seed))
+    except Exception as err:
+        if not (isinstance(err, RuntimeError | ValueError) or type(err).__module__.startswith("vllm")):
+            raise
+        # vLLM's engine runs in worker processes: the root cause (e.g. "Unsupported CPU attention configuration:
+        # head_dim=16" for tiny models on the CPU build) is in its log above; one line here, no traceback.
+        raise UserError(f"vLLM could not run {model_path} (the root cause is in vLLM's log above): "
+                        f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err  # fmt: skip
     log.info("vLLM generated %d x %d responses", len(outputs), params.num_samples)
     return [[choice.text for choice in out.outputs] for out in outputs]
