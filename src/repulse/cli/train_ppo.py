@@ -10,6 +10,8 @@ Modes (METHODS §1):
   learned proposal q of sigma_theta ∝ p_theta e^{beta r}; q trained with CTL/DPG alongside.
 Departures from the reference code: importance weights use masked sums; scoring runs in eval mode; nothing is
 scored after EOS in the exact evaluation; `--num_episodes > 1` works for every harmlessness variant.
+`--save_steps N` (harmlessness: `--save_steps_harmless N`) checkpoints every N steps; `--load_checkpoint` resumes
+from the newest one in --ckpt_path exactly where it stopped.
 
     repulse train_ppo --config configs/toy_repulse.yaml                       # embedded toy, RePULSe
     repulse train_ppo --do_harmlessness_training --harmlessness_training_loss_type reinforce \\
@@ -85,11 +87,6 @@ def check_single_process(cfg: PPOConfig) -> None:
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("train_ppo runs on one process (CPU or one GPU); multi-process RL is train_ppo_ray's job")
-    if cfg.ckpt.load_checkpoint:
-        raise UserError(
-            "--load_checkpoint: train_ppo does not resume yet (its checkpoints hold the models in "
-            "Hugging Face format: start a new run with --pretrain <ckpt>/global_stepN/final)"
-        )
 
 
 def train(cfg: PPOConfig) -> dict:

@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,16 @@ STEP_DIR = re.compile(r"^global_step(\d+)$")
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Only the parameters that train (frozen ones are reloaded from --pretrain), detached on CPU."""
     return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def optional_state(obj: Any) -> Any:
+    """The state_dict of an optimizer or scheduler that may be absent (a frozen model has neither)."""
+    return obj.state_dict() if obj is not None else None
+
+
+def load_optional_state(obj: Any, state: Any) -> None:
+    if obj is not None and state is not None:
+        obj.load_state_dict(state)
 
 
 def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -53,8 +64,9 @@ class Checkpointer:
         found = self.checkpoints()
         return found[-1] if found else None
 
-    def save(self, global_step: int, state: dict[str, Any]) -> Path:
-        """Every rank calls this; rank 0 assembles the folder."""
+    def save(self, global_step: int, state: dict[str, Any], extra: Callable[[Path], None] | None = None) -> Path:
+        """Every rank calls this; rank 0 assembles the folder. `extra(folder)` adds more files (e.g. the models
+        in Hugging Face format) inside the same atomic write."""
         self.dir.mkdir(parents=True, exist_ok=True)
         rank = self.strategy.rank
         staged = self.dir / f".rng_step{global_step}_rank{rank}.pt"
@@ -67,6 +79,8 @@ class Checkpointer:
                 torch.save(state, tmp / "training_state.pt")
                 for r in range(self.strategy.world_size):
                     os.replace(self.dir / f".rng_step{global_step}_rank{r}.pt", tmp / f"rng_rank{r}.pt")
+                if extra is not None:
+                    extra(tmp)
 
             write_dir_atomic(target, write)
             self._prune()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from repulse.generation.generate import SamplingParams
+from repulse.infra.checkpoint import load_optional_state, optional_state
 from repulse.rl.experience import (
     Experience,
     RewardSettings,
@@ -50,6 +51,17 @@ class HarmlessnessTrainer:
         self.sampling, self.rewards, self.update, self.settings = sampling, rewards, update, settings
         self.strategy = strategy
         self.samples_used = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"samples_used": self.samples_used, "base_optimizer": optional_state(self.base_optimizer),
+                "base_scheduler": optional_state(self.base_scheduler),
+                "proposal": optional_state(self.proposal)}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.samples_used = state["samples_used"]
+        load_optional_state(self.base_optimizer, state["base_optimizer"])
+        load_optional_state(self.base_scheduler, state["base_scheduler"])
+        load_optional_state(self.proposal, state["proposal"])
 
     def _sample(self, model, prompt_ids: list[list[int]]):
         roll = sample_rollout(model, self.tokenizer, prompt_ids, self.settings.group_size, self.sampling,

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from repulse.generation.generate import SamplingParams
+from repulse.infra.checkpoint import load_optional_state, optional_state
 from repulse.losses.lm import lm_loss
 from repulse.losses.policy import ppo_policy_loss, reinforce_loss, value_loss
 from repulse.models.logprobs import forward_logits
@@ -50,6 +51,9 @@ class PPOModels:
     ema: Any = None
 
 
+OPTIMIZER_FIELDS = ("actor_optimizer", "actor_scheduler", "critic_optimizer", "critic_scheduler")
+
+
 class PPOTrainer:
     def __init__(self, models: PPOModels, reward_source, tokenizer, kl_controller, sampling: SamplingParams,
                  rewards: RewardSettings, settings: PPOSettings, strategy: Any, ptx_batches=None) -> None:  # fmt: skip
@@ -57,7 +61,21 @@ class PPOTrainer:
         self.reward_source, self.tokenizer, self.kl = reward_source, tokenizer, kl_controller
         self.sampling, self.rewards, self.settings, self.strategy = sampling, rewards, settings, strategy
         self.ptx_batches = ptx_batches
-        self.steps = 0
+        self.steps = self.ptx_used = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint needs besides the weights: counters, the KL coefficient, optimizers, schedulers."""
+        out = {"steps": self.steps, "kl_coef": self.kl.value, "ptx_used": self.ptx_used}
+        return out | {k: optional_state(getattr(self.models, k)) for k in OPTIMIZER_FIELDS}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps, self.kl.value = state["steps"], state["kl_coef"]
+        for key in OPTIMIZER_FIELDS:
+            load_optional_state(getattr(self.models, key), state[key])
+        # The pre-training stream is a seeded iterator: replaying it puts the next batch where the run left off.
+        for _ in range(state["ptx_used"]):
+            next(self.ptx_batches)
+        self.ptx_used = state["ptx_used"]
 
     def critic_values(self, roll, grad: bool = False) -> torch.Tensor:
         """V for each action: the value head on the hidden state of the token before it -> [B, T]."""
@@ -99,6 +117,7 @@ class PPOTrainer:
             metrics = {"policy_loss": loss.item(), "clip_fraction": float(out.clip_fraction)}
         if self.ptx_batches is not None and self.settings.ptx_coef > 0:
             ptx = next(self.ptx_batches)
+            self.ptx_used += 1
             ptx_loss = lm_loss(forward_logits(self.model, ptx["input_ids"], ptx["attention_mask"]),
                                ptx["input_ids"], ptx["loss_mask"])  # fmt: skip
             loss = loss + self.settings.ptx_coef * ptx_loss

@@ -44,6 +44,16 @@ def prompt_batches(n_prompts: int, per_step: int, seed: int) -> list[list[int]]:
     return [order[i : i + per_step] for i in range(0, n_prompts, per_step)]
 
 
+def schedule(n_prompts: int, settings: RLLoopSettings):
+    """(fit, episode, prompt batch, last step of the fit) for every step, in order; the same on every run, so a
+    resumed run finds its place by counting steps."""
+    for fit in range(settings.fit_steps):
+        for episode in range(settings.episodes):
+            batches = prompt_batches(n_prompts, settings.prompts_per_step, settings.seed + 7919 * fit + episode)
+            for i, batch in enumerate(batches):
+                yield fit, episode, batch, episode == settings.episodes - 1 and i == len(batches) - 1
+
+
 def run_rl_loop(
     trainer: Any,
     prompt_ids: list[list[int]],
@@ -51,33 +61,34 @@ def run_rl_loop(
     logger: MetricLogger,
     *,
     evaluate: Callable[[int], dict[str, Any]] | None = None,
-    save: Callable[[int], None] | None = None,
+    save: Callable[[RLLoopState], None] | None = None,
     state: RLLoopState | None = None,
 ) -> RLLoopState:
+    """Run the steps after state.global_step (0, or a resumed checkpoint's step)."""
     state = state or RLLoopState()
+    done = state.global_step
     steps_per_fit = settings.episodes * math.ceil(len(prompt_ids) / settings.prompts_per_step)
-    bar = tqdm(total=steps_per_fit * settings.fit_steps, desc="rl", disable=not settings.progress,
+    bar = tqdm(total=steps_per_fit * settings.fit_steps, initial=done, desc="rl", disable=not settings.progress,
                dynamic_ncols=True)  # fmt: skip
-    if evaluate is not None:
+    if evaluate is not None and done == 0:
         record_evaluation(state, evaluate(0), logger)
-    for fit in range(settings.fit_steps):
-        for episode in range(settings.episodes):
-            for batch in prompt_batches(
-                len(prompt_ids), settings.prompts_per_step, settings.seed + 7919 * fit + episode
-            ):
-                metrics = trainer.step([prompt_ids[i] for i in batch])
-                state.global_step += 1
-                state.history.append({"step": state.global_step, **metrics})
-                if state.global_step % settings.logging_steps == 0:
-                    logger.log(state.global_step, {**metrics, "fit_step": fit + 1, "episode": episode + 1})
-                bar.update(1)
-                bar.set_postfix(reward=f"{metrics.get('reward_mean', float('nan')):.3f}")
-                if save is not None and settings.save_steps > 0 and state.global_step % settings.save_steps == 0:
-                    save(state.global_step)
-                if evaluate is not None and settings.eval_steps > 0 and state.global_step % settings.eval_steps == 0:
-                    record_evaluation(state, evaluate(fit), logger)
-        if evaluate is not None:
+    for n, (fit, episode, batch, fit_end) in enumerate(schedule(len(prompt_ids), settings), start=1):
+        if n <= done:
+            continue
+        metrics = trainer.step([prompt_ids[i] for i in batch])
+        state.global_step = n
+        state.history.append({"step": n, **metrics})
+        if n % settings.logging_steps == 0:
+            logger.log(n, {**metrics, "fit_step": fit + 1, "episode": episode + 1})
+        bar.update(1)
+        bar.set_postfix(reward=f"{metrics.get('reward_mean', float('nan')):.3f}")
+        if evaluate is not None and settings.eval_steps > 0 and n % settings.eval_steps == 0:
+            record_evaluation(state, evaluate(fit), logger)
+        if evaluate is not None and fit_end:
             record_evaluation(state, evaluate(fit + 1), logger)
+        # Saved last, so a checkpoint at step n holds everything logged at step n (resume keeps rows <= n).
+        if save is not None and settings.save_steps > 0 and n % settings.save_steps == 0:
+            save(state)
     bar.close()
     return state
 

@@ -8,6 +8,7 @@ with --save_negdata.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from pathlib import Path
@@ -21,7 +22,7 @@ from repulse.infra.files import write_json_atomic, write_jsonl_atomic
 from repulse.infra.metrics import MetricLogger
 from repulse.models.load import load_causal_lm, load_reference_lm, save_pretrained_atomic
 from repulse.rl.rollout import encode_prompts_left_truncated
-from repulse.trainers.rl_loop import RLLoopSettings, run_rl_loop
+from repulse.trainers.rl_loop import RLLoopSettings, RLLoopState, run_rl_loop
 
 log = logging.getLogger("repulse")
 
@@ -152,17 +153,6 @@ def save_models(cfg, models: dict[str, Any], tokenizer, strategy, folder: str) -
             save_pretrained_atomic(strategy.unwrap(models[key]), tokenizer, f"{folder}/{name}")
 
 
-def prune_checkpoints(folder: str, keep: int) -> None:
-    """Keep the newest `keep` global_stepN folders."""
-    import shutil
-
-    from repulse.infra.checkpoint import STEP_DIR
-
-    found = sorted((int(m.group(1)), p) for p in Path(folder).iterdir() if (m := STEP_DIR.match(p.name)))
-    for _, old in found[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def summarize(state, trainer) -> dict[str, Any]:
     last = state.history[-1] if state.history else {}
     evals = state.evaluations
@@ -175,7 +165,63 @@ def summarize(state, trainer) -> dict[str, Any]:
     return summary
 
 
+TRAINED = ("actor", "base", "proposal", "critic")
+
+
+def run_kind(cfg, models: dict[str, Any]) -> dict[str, Any]:
+    """What must match for a checkpoint to fit this run: the models, the losses and the parameterization."""
+    harm, prop = cfg.harm, cfg.proposal
+    return {"models": sorted(models), "do_harmlessness_training": harm.do_harmlessness_training,
+            "harmlessness_training_loss_type": harm.harmlessness_training_loss_type if harm.do_harmlessness_training
+            else None, "actor_loss_type": prop.actor_loss_type, "parameterization": prop.parameterization,
+            "lora_rank": cfg.lora.lora_rank}  # fmt: skip
+
+
+def checkpoint_state(cfg, models, trainer, state: RLLoopState, negdata, strategy) -> dict[str, Any]:
+    """Everything a resumed run needs besides the RNG (the Checkpointer adds that)."""
+    from repulse.infra.checkpoint import trainable_state
+
+    weights = {k: trainable_state(strategy.unwrap(models[k])) for k in TRAINED if models.get(k) is not None}
+    if models.get("ema") is not None:  # frozen (requires_grad off), so its whole state is the trained part
+        weights["ema"] = {k: v.detach().clone() for k, v in models["ema"].state_dict().items()}
+    return {"kind": run_kind(cfg, models), "weights": weights, "trainer": trainer.state_dict(),
+            "loop": dataclasses.asdict(state), "negdata": negdata.rows if negdata is not None else None}  # fmt: skip
+
+
+def resume_run(cfg, checkpointer, models, trainer, negdata, strategy) -> RLLoopState | None:
+    """Load the newest checkpoint into the models and the trainer and restore the RNG; its loop state, or None
+    when there is no checkpoint yet (the run starts from scratch)."""
+    from repulse.infra.checkpoint import load_trainable_state
+    from repulse.infra.errors import UserError
+
+    path = checkpointer.latest()
+    if path is None:
+        log.info("--load_checkpoint: no checkpoint in %s, starting from scratch", checkpointer.dir)
+        return None
+    if not (path / "training_state.pt").exists():
+        raise UserError(f"--load_checkpoint: {path} holds no training state (written before train_ppo could resume)")
+    saved = checkpointer.load(path)
+    expected = run_kind(cfg, models)
+    for key, value in expected.items():
+        if saved["kind"].get(key) != value:
+            raise UserError(f"--load_checkpoint: {path} comes from a different configuration ({key} was "
+                            f"{saved['kind'].get(key)!r}, now {value!r}); use another --ckpt_path")  # fmt: skip
+    for key, weights in saved["weights"].items():
+        if key == "ema":
+            models["ema"].load_state_dict(weights)
+        else:
+            load_trainable_state(strategy.unwrap(models[key]), weights)
+    trainer.load_state_dict(saved["trainer"])
+    if negdata is not None and saved["negdata"] is not None:
+        negdata.rows = saved["negdata"]
+        negdata.seen = {(r["prompt"], r["response"]) for r in negdata.rows}
+    state = RLLoopState(**saved["loop"])
+    log.info("resumed from %s (step %d)", path, state.global_step)
+    return state
+
+
 def run_train_ppo(cfg, strategy, path: str, tokenizer, config_dump: dict[str, Any]) -> dict[str, Any]:
+    from repulse.infra.checkpoint import Checkpointer
     from repulse.rl.rewards import make_reward_source
 
     models = load_models(cfg, path, strategy)
@@ -185,21 +231,25 @@ def run_train_ppo(cfg, strategy, path: str, tokenizer, config_dump: dict[str, An
     total = settings.fit_steps * settings.episodes * math.ceil(len(prompt_ids) / settings.prompts_per_step)
     trainer = build_trainer(cfg, models, reward_source, tokenizer, strategy, total)
     main = models.get("base") or models.get("actor")
+    negdata = NegDataRecorder(trainer, cfg.harm) if cfg.harm.save_negdata else None
+    checkpointer = Checkpointer(cfg.ckpt.checkpoint_dir(), cfg.ckpt.max_ckpt_num, strategy)
+    state = None
+    if cfg.ckpt.load_checkpoint:
+        state = resume_run(cfg, checkpointer, models, trainer, negdata, strategy)
     lg = cfg.logging
     logger = MetricLogger(cfg.ckpt.save_path, enabled=strategy.is_rank_0(), tensorboard_dir=lg.use_tensorboard,
                           wandb=lg.use_wandb, wandb_project=lg.wandb_project, wandb_run_name=lg.wandb_run_name,
-                          config=config_dump)  # fmt: skip
-    negdata = NegDataRecorder(trainer, cfg.harm) if cfg.harm.save_negdata else None
+                          config=config_dump, resume_step=state.global_step if state else None)  # fmt: skip
     try:
         evaluate = make_evaluator(cfg, main, tokenizer, reward_source)
-        folder = cfg.ckpt.checkpoint_dir()
 
-        def save(step: int) -> None:
-            if strategy.is_rank_0():
-                save_models(cfg, models, tokenizer, strategy, f"{folder}/global_step{step}")
-                prune_checkpoints(folder, cfg.ckpt.max_ckpt_num)
+        def save(loop: RLLoopState) -> None:
+            # The models also go in Hugging Face format, so a checkpoint can start a new run via --pretrain.
+            checkpointer.save(loop.global_step, checkpoint_state(cfg, models, trainer, loop, negdata, strategy),
+                              extra=lambda tmp: save_models(cfg, models, tokenizer, strategy, str(tmp)))  # fmt: skip
 
-        state = run_rl_loop(negdata or trainer, prompt_ids, settings, logger, evaluate=evaluate, save=save)
+        state = run_rl_loop(negdata or trainer, prompt_ids, settings, logger, evaluate=evaluate, save=save,
+                            state=state)  # fmt: skip
     finally:
         logger.close()
     summary = summarize(state, trainer)

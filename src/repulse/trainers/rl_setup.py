@@ -97,6 +97,14 @@ class AnnealedTrainer:
         self.final_beta, self.start_alpha, self.final_alpha = final_beta, harm.start_alpha, harm.alpha
         self.total_steps, self.steps = total_steps, 0
 
+    def state_dict(self) -> dict[str, Any]:
+        # beta and alpha are recomputed from the step count before every step, so the count is their state.
+        return {"steps": self.steps, "trainer": self.trainer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps = state["steps"]
+        self.trainer.load_state_dict(state["trainer"])
+
     def step(self, prompt_ids: list[list[int]]) -> dict[str, float]:
         beta = geometric_value(self.start_beta, self.final_beta, self.steps, self.total_steps)
         alpha = geometric_value(self.start_alpha, self.final_alpha, self.steps, self.total_steps)

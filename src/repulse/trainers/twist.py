@@ -27,6 +27,13 @@ class TwistTrainer:
         self.strategy, self.rollout_batch_size = strategy, rollout_batch_size
         self.samples_used = 0
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"samples_used": self.samples_used, "updater": self.updater.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.samples_used = state["samples_used"]
+        self.updater.load_state_dict(state["updater"])
+
     def step(self, prompt_ids: list[list[int]]) -> dict[str, float]:
         roll = sample_rollout(self.model, self.tokenizer, prompt_ids, self.group_size, self.sampling,
                               batch_size=self.rollout_batch_size).to(self.strategy.device)  # fmt: skip

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from repulse.infra.checkpoint import load_optional_state, optional_state
 from repulse.losses.lm import token_log_probs
 from repulse.losses.policy import neg_reinforce_loss, neg_training_loss, reinforce_loss
 from repulse.losses.proposal import PROPOSAL_LOSSES, dpg_loss, sixo_loss
@@ -120,6 +121,13 @@ class ProposalUpdater:
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.loss_type, self.parameterization = loss_type, parameterization
         self.group_size, self.max_norm, self.strategy, self.enabled = group_size, max_norm, strategy, enabled
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": optional_state(self.optimizer), "scheduler": optional_state(self.scheduler)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        load_optional_state(self.optimizer, state["optimizer"])
+        load_optional_state(self.scheduler, state["scheduler"])
 
     @torch.no_grad()
     def base_logits(self, rollout: Rollout, base_model) -> torch.Tensor:

@@ -1,0 +1,90 @@
+"""train_ppo --load_checkpoint: a run resumed from a checkpoint ends with the same models and logs the same
+metrics as the uninterrupted run (REINFORCE, PPO with a critic, RePULSe, RePULSe with a modulated proposal)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import write_jsonl
+from tests.integration.test_train_ppo import HARMLESS, bad_words_file, prompt_file, run  # noqa: F401
+
+REPULSE = ["--harmlessness_training_loss_type", "neg_training", "--target_dist_beta", "-1", "--alpha", "0.5",
+           "--actor_loss_type", "ctl"]  # fmt: skip
+
+
+def saved_tensors(save: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of every final model folder (final/, final_proposal/ with its head, final_critic/...)."""
+    out = {}
+    for file in sorted(save.glob("final*/**/*.safetensors")):
+        out.update({f"{file.relative_to(save)}:{k}": v for k, v in load_file(str(file)).items()})
+    return out
+
+
+def metric_rows(save: Path) -> list[dict]:
+    return [json.loads(line) for line in (save / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def ptx_file(tmp_path_factory) -> Path:
+    rows = [{"body": f"the {who} is {adj} ."} for who in ("man", "woman") for adj in ("kind", "tall", "nice")]
+    return write_jsonl(tmp_path_factory.mktemp("ptx") / "ptx.jsonl", rows)
+
+
+def modes(prompts: Path, words: Path, ptx: Path) -> dict[str, tuple[list[str], int]]:
+    """(flags, the step of the checkpoint to resume from) per mode."""
+    data = ["--prompt_data", str(prompts), "--input_key", "prompt"]
+    reinforce = ["--actor_loss_type", "reinforce", "--reinforce_baseline_type", "expectation"]
+    evals = ["--analytic_bad_word_calc", "--bad_words_file", str(words), "--fit_steps", "2"]
+    anneal = ["--anneal_target_dist_beta", "--start_target_dist_beta", "-0.1"]
+    return {
+        # 2 steps per fit x 2 fits: the checkpoint at step 2 sits on the fit boundary; the EMA copy resumes too.
+        "reinforce_ema": ([*data, *reinforce, "--fit_steps", "2", "--enable_ema", "--save_steps", "2"], 2),
+        # PPO with its critic and an adaptive KL coefficient, from a checkpoint in the middle of episode 1.
+        "ppo_critic": ([*data, "--num_episodes", "2", "--kl_target", "0.01", "--save_steps", "1"], 1),
+        # The pre-training stream must continue where it stopped.
+        "ppo_ptx": ([*data, "--num_episodes", "2", "--save_steps", "3", "--pretrain_data", str(ptx),
+                     "--pretrain_input_key", "body", "--ptx_coef", "0.5", "--micro_train_batch_size", "4"], 3),
+        # 3 steps per fit x 2 fits: the exact evaluations after fit 1 and the annealed beta.
+        "repulse": ([*HARMLESS, *REPULSE, "--parameterization", "policy_psi_q_p_s_t", *evals, *anneal,
+                     "--save_steps_harmless", "3"], 3),
+        "repulse_modulated": ([*HARMLESS, *REPULSE, "--parameterization", "modulation_nn_head",
+                               "--save_steps_harmless", "1"], 2),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["reinforce_ema", "ppo_critic", "ppo_ptx", "repulse", "repulse_modulated"])
+def test_resume_equals_uninterrupted_run(tmp_path, tiny_model_dir, prompt_file, bad_words_file, ptx_file,  # noqa: F811
+                                         mode):  # fmt: skip
+    flags, step = modes(prompt_file, bad_words_file, ptx_file)[mode]
+    code, full = run(tmp_path, tiny_model_dir, *flags, "--max_ckpt_num", "9", name="full")
+    assert code == 0
+    # The interrupted run: its checkpoint at `step` and the metrics it had logged, rows from after the
+    # checkpoint included (a resumed run must drop them and write them again).
+    resumed = tmp_path / "resumed"
+    shutil.copytree(full / "checkpoints" / f"global_step{step}", resumed / "checkpoints" / f"global_step{step}")
+    shutil.copy(full / "metrics.jsonl", resumed / "metrics.jsonl")
+    code, resumed = run(tmp_path, tiny_model_dir, *flags, "--max_ckpt_num", "9", "--load_checkpoint",
+                        name="resumed")  # fmt: skip
+    assert code == 0
+    a, b = saved_tensors(full), saved_tensors(resumed)
+    assert a.keys() == b.keys() and len(a) > 0
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    assert metric_rows(resumed) == metric_rows(full)
+    assert json.loads((resumed / "summary.json").read_text()) == json.loads((full / "summary.json").read_text())
+
+
+def test_checkpoint_of_another_configuration_is_a_one_line_error(tmp_path, tiny_model_dir, capsys):
+    code, full = run(tmp_path, tiny_model_dir, *HARMLESS, *REPULSE, "--parameterization", "policy_psi_q_p_s_t",
+                     "--save_steps_harmless", "3", name="repulse")  # fmt: skip
+    assert code == 0
+    capsys.readouterr()
+    code, _ = run(tmp_path, tiny_model_dir, *HARMLESS, "--harmlessness_training_loss_type", "reinforce",
+                  "--load_checkpoint", "--ckpt_path", str(full / "checkpoints"), name="reinforce")  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "different configuration" in err and "Traceback" not in err
