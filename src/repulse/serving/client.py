@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -9,6 +10,7 @@ import torch
 
 from repulse.infra.errors import UserError, require_package
 
+API_KEY_ENV = "REPULSE_RM_API_KEY"  # --remote_rm_url has no key flag in the fork: the key comes from here
 RETRY_STATUSES = (502, 503, 504)  # a proxy or a restarting server: worth another try; 4xx/500 are not
 
 
@@ -62,6 +64,7 @@ class RemoteRewardModel:
             raise ValueError("retries must be >= 0 and max_texts_per_request >= 1")
         self.url = reward_url(url)
         self.retries, self.backoff_s, self.max_texts = retries, backoff_s, max_texts_per_request
+        api_key = api_key or os.environ.get(API_KEY_ENV) or None
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(timeout=timeout, headers=headers)
 

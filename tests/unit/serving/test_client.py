@@ -39,6 +39,21 @@ def test_chunks_requests_sends_prompts_and_the_key():
     assert {auth for _, auth in seen} == {"Bearer k"}
 
 
+def test_the_key_can_come_from_the_environment(monkeypatch):
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("authorization"))
+        return httpx.Response(200, json={"rewards": [1.0]})
+
+    monkeypatch.setenv("REPULSE_RM_API_KEY", "from-env")
+    remote(handler)(["a"])
+    remote(handler, api_key="explicit")(["a"])
+    monkeypatch.delenv("REPULSE_RM_API_KEY")
+    remote(handler)(["a"])
+    assert seen == ["Bearer from-env", "Bearer explicit", None]
+
+
 def test_retries_unavailable_then_succeeds():
     answers = iter([httpx.Response(503, json={"detail": "busy"}), httpx.Response(200, json={"rewards": [0.5]})])
     assert remote(lambda request: next(answers), retries=1)(["x"]).tolist() == [0.5]
