@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -22,3 +26,21 @@ def changed_and_unchanged(before: dict[str, torch.Tensor], after: dict[str, torc
     changed = [k for k in before if k in after and not torch.equal(before[k], after[k])]
     unchanged = [k for k in before if k in after and torch.equal(before[k], after[k])]
     return changed, unchanged
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_torchrun(module: str, argv: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node nproc -m module argv --dist_backend gloo` on 127.0.0.1; asserts exit 0."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
+        "--master_port", str(free_port()), "-m", module, *argv, "--dist_backend", "gloo",
+    ]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done

@@ -5,8 +5,6 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,8 +13,7 @@ import torch
 
 from repulse.assets import TINY_LM_DIR, TINY_RM_DIR, default_dataset
 from repulse.cli import batch_inference, interactive_chat, lora_combiner, train_dpo, train_sft
-from tests.integration.helpers import TRAIN_FLAGS
-from tests.integration.test_torchrun import free_port
+from tests.integration.helpers import TRAIN_FLAGS, run_torchrun
 
 GEN = ["--max_new_tokens", "8", "--max_samples", "6", "--micro_batch_size", "4"]
 
@@ -49,14 +46,7 @@ def test_generate_writes_one_line_per_input_in_order_and_n_per_input_for_best_of
 def test_two_torchrun_processes_write_the_same_file_as_one(tmp_path):
     flags = [*GEN, "--max_samples", "7", "--greedy_sampling"]  # 7: the two shards differ in size
     assert batch_inference.main([*flags, "--output_path", str(tmp_path / "one.jsonl")]) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(free_port()), "-m", "repulse.cli.batch_inference", *flags,
-        "--output_path", str(tmp_path / "two.jsonl"), "--dist_backend", "gloo",
-    ]  # fmt: skip
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_torchrun("repulse.cli.batch_inference", [*flags, "--output_path", str(tmp_path / "two.jsonl")])
     assert (tmp_path / "two.jsonl").read_text() == (tmp_path / "one.jsonl").read_text()
 
 

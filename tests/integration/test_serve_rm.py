@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import pytest
 import torch
 
 from repulse.infra.errors import UserError
+from tests.integration.helpers import free_port
 from tests.unit.serving.reference import reference_rewards
 from tests.unit.serving.rm_fixture import build_tiny_rm
 
@@ -24,12 +24,6 @@ KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 WORDS = ["this", "man", "woman", "is", "a", "good", "kind", "jerk", "very", "so", "."]
 STARTUP_TIMEOUT_S = 30
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_server(rm_dir, port: int, log_file) -> subprocess.Popen:

@@ -3,36 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from repulse.cli import train_sft
-from tests.integration.helpers import TRAIN_FLAGS, load_weights
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.integration.helpers import TRAIN_FLAGS, load_weights, run_torchrun
 
 
 def test_two_processes_equal_one(tmp_path, tiny_model_dir, sft_file):
     common = ["--pretrain", str(tiny_model_dir), "--dataset", str(sft_file), *TRAIN_FLAGS, "--max_samples", "24"]
     assert train_sft.main([*common, "--save_path", str(tmp_path / "one")]) == 0  # micro 4 x accumulation 2
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(free_port()), "-m", "repulse.cli.train_sft", *common,
-        "--save_path", str(tmp_path / "two"), "--dist_backend", "gloo",
-    ]  # fmt: skip
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_torchrun("repulse.cli.train_sft", [*common, "--save_path", str(tmp_path / "two")])
     one, two = load_weights(tmp_path / "one" / "final"), load_weights(tmp_path / "two" / "final")
     # The attention key bias has an analytically zero gradient (softmax is shift-invariant), so Adam turns
     # float summation noise there into updates of ~1e-5; everything else agrees to float precision.

@@ -115,7 +115,8 @@ def serve_embedded_rm(port: int, log: Path) -> subprocess.Popen:
 def test_remote_reward_model_gives_the_local_rewards(tmp_path, monkeypatch):
     pytest.importorskip("uvicorn", reason="needs the [serve] extra")
     from tests.integration import test_serve_rm
-    from tests.integration.test_serve_rm import free_port, wait_healthy
+    from tests.integration.helpers import free_port
+    from tests.integration.test_serve_rm import wait_healthy
 
     # The server's start-up (import torch, load the model) can take long on a busy 2-core machine.
     monkeypatch.setattr(test_serve_rm, "STARTUP_TIMEOUT_S", 120)
