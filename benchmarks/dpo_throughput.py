@@ -36,7 +36,7 @@ from common import (  # noqa: E402  (the benchmarks folder is not a package)
     machine_info,
     max_rss_mib,
     result_path,
-    run_python,
+    run_workers,
     set_offline_env,
     smollm2_dir,
     write_json_atomic,
@@ -237,17 +237,7 @@ def perturbed_reference(model_dir: Path, out_dir: Path, seed: int, scale: float 
 
 
 def run_all(args: argparse.Namespace, spec: dict[str, Any], workdir: Path) -> dict[str, list[dict[str, Any]]]:
-    env = set_offline_env()
-    spec_path = workdir / "spec.json"
-    spec_path.write_text(json.dumps(spec))
-    runs: dict[str, list[dict[str, Any]]] = {"repulse": [], "trl": []}
-    for repeat in range(args.repeats):
-        for name in ("repulse", "trl") if repeat % 2 == 0 else ("trl", "repulse"):
-            out, log = workdir / f"{name}_{repeat}.json", workdir / f"{name}_{repeat}.log"
-            print(f"[dpo_throughput] running {name} (repeat {repeat + 1}) ...", flush=True)
-            run_python([__file__, "--worker", name, "--spec", str(spec_path), "--result", str(out)], log, env)
-            runs[name].append(json.loads(out.read_text()))
-    return runs
+    return run_workers(__file__, ("repulse", "trl"), spec, workdir, args.repeats, set_offline_env())
 
 
 LABELS = {"repulse": "repulse train_dpo", "trl": "TRL DPOTrainer"}

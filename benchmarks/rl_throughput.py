@@ -37,7 +37,7 @@ from common import (  # noqa: E402  (the benchmarks folder is not a package)
     machine_info,
     max_rss_mib,
     result_path,
-    run_python,
+    run_workers,
     set_offline_env,
     write_json_atomic,
 )
@@ -187,16 +187,7 @@ def run_all(args: argparse.Namespace, workdir: Path) -> dict[str, list[dict[str,
     env = set_offline_env()
     spec = {"workdir": str(workdir), "group": args.group, "gen_len": args.gen_len, "warmup": args.warmup,
             "total_steps": args.warmup + args.steps, "lr": args.lr, "seed": args.seed}  # fmt: skip
-    spec_path = workdir / "spec.json"
-    spec_path.write_text(json.dumps(spec))
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in NAMES}
-    for repeat in range(args.repeats):
-        for name in NAMES if repeat % 2 == 0 else NAMES[::-1]:
-            out, log = workdir / f"{name}_{repeat}.json", workdir / f"{name}_{repeat}.log"
-            print(f"[rl_throughput] running {name} (repeat {repeat + 1}) ...", flush=True)
-            run_python([__file__, "--worker", name, "--spec", str(spec_path), "--result", str(out)], log, env)
-            runs[name].append(json.loads(out.read_text()))
-    return runs
+    return run_workers(__file__, NAMES, spec, workdir, args.repeats, env)
 
 
 COLUMNS = [

@@ -38,7 +38,7 @@ from common import (  # noqa: E402  (the benchmarks folder is not a package)
     machine_info,
     max_rss_mib,
     result_path,
-    run_python,
+    run_workers,
     set_offline_env,
     smollm2_dir,
     write_json_atomic,
@@ -369,27 +369,13 @@ def prepare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     }
 
 
-def run_worker(name: str, spec_path: Path, workdir: Path, repeat: int, env: dict[str, str]) -> dict[str, Any]:
-    out = workdir / f"{name}_{repeat}.json"
-    log = workdir / f"{name}_{repeat}.log"
-    print(f"[sft_throughput] running {name} (repeat {repeat + 1}) ...", flush=True)
-    run_python([__file__, "--worker", name, "--spec", str(spec_path), "--result", str(out)], log, env)
-    return json.loads(out.read_text())
-
-
 def run_all(args: argparse.Namespace, spec: dict[str, Any], workdir: Path) -> dict[str, list[dict[str, Any]]]:
     """Every trainer in a fresh process, one after the other; the order alternates between repeats."""
     env = set_offline_env()
     if args.threads:
         env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    spec_path = workdir / "spec.json"
-    spec_path.write_text(json.dumps(spec))
     names = ["repulse", "trl"] + (["repulse_packed"] if args.packing else [])
-    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
-    for repeat in range(args.repeats):
-        for name in names if repeat % 2 == 0 else list(reversed(names)):
-            runs[name].append(run_worker(name, spec_path, workdir, repeat, env))
-    return runs
+    return run_workers(__file__, names, spec, workdir, args.repeats, env)
 
 
 def best_run(results: list[dict[str, Any]]) -> dict[str, Any]:
