@@ -23,15 +23,6 @@ from tests.unit.losses.test_proposal_losses import SEQS, N, T, V, _exact_kl_and_
 MODULATIONS = ["modulation_linear_head", "modulation_nn_head", "modulation_model"]
 
 
-@pytest.fixture
-def one_thread():
-    # Tiny float64 ops are dominated by thread hand-off on a shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tok():
     return make_tokenizer()
@@ -176,7 +167,7 @@ def test_update_moves_only_the_proposal(tok, parameterization, loss_type):
 
 
 # ---- E2 with a modulation head: p frozen, q = p e^{W h + b}, h a one-hot of the context (tabular) ----
-def test_e2_ctl_with_linear_modulation_head_reduces_kl_sigma_q(one_thread):
+def test_e2_ctl_with_linear_modulation_head_reduces_kl_sigma_q(one_torch_thread):
     p1, p2, log_phi_all = _toy_target()
     log_sigma = torch.log_softmax(token_log_probs(_logits(p1, p2, SEQS), SEQS).sum(-1) + log_phi_all, 0)
     head = LinearModulationHead(V + 1, V).double()
