@@ -159,7 +159,7 @@ def gcg_step(objective: TargetObjective, tokenizer, buffer: AttackBuffer, config
         candidates = keep_round_trip(tokenizer, candidates)
         if candidates.shape[0] == 0:
             raise RuntimeError("no GCG candidate survives decode/re-encode; set filter_ids=False or change the init")
-    losses, exact = objective.losses(candidates)
+    losses, exact = objective.losses_near(ids, candidates)
     best = int(losses.argmin())
     loss = float(losses[best])
     if not buffer.is_full() or buffer.size == 0 or loss < buffer.highest_loss():

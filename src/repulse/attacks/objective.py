@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from repulse.attacks.batching import BackoffBatcher
+from repulse.attacks.batching import BackoffBatcher, shared_prefix_groups
 from repulse.attacks.gcg_tokens import mellowmax
 from repulse.attacks.prefix_cache import PrefixCache
 from repulse.infra.errors import UserError
@@ -56,7 +56,23 @@ def logits_kwarg(model):
     Only the target positions need logits; with a large vocabulary the head is a sizeable share of the compute.
     """
     accepts = "logits_to_keep" in inspect.signature(model.forward).parameters
+    if accepts:
+        contiguous_head_input(model)
     return (lambda n: {"logits_to_keep": n}) if accepts else (lambda n: {})
+
+
+def contiguous_head_input(model) -> None:
+    """Give the LM head a contiguous input (once per model; a no-op for inputs already contiguous).
+
+    With `logits_to_keep`, transformers feeds the head a strided slice of the hidden states, and on CPU torch
+    runs a linear layer on a strided 3-D input as a batched matmul that re-packs the weight for every row:
+    3.4x slower than one matmul for SmolLM2's 49k-token head (measured), a third of a GCG step.
+    """
+    head = model.get_output_embeddings()
+    if head is None or getattr(head, "_repulse_contiguous_input", False):
+        return
+    head.register_forward_pre_hook(lambda _module, args: (args[0].contiguous(), *args[1:]))
+    head._repulse_contiguous_input = True
 
 
 @dataclass
@@ -101,21 +117,30 @@ class TargetObjective:
                 for p in prompts
             ]
         self.caches = [PrefixCache(model, before) for before, _, _ in self.parts] if use_prefix_cache else None
+        self.reference: tuple[torch.Tensor, list[PrefixCache]] | None = None
 
-    def target_logits(self, index: int, suffix_embeds: torch.Tensor) -> torch.Tensor:
-        """Logits predicting each target token of prompt `index` -> [B, T, V]."""
+    def target_logits(self, index: int, suffix_embeds: torch.Tensor, cache: PrefixCache | None = None,
+                      filled: list | None = None) -> torch.Tensor:  # fmt: skip
+        """Logits predicting each target token of prompt `index` -> [B, T, V].
+
+        `cache` (default: the prompt's prefix cache) holds everything before `suffix_embeds`. The last target
+        token is not fed: no logit after it is needed. With a prefix cache, `filled` receives the cache of
+        the whole sequence.
+        """
         before, after, target = self.parts[index]
         b, n_target = suffix_embeds.shape[0], target.shape[1]
-        keep = self.keep(n_target + 1)
-        pieces = [suffix_embeds, after.expand(b, -1, -1), target.expand(b, -1, -1)]
+        pieces = [suffix_embeds, after.expand(b, -1, -1), target[:, :-1].expand(b, -1, -1)]
         if self.caches is None:
             embeds = torch.cat([before.expand(b, -1, -1), *pieces], dim=1)
-            logits = self.model(inputs_embeds=embeds, use_cache=False, **keep).logits
+            logits = self.model(inputs_embeds=embeds, use_cache=False, **self.keep(n_target)).logits
         else:
             embeds = torch.cat(pieces, dim=1)
-            cache = self.caches[index].expand(b)
-            logits = self.model(inputs_embeds=embeds, past_key_values=cache, use_cache=True, **keep).logits
-        return logits[:, -n_target - 1 : -1]
+            past = (cache or self.caches[index]).expand(b)
+            logits = self.model(inputs_embeds=embeds, past_key_values=past, use_cache=True,
+                                **self.keep(n_target)).logits  # fmt: skip
+            if filled is not None:
+                filled.append(PrefixCache.of(self.model.config, past))
+        return logits[:, -n_target:]
 
     def loss_from_logits(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Per-row loss [B]: mean cross-entropy, or mellowmax of the negative target logits."""
@@ -134,11 +159,15 @@ class TargetObjective:
         one_hot = F.one_hot(ids.to(self.device), weight.shape[0]).to(weight.dtype).unsqueeze(0)
         one_hot.requires_grad_(True)
         embeds = one_hot @ weight
+        filled: list[PrefixCache] = []
         total = sum(
-            self.loss_from_logits(self.target_logits(i, embeds), self.labels(i, 1)).sum()
+            self.loss_from_logits(self.target_logits(i, embeds, filled=filled), self.labels(i, 1)).sum()
             for i in range(len(self.prompts))
         )
         (grad,) = torch.autograd.grad(total, one_hot)
+        if self.caches is not None:  # prefix + suffix: what `losses_near(ids, ...)` reuses next
+            ends = [cache.length + ids.shape[0] for cache in self.caches]
+            self.reference = (ids.cpu().clone(), [c.truncated(end) for c, end in zip(filled, ends, strict=True)])
         grad = grad[0]
         return grad / grad.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
@@ -146,20 +175,67 @@ class TargetObjective:
     def losses(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss [B] summed over prompts, exact [B] bool: greedy decoding reproduces every target)."""
         ids = ids.to(self.device)
+        caches = self.caches or [None] * len(self.prompts)
+        return self._scored(lambda start, end: self._score(ids[start:end], caches), ids.shape[0])
+
+    @torch.no_grad()
+    def losses_near(self, reference: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`losses(ids)` for candidates made by editing `reference` [L] (GCG's step), with less compute.
+
+        Identical rows are scored once, and a row whose first edit is at position d reuses the KV cache of
+        prefix + reference[:g] for its group's start g <= d, so only its last L - g suffix tokens are run.
+        Groups trade the tokens saved against one forward pass each (`shared_prefix_groups`). Same values
+        up to float rounding.
+        """
+        if self.caches is None:
+            return self.losses(ids)
+        unique, inverse = torch.unique(ids.cpu(), dim=0, return_inverse=True)
+        reference = reference.cpu()
+        changed = unique != reference
+        # Never past L - 1, so at least one token precedes the target even with an empty `after`.
+        first = torch.where(changed.any(1), changed.int().argmax(1), reference.shape[0]).clamp_max(len(reference) - 1)
+        order = torch.argsort(first, stable=True)
+        unique, first = unique[order].to(self.device), first[order]
+        values, counts = torch.unique_consecutive(first, return_counts=True)
+        tail = sum(after.shape[1] + target.shape[1] - 1 for _, after, target in self.parts) / len(self.parts)
+        starts = shared_prefix_groups(values.tolist(), counts.tolist(), round(len(reference) + tail))
+        first = torch.repeat_interleave(torch.tensor(starts), counts)  # each row's group start
+        if self.reference is not None and torch.equal(self.reference[0], reference):
+            full = self.reference[1]  # the gradient pass just computed them
+        else:
+            embeds = self.embedding(reference.unsqueeze(0).to(self.device))
+            full = [cache.extended(self.model, embeds) for cache in self.caches]
 
         def chunk(start: int, end: int) -> torch.Tensor:
-            embeds = self.embedding(ids[start:end])
-            loss = torch.zeros(end - start, device=self.device)
-            exact = torch.ones(end - start, dtype=torch.bool, device=self.device)
-            for i in range(len(self.prompts)):
-                logits = self.target_logits(i, embeds)
-                labels = self.labels(i, end - start)
-                loss += self.loss_from_logits(logits, labels).float()
-                exact &= (logits.argmax(-1) == labels).all(-1)
-            return torch.stack([loss, exact.float()], dim=1).cpu()
+            parts = []
+            values, counts = torch.unique_consecutive(first[start:end], return_counts=True)  # `first` is sorted
+            for d, count in zip(values.tolist(), counts.tolist(), strict=True):
+                caches = [cache.truncated(cache.length - len(reference) + d) for cache in full]
+                parts.append(self._score(unique[start : start + count, d:], caches))
+                start += count
+            return torch.cat(parts)
 
-        out = self.batcher.map(chunk, ids.shape[0])
+        out, exact = self._scored(chunk, unique.shape[0])
+        back = torch.empty_like(order)
+        back[order] = torch.arange(len(order))
+        return out[back][inverse], exact[back][inverse]
+
+    def _scored(self, chunk, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.batcher.map(chunk, n)
         return out[:, 0], out[:, 1].bool()
+
+    def _score(self, suffix_ids: torch.Tensor, caches: list) -> torch.Tensor:
+        """[B, 2]: (loss summed over prompts, exact) for suffix tokens fed after each prompt's cache."""
+        b = suffix_ids.shape[0]
+        embeds = self.embedding(suffix_ids)
+        loss = torch.zeros(b, device=self.device)
+        exact = torch.ones(b, dtype=torch.bool, device=self.device)
+        for i, cache in enumerate(caches):
+            logits = self.target_logits(i, embeds, cache)
+            labels = self.labels(i, b)
+            loss += self.loss_from_logits(logits, labels).float()
+            exact &= (logits.argmax(-1) == labels).all(-1)
+        return torch.stack([loss, exact.float()], dim=1).cpu()
 
 
 @torch.no_grad()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -61,3 +63,63 @@ def test_backoff_halves_batch_on_out_of_memory() -> None:
 
     with pytest.raises(RuntimeError, match="shape mismatch"):
         BackoffBatcher(4).map(other, 4)
+
+
+@pytest.mark.parametrize("batch_size", [None, 3])
+def test_losses_near_reference_equal_full_losses(tiny_lm, batch_size: int | None) -> None:
+    """Shared-prefix scoring (GCG's candidates) = scoring every row from the prefix cache, in the input order.
+
+    With or without the cache the gradient pass leaves. The rows mix one- and two-token edits at every
+    position, duplicates, and the reference itself; batch_size 3 makes chunks that start and end inside a
+    group of equal first edits.
+    """
+    model, tok = tiny_lm
+    a, b = AttackPrompt.build(tok, GOAL, TARGET), AttackPrompt.build(tok, "This brother was such a", " fool")
+    reference = suffixes(tok)[1]
+    generator = torch.Generator().manual_seed(0)
+    rows = [reference.clone()]
+    for _ in range(12):
+        row = reference.clone()
+        picks = torch.randperm(len(row), generator=generator)[: int(torch.randint(1, 3, (1,), generator=generator))]
+        row[picks] = torch.randint(0, len(tok), (len(picks),), generator=generator)
+        rows += [row] * (1 + int(torch.randint(0, 2, (1,), generator=generator)))
+    ids = torch.stack(rows)
+    objective = TargetObjective(model, [a, b], batch_size=batch_size)
+    near_loss, near_exact = objective.losses_near(reference, ids)
+    full_loss, full_exact = objective.losses(ids)
+    assert torch.allclose(near_loss, full_loss, atol=1e-5)
+    assert torch.equal(near_exact, full_exact)
+    objective.gradient(reference)  # keeps the reference's cache, which losses_near then reuses
+    assert objective.reference is not None and torch.equal(objective.reference[0], reference)
+    assert torch.allclose(objective.losses_near(reference, ids)[0], full_loss, atol=1e-5)
+    plain = TargetObjective(model, [a, b], use_prefix_cache=False).losses_near(reference, ids)[0]
+    assert torch.allclose(plain, full_loss, atol=1e-5)
+
+
+def partition_cost(first, counts, total, overhead, starts) -> float:
+    return overhead * len(set(starts)) + sum(c * (total - s) for c, s in zip(counts, starts, strict=True))
+
+
+@pytest.mark.parametrize("overhead", [0, 5, 40, 10_000])
+def test_shared_prefix_groups_is_the_cheapest_partition(overhead: int) -> None:
+    """The dynamic programme against every contiguous partition of 6 first-edit positions."""
+    import itertools
+
+    from repulse.attacks.batching import shared_prefix_groups
+
+    first, counts, total = [0, 1, 3, 4, 7, 9], [5, 1, 8, 2, 6, 3], 16
+    starts = shared_prefix_groups(first, counts, total, overhead)
+    assert all(s <= f for s, f in zip(starts, first, strict=True)) and starts[0] == first[0]
+    best = math.inf
+    for cuts in itertools.product([False, True], repeat=len(first) - 1):
+        group_starts, current = [], first[0]
+        for i, f in enumerate(first):
+            if i and cuts[i - 1]:
+                current = f
+            group_starts.append(current)
+        best = min(best, partition_cost(first, counts, total, overhead, group_starts))
+    assert partition_cost(first, counts, total, overhead, starts) == best
+    if overhead == 0:
+        assert starts == first  # free forwards: every position its own group
+    if overhead == 10_000:
+        assert set(starts) == {0}  # one forward for all
