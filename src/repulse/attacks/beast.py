@@ -18,8 +18,9 @@ import torch
 
 from repulse.attacks.batching import BackoffBatcher
 from repulse.attacks.gcg_tokens import disallowed_token_ids, make_generator
-from repulse.attacks.objective import AttackPrompt, TargetObjective, logits_kwarg
+from repulse.attacks.objective import AttackPrompt, TargetObjective
 from repulse.attacks.prefix_cache import PrefixCache
+from repulse.models.logprobs import logits_kwarg
 
 
 @dataclass

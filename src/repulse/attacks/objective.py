@@ -8,7 +8,6 @@ universal attack sums their losses), with an optional prefix KV cache and out-of
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +17,7 @@ from repulse.attacks.batching import BackoffBatcher, shared_prefix_groups
 from repulse.attacks.gcg_tokens import mellowmax
 from repulse.attacks.prefix_cache import PrefixCache
 from repulse.infra.errors import UserError
+from repulse.models.logprobs import logits_kwarg
 
 PLACEHOLDER = "{optim_str}"
 
@@ -48,31 +48,6 @@ def split_chat_template(tokenizer, goal: str) -> tuple[str, str]:
     """The text before and after the suffix placeholder in the user turn (placeholder appended to the goal)."""
     before, after = chat_text(tokenizer, goal if PLACEHOLDER in goal else goal + PLACEHOLDER).split(PLACEHOLDER, 1)
     return before, after
-
-
-def logits_kwarg(model):
-    """`n -> {"logits_to_keep": n}` when the model can skip the LM head on earlier positions, else `{}`.
-
-    Only the target positions need logits; with a large vocabulary the head is a sizeable share of the compute.
-    """
-    accepts = "logits_to_keep" in inspect.signature(model.forward).parameters
-    if accepts:
-        contiguous_head_input(model)
-    return (lambda n: {"logits_to_keep": n}) if accepts else (lambda n: {})
-
-
-def contiguous_head_input(model) -> None:
-    """Give the LM head a contiguous input (once per model; a no-op for inputs already contiguous).
-
-    With `logits_to_keep`, transformers feeds the head a strided slice of the hidden states, and on CPU torch
-    runs a linear layer on a strided 3-D input as a batched matmul that re-packs the weight for every row:
-    3.4x slower than one matmul for SmolLM2's 49k-token head (measured), a third of a GCG step.
-    """
-    head = model.get_output_embeddings()
-    if head is None or getattr(head, "_repulse_contiguous_input", False):
-        return
-    head.register_forward_pre_hook(lambda _module, args: (args[0].contiguous(), *args[1:]))
-    head._repulse_contiguous_input = True
 
 
 @dataclass

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from repulse.generation.generate import SamplingParams, generate, response_mask_from_ids
+from repulse.generation.stepwise import sample_categorical
 from tests.conftest import make_gpt2
 
 
@@ -61,3 +62,20 @@ def test_invalid_settings_raise():
         SamplingParams(temperature=0.0)
     with pytest.raises(ValueError, match="top_p"):
         SamplingParams(top_p=0.0)
+
+
+def test_sample_categorical_frequencies_zero_mass_and_bad_input():
+    probs = torch.tensor([[0.5, 0.0, 0.3, 0.2], [0.0, 0.0, 1e-3, 0.0], [0.1, 0.2, 0.3, 0.4]])
+    generator = torch.Generator().manual_seed(0)
+    n = 4000
+    draws = torch.stack([sample_categorical(probs, generator) for _ in range(n)])  # [n, 3]
+    for row in (0, 2):
+        counts = torch.bincount(draws[:, row], minlength=4).float() / n
+        assert torch.allclose(counts, probs[row], atol=4 * (0.25 / n) ** 0.5)
+    assert (draws[:, 0] != 1).all() and (draws[:, 1] == 2).all()  # zero-probability tokens are never drawn
+    again = torch.stack([sample_categorical(probs, torch.Generator().manual_seed(0)) for _ in range(1)])
+    assert torch.equal(again[0], draws[0])  # seeded: reproducible
+    with pytest.raises(ValueError, match="nan"):
+        sample_categorical(torch.tensor([[float("nan"), 0.5]]))
+    with pytest.raises(ValueError, match="no mass"):
+        sample_categorical(torch.zeros(1, 3))

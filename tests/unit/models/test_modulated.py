@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from repulse.generation.generate import SamplingParams
-from repulse.generation.stepwise import sample_stepwise
+from repulse.generation.stepwise import sample_categorical, sample_stepwise
 from repulse.infra.checkpoint import load_trainable_state, trainable_state
 from repulse.losses.lm import token_log_probs
 from repulse.losses.proposal import PROPOSAL_LOSSES
@@ -88,18 +88,32 @@ def test_cached_forward_equals_full_forward(tok, parameterization):
     torch.testing.assert_close(rest.logits[1], full[1, 3:], atol=1e-5, rtol=1e-5)
 
 
-def test_stepwise_sampling_equals_hf_generate(tok):
-    """Same seed, same draws: the KV-cached loop is Hugging Face's ancestral sampler, left padding included."""
+def test_stepwise_greedy_equals_hf_generate(tok):
+    """The KV-cached loop decodes like Hugging Face generate, left padding and finished rows included."""
     model = frozen_base(tok)
     ids, mask = batch(tok)
-    params = SamplingParams(max_new_tokens=5, num_samples=3)
-    torch.manual_seed(4)
+    params = SamplingParams(max_new_tokens=5, greedy=True)
     ours = sample_stepwise(model, tok, ids, mask, params)
     from repulse.generation.generate import generate_batch
 
-    torch.manual_seed(4)
     theirs = generate_batch(model, tok, ids, mask, params)
     assert torch.equal(ours, theirs[:, : ours.shape[1]])
+
+
+def test_stepwise_sampling_equals_uncached_resampling(tok):
+    """Same seed, same draws as re-running each whole row without a cache and sampling its last position."""
+    model = frozen_base(tok)
+    ids, mask = batch(tok)
+    torch.manual_seed(4)
+    ours = sample_stepwise(model, tok, ids, mask, SamplingParams(max_new_tokens=4, num_samples=3))
+    torch.manual_seed(4)
+    seq, seq_mask = ids.repeat_interleave(3, 0), mask.repeat_interleave(3, 0)
+    with torch.no_grad():
+        for _ in range(ours.shape[1] - ids.shape[1]):
+            probs = forward_logits(model, seq, seq_mask)[:, -1].softmax(-1)
+            seq = torch.cat([seq, sample_categorical(probs)[:, None]], dim=1)
+            seq_mask = torch.cat([seq_mask, torch.ones_like(seq_mask[:, :1])], dim=1)
+    assert torch.equal(ours[:, ids.shape[1] :], seq[:, ids.shape[1] :])
 
 
 def test_modulated_sampling_draws_from_q(tok):
@@ -110,7 +124,7 @@ def test_modulated_sampling_draws_from_q(tok):
     torch.manual_seed(7)
     sampled = sample_stepwise(q, tok, ids, mask, SamplingParams(max_new_tokens=1, num_samples=4))[:, -1]
     torch.manual_seed(7)
-    assert torch.equal(sampled, torch.multinomial(probs, 1).squeeze(-1))
+    assert torch.equal(sampled, sample_categorical(probs))
 
 
 @pytest.mark.parametrize("parameterization", MODULATIONS)
