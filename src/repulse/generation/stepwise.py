@@ -52,32 +52,46 @@ def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = 
     return torch.searchsorted(cdf, u, right=True).clamp_max(probs.shape[-1] - 1).squeeze(-1)
 
 
+def repeat_rows(cache, n: int):
+    """Each row of a KV cache repeated n times in place (row i -> rows i*n .. i*n + n - 1)."""
+    if hasattr(cache, "batch_repeat_interleave"):
+        cache.batch_repeat_interleave(n)
+        return cache
+    return tuple(tuple(t.repeat_interleave(n, dim=0) for t in layer) for layer in cache)  # legacy tuples
+
+
 @torch.no_grad()
 def sample_stepwise(model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor, params) -> torch.Tensor:
     """Left-padded prompts [B, P] -> [B * num_samples, P + T] (prompt then response, rows grouped by prompt).
 
     Like Hugging Face generate: a finished row continues with pad tokens, and sampling stops once every row has
-    produced EOS or after max_new_tokens.
+    produced EOS or after max_new_tokens. Each prompt is run once and its KV cache repeated for its samples
+    (Hugging Face generate runs every copy: num_samples times the prompt compute).
     """
-    ids = input_ids.repeat_interleave(params.num_samples, dim=0)
-    mask = attention_mask.repeat_interleave(params.num_samples, dim=0)
+    n = params.num_samples
     processors = logits_processors(params)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
     # Positions skip the left padding; after the prompt each new token is one past the row's last position.
-    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    step_ids, cache, keep = ids, None, logits_kwarg(model)(1)  # only the last position's logits are read
-    for _ in range(params.max_new_tokens):
-        out = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                    use_cache=True, **keep)  # fmt: skip
-        scores = processors(ids, out.logits[:, -1].float())
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    keep = logits_kwarg(model)(1)  # only the last position's logits are read
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True, **keep)
+    logits, cache = out.logits[:, -1].repeat_interleave(n, dim=0), repeat_rows(out.past_key_values, n)
+    ids, mask = input_ids.repeat_interleave(n, dim=0), attention_mask.repeat_interleave(n, dim=0)
+    positions = positions[:, -1:].repeat_interleave(n, dim=0)
+    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+    for step in range(params.max_new_tokens):
+        if step > 0:
+            out = model(input_ids=ids[:, -1:], attention_mask=mask, position_ids=positions, past_key_values=cache,
+                        use_cache=True, **keep)  # fmt: skip
+            logits, cache = out.logits[:, -1], out.past_key_values
+        scores = processors(ids, logits.float())
         token = scores.argmax(-1) if params.greedy else sample_categorical(scores.softmax(-1))
         token = torch.where(done, torch.full_like(token, pad), token)
         ids = torch.cat([ids, token[:, None]], dim=1)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        positions = positions + 1
         if eos is not None:
             done |= token == eos
         if done.all():
             break
-        step_ids, cache, positions = token[:, None], out.past_key_values, positions[:, -1:] + 1
     return ids
