@@ -86,8 +86,10 @@ class HarmlessnessTrainer:
             extra = self.proposal_experience(prompt_ids)
             for a, b in self.micro_batches(extra.raw_rewards.shape[0]):
                 add(metrics, self.proposal.update(extra.rows(a, b), self.model))
+        # p's own sampling log-probs matter only when its samples double as proposal samples (the KL term, when
+        # c > 0, computes them anyway): p's loss on them is REINFORCE, which reads its update pass only.
         base = make_base_experience(self._sample(self.model, prompt_ids), self.model, self.initial,
-                                    self.reward_source, self.rewards)  # fmt: skip
+                                    self.reward_source, self.rewards, need_behaviour_logps=not separate)  # fmt: skip
         neg = self.proposal_experience(prompt_ids) if separate else with_potential(base, self.rewards)
         for a, b in self.micro_batches(base.raw_rewards.shape[0]):
             if not self.settings.update_base_first and separate:
