@@ -3,9 +3,10 @@
 The suffix grows by one scored token per iteration. Each of the `k1` beam elements proposes `k2` distinct next
 tokens sampled (without replacement, with temperature and top-p) from the attacked model's own next-token
 distribution after [prompt; suffix], which keeps the suffix readable. The `k1 * k2` candidates are scored by
-the target's mean NLL given [prompt; suffix; assistant tag] (the same objective as GCG, prefix-cached and
-batched) and the best `k1` form the next beam. With `ngram > 1` each scored token is followed by `ngram - 1`
-tokens that are only sampled, not chosen. The best suffix over all iterations is returned.
+the target's mean NLL given [prompt; suffix; assistant tag] (the same objective as GCG, batched; with the prefix
+cache the beam rows run once and each candidate feeds only its new tokens) and the best `k1` form the next
+beam. With `ngram > 1` each scored token is followed by `ngram - 1` tokens that are only sampled, not chosen.
+The best suffix over all iterations is returned.
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ def run_beast_universal(model, tokenizer, pairs: Sequence[tuple[str, str]],
         candidates = expand_beam(sampler, beam, config.k1 if beam.shape[1] == 0 else config.k2, generator)
         extra = min(config.ngram - 1, config.length - candidates.shape[1])
         candidates = sampler.extend(candidates, extra, generator)
-        losses, _ = objective.losses(candidates)
+        losses, _ = objective.losses_extending(beam, candidates)  # every candidate extends a beam row
         order = losses.argsort()[: config.k1]
         beam = candidates[order]
         loss, ids = float(losses[order[0]]), beam[0]

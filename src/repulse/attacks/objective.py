@@ -180,20 +180,48 @@ class TargetObjective:
         else:
             embeds = self.embedding(reference.unsqueeze(0).to(self.device))
             full = [cache.extended(self.model, embeds) for cache in self.caches]
+        trim = [cache.length - len(reference) for cache in full]
+        out, exact = self._score_groups(unique, first, lambda d: [c.truncated(n + d) for c, n in zip(full, trim)],
+                                        lambda d: d)  # fmt: skip
+        return unsort(order, out, exact, inverse)
+
+    @torch.no_grad()
+    def losses_extending(self, prefixes: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`losses(ids)` for rows that each start with one of the rows of `prefixes` [R, l] (BEAST's beam).
+
+        The prefixes run once (as one batch, on top of the prompt's cache); each candidate then feeds only its
+        tokens after its prefix. Same values up to float rounding.
+        """
+        width = prefixes.shape[1]
+        if self.caches is None or width == 0:
+            return self.losses(ids)
+        if ids.shape[1] <= width:
+            raise ValueError(f"candidates of {ids.shape[1]} tokens do not extend prefixes of {width}")
+        lookup = {tuple(row): r for r, row in enumerate(prefixes.tolist())}
+        try:
+            parent = torch.tensor([lookup[tuple(row)] for row in ids[:, :width].tolist()])
+        except KeyError as err:
+            raise ValueError(f"a candidate starts with {list(err.args[0])}, which is none of the prefixes") from err
+        order = torch.argsort(parent, stable=True)
+        rows, parent = ids.cpu()[order].to(self.device), parent[order]
+        embeds = self.embedding(prefixes.to(self.device))
+        full = [cache.extended(self.model, embeds) for cache in self.caches]
+        out, exact = self._score_groups(rows, parent, lambda r: [c.row(r) for c in full], lambda r: width)
+        return unsort(order, out, exact)
+
+    def _score_groups(self, rows: torch.Tensor, keys: torch.Tensor, caches_for, start_of):
+        """(loss, exact) for `rows` sorted by `keys` [N]: the rows of one key are fed from `start_of(key)` on, after
+        the caches `caches_for(key)` (one per prompt); chunks of the batch size, out-of-memory back-off."""
 
         def chunk(start: int, end: int) -> torch.Tensor:
             parts = []
-            values, counts = torch.unique_consecutive(first[start:end], return_counts=True)  # `first` is sorted
-            for d, count in zip(values.tolist(), counts.tolist(), strict=True):
-                caches = [cache.truncated(cache.length - len(reference) + d) for cache in full]
-                parts.append(self._score(unique[start : start + count, d:], caches))
+            values, counts = torch.unique_consecutive(keys[start:end], return_counts=True)
+            for key, count in zip(values.tolist(), counts.tolist(), strict=True):
+                parts.append(self._score(rows[start : start + count, start_of(key) :], caches_for(key)))
                 start += count
             return torch.cat(parts)
 
-        out, exact = self._scored(chunk, unique.shape[0])
-        back = torch.empty_like(order)
-        back[order] = torch.arange(len(order))
-        return out[back][inverse], exact[back][inverse]
+        return self._scored(chunk, rows.shape[0])
 
     def _scored(self, chunk, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.batcher.map(chunk, n)
@@ -211,6 +239,14 @@ class TargetObjective:
             loss += self.loss_from_logits(logits, labels).float()
             exact &= (logits.argmax(-1) == labels).all(-1)
         return torch.stack([loss, exact.float()], dim=1).cpu()
+
+
+def unsort(order: torch.Tensor, loss: torch.Tensor, exact: torch.Tensor, inverse: torch.Tensor | None = None):
+    """Results computed in `order` back to the input order (then expanded by `inverse`, for deduplicated rows)."""
+    back = torch.empty_like(order)
+    back[order] = torch.arange(len(order))
+    loss, exact = loss[back], exact[back]
+    return (loss, exact) if inverse is None else (loss[inverse], exact[inverse])
 
 
 @torch.no_grad()

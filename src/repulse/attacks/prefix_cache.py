@@ -3,7 +3,8 @@
 Every candidate suffix shares the tokens before it (system prompt, user tag, goal), so GCG and BEAST run the
 model on that prefix once and feed only [suffix; after; target] per candidate. GCG goes further: a candidate
 that first differs from the step's current suffix at position d shares the cache of prefix + suffix[:d]
-(`extended`, then `truncated`). transformers 5 takes a `DynamicCache`; a fresh one is built for every call
+(`extended`, then `truncated`), and a BEAST candidate shares prefix + its beam row (`extended` by the
+whole beam, then `row`). transformers 5 takes a `DynamicCache`; a fresh one is built for every call
 because the forward pass appends to it in place.
 """
 
@@ -14,9 +15,9 @@ import torch
 
 class PrefixCache:
     def __init__(self, model, prefix_embeds: torch.Tensor, past: PrefixCache | None = None) -> None:
-        """Run `model` once on `prefix_embeds` [1, P, d] (after `past`, if given) and keep the keys and values."""
+        """Run `model` once on `prefix_embeds` [B, P, d] (after `past`, if given) and keep the keys and values."""
         with torch.no_grad():
-            cache = past.expand(1) if past is not None else None
+            cache = past.expand(prefix_embeds.shape[0]) if past is not None else None
             out = model(inputs_embeds=prefix_embeds, past_key_values=cache, use_cache=True)
         self.config = model.config
         self.layers = [(keys, values) for keys, values, *_ in out.past_key_values]
@@ -32,7 +33,7 @@ class PrefixCache:
         return out
 
     def extended(self, model, embeds: torch.Tensor) -> PrefixCache:
-        """The cache of this prefix followed by `embeds` [1, n, d]."""
+        """The cache of this (one-row) prefix followed by each row of `embeds` [B, n, d]: B rows."""
         return PrefixCache(model, embeds, past=self)
 
     def truncated(self, length: int) -> PrefixCache:
@@ -40,6 +41,10 @@ class PrefixCache:
         if not 0 < length <= self.length:
             raise ValueError(f"cannot truncate a {self.length}-position cache to {length}")
         return PrefixCache.of(self.config, [(k[:, :, :length], v[:, :, :length]) for k, v in self.layers])
+
+    def row(self, index: int) -> PrefixCache:
+        """Row `index` of a multi-row cache, as a one-row cache (views, no copy)."""
+        return PrefixCache.of(self.config, [(k[index : index + 1], v[index : index + 1]) for k, v in self.layers])
 
     def expand(self, batch_size: int):
         """A new DynamicCache holding the prefix for `batch_size` rows (broadcast views, copied on update)."""

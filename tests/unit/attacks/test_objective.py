@@ -123,3 +123,24 @@ def test_shared_prefix_groups_is_the_cheapest_partition(overhead: int) -> None:
         assert starts == first  # free forwards: every position its own group
     if overhead == 10_000:
         assert set(starts) == {0}  # one forward for all
+
+
+@pytest.mark.parametrize("batch_size", [None, 4])
+def test_losses_extending_prefixes_equal_full_losses(tiny_lm, batch_size: int | None) -> None:
+    """BEAST's scoring: candidates fed after their beam row's cache = every candidate run from the prompt cache."""
+    model, tok = tiny_lm
+    a, b = AttackPrompt.build(tok, GOAL, TARGET), AttackPrompt.build(tok, "This brother was such a", " fool")
+    beam = suffixes(tok)  # 3 rows of 3 tokens
+    generator = torch.Generator().manual_seed(1)
+    parents = torch.tensor([2, 0, 1, 0, 2, 2, 1, 0])  # unsorted, uneven groups
+    tails = torch.randint(0, len(tok), (len(parents), 2), generator=generator)
+    ids = torch.cat([beam[parents], tails], dim=1)
+    objective = TargetObjective(model, [a, b], batch_size=batch_size)
+    ext_loss, ext_exact = objective.losses_extending(beam, ids)
+    full_loss, full_exact = objective.losses(ids)
+    assert torch.allclose(ext_loss, full_loss, atol=1e-5)
+    assert torch.equal(ext_exact, full_exact)
+    with pytest.raises(ValueError, match="none of the prefixes"):
+        objective.losses_extending(beam[:1], ids)
+    with pytest.raises(ValueError, match="do not extend"):
+        objective.losses_extending(ids, ids)
