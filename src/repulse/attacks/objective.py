@@ -190,7 +190,8 @@ class TargetObjective:
         """`losses(ids)` for rows that each start with one of the rows of `prefixes` [R, l] (BEAST's beam).
 
         The prefixes run once (as one batch, on top of the prompt's cache); each candidate then feeds only its
-        tokens after its prefix. Same values up to float rounding.
+        tokens after its prefix, on a copy of its prefix's cache rows, in one forward pass per chunk (the
+        prefixes are all of one length). Same values up to float rounding.
         """
         width = prefixes.shape[1]
         if self.caches is None or width == 0:
@@ -199,15 +200,17 @@ class TargetObjective:
             raise ValueError(f"candidates of {ids.shape[1]} tokens do not extend prefixes of {width}")
         lookup = {tuple(row): r for r, row in enumerate(prefixes.tolist())}
         try:
-            parent = torch.tensor([lookup[tuple(row)] for row in ids[:, :width].tolist()])
+            parent = torch.tensor([lookup[tuple(row)] for row in ids[:, :width].tolist()], device=self.device)
         except KeyError as err:
             raise ValueError(f"a candidate starts with {list(err.args[0])}, which is none of the prefixes") from err
-        order = torch.argsort(parent, stable=True)
-        rows, parent = ids.cpu()[order].to(self.device), parent[order]
+        tails = ids[:, width:].to(self.device)
         embeds = self.embedding(prefixes.to(self.device))
         full = [cache.extended(self.model, embeds) for cache in self.caches]
-        out, exact = self._score_groups(rows, parent, lambda r: [c.row(r) for c in full], lambda r: width)
-        return unsort(order, out, exact)
+
+        def chunk(start: int, end: int) -> torch.Tensor:
+            return self._score(tails[start:end], [cache.rows(parent[start:end]) for cache in full])
+
+        return self._scored(chunk, ids.shape[0])
 
     def _score_groups(self, rows: torch.Tensor, keys: torch.Tensor, caches_for, start_of):
         """(loss, exact) for `rows` sorted by `keys` [N]: the rows of one key are fed from `start_of(key)` on, after

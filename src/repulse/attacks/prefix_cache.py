@@ -4,7 +4,7 @@ Every candidate suffix shares the tokens before it (system prompt, user tag, goa
 model on that prefix once and feed only [suffix; after; target] per candidate. GCG goes further: a candidate
 that first differs from the step's current suffix at position d shares the cache of prefix + suffix[:d]
 (`extended`, then `truncated`), and a BEAST candidate shares prefix + its beam row (`extended` by the
-whole beam, then `row`). transformers 5 takes a `DynamicCache`; a fresh one is built for every call
+whole beam, then `rows`). transformers 5 takes a `DynamicCache`; a fresh one is built for every call
 because the forward pass appends to it in place.
 """
 
@@ -42,9 +42,9 @@ class PrefixCache:
             raise ValueError(f"cannot truncate a {self.length}-position cache to {length}")
         return PrefixCache.of(self.config, [(k[:, :, :length], v[:, :, :length]) for k, v in self.layers])
 
-    def row(self, index: int) -> PrefixCache:
-        """Row `index` of a multi-row cache, as a one-row cache (views, no copy)."""
-        return PrefixCache.of(self.config, [(k[index : index + 1], v[index : index + 1]) for k, v in self.layers])
+    def rows(self, index: torch.Tensor) -> PrefixCache:
+        """The cache rows `index` [B] of a multi-row cache, in that order (a copy: B rows)."""
+        return PrefixCache.of(self.config, [(k[index], v[index]) for k, v in self.layers])
 
     def expand(self, batch_size: int):
         """A new DynamicCache holding the prefix for `batch_size` rows (broadcast views, copied on update)."""
