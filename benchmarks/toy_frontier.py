@@ -144,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from repulse.plotting.frontier import plot_frontier, read_run
 
-        folders = [r["folder"] for rs in runs.values() for r in rs if "error" not in r]
-        png = plot_frontier([read_run(f) for f in folders], str(Path(args.output).with_suffix(".png")))
+        done = [(name, r["folder"]) for name, rs in runs.items() for r in rs if "error" not in r]
+        read = [{**read_run(folder), "name": folder, "group": name} for name, folder in done]
+        png = plot_frontier(read, str(Path(args.output).with_suffix(".png")))
     except Exception as err:  # the table and JSON matter more than the picture
         png = f"not drawn: {err}"
     payload = {"benchmark": "toy_frontier", "machine": machine_info(("torch", "transformers")),

@@ -50,6 +50,8 @@ def save_figure(fig, path: str | Path) -> Path:
 
 
 def plot_frontier(runs: list[dict[str, Any]], path: str | Path) -> Path:
+    """Final exact log10 P(bad) against average reward, a point per run; runs that carry a "group" (a sweep's
+    configuration) are coloured by it, with the group's mean marked, instead of being labelled one by one."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -58,10 +60,19 @@ def plot_frontier(runs: list[dict[str, Any]], path: str | Path) -> Path:
     points = frontier_points(runs)
     if not points:
         raise DataError("no run has both per-step rewards and exact P(bad) evaluations (--analytic_bad_word_calc)")
-    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    groups = {run["name"]: run["group"] for run in runs if run.get("group")}
+    fig, ax = plt.subplots(figsize=(6.5, 4.6) if groups else (5.5, 4.2))
+    if groups:  # many seeds per configuration: one colour each, the seeds small, their mean large
+        for group in dict.fromkeys(groups[name] for name, _, _ in points if name in groups):
+            xs, ys = zip(*[(r, lp) for name, r, lp in points if groups.get(name) == group], strict=True)
+            dots = ax.scatter(xs, ys, s=14, alpha=0.45)
+            ax.scatter([sum(xs) / len(xs)], [sum(ys) / len(ys)], s=110, color=dots.get_facecolor()[0],
+                       edgecolor="black", label=f"{group} (n={len(xs)})")  # fmt: skip
+        ax.legend(fontsize=7)
     for name, reward, log_p in points:
-        ax.scatter(reward, log_p, s=40)
-        ax.annotate(name, (reward, log_p), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        if name not in groups:
+            ax.scatter(reward, log_p, s=40)
+            ax.annotate(name, (reward, log_p), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xlabel("average reward (last quarter of training)")
     ax.set_ylabel("log10 P(bad output), exact")
     ax.set_title("reward vs probability of bad outputs")
