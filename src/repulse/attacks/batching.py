@@ -45,13 +45,21 @@ class BackoffBatcher:
         return torch.cat(out)
 
 
-# What one extra forward pass costs, in row-tokens of work: measured on SmolLM2-135M on 2 CPU cores (a forward of
-# 1 row x 19 tokens takes as long as ~50 row-tokens inside a large batch: weights are streamed once per call).
-FORWARD_OVERHEAD_ROW_TOKENS = 32
+# What one extra forward pass costs, in row-tokens of work. CPU: measured on SmolLM2-135M with 2 cores (a forward
+# has a fixed cost of about 64 ms, a row-token about 2 ms: the weights are streamed once per call). Accelerators:
+# an estimate, not measured here. Kernel launches make the fixed cost of a forward worth ~1,000 row-tokens of a
+# 135M model but ~150 of a 7B one; 256 keeps the grouping from costing more than it saves on small models, while
+# large ones, where the saving matters, still get most of it. A constant (not a timing) keeps the grouping, and
+# so the float rounding of the losses, the same from run to run.
+FORWARD_OVERHEAD_ROW_TOKENS = {"cpu": 32, "other": 256}
+
+
+def forward_overhead(device: torch.device) -> int:
+    return FORWARD_OVERHEAD_ROW_TOKENS["cpu" if device.type == "cpu" else "other"]
 
 
 def shared_prefix_groups(first: list[int], counts: list[int], total: int,
-                         overhead: int = FORWARD_OVERHEAD_ROW_TOKENS) -> list[int]:  # fmt: skip
+                         overhead: int = FORWARD_OVERHEAD_ROW_TOKENS["cpu"]) -> list[int]:  # fmt: skip
     """Group start for each distinct first-edit position: which KV-cache length each group of rows reuses.
 
     `first` are the distinct positions (ascending) where candidates first differ from the reference suffix,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from repulse.attacks.batching import BackoffBatcher, shared_prefix_groups
+from repulse.attacks.batching import BackoffBatcher, forward_overhead, shared_prefix_groups
 from repulse.attacks.gcg_tokens import mellowmax
 from repulse.attacks.prefix_cache import PrefixCache
 from repulse.infra.errors import UserError
@@ -173,7 +173,8 @@ class TargetObjective:
         unique, first = unique[order].to(self.device), first[order]
         values, counts = torch.unique_consecutive(first, return_counts=True)
         tail = sum(after.shape[1] + target.shape[1] - 1 for _, after, target in self.parts) / len(self.parts)
-        starts = shared_prefix_groups(values.tolist(), counts.tolist(), round(len(reference) + tail))
+        starts = shared_prefix_groups(values.tolist(), counts.tolist(), round(len(reference) + tail),
+                                      forward_overhead(self.device))  # fmt: skip
         first = torch.repeat_interleave(torch.tensor(starts), counts)  # each row's group start
         if self.reference is not None and torch.equal(self.reference[0], reference):
             full = self.reference[1]  # the gradient pass just computed them
