@@ -6,8 +6,9 @@ T_b = T·(1 - d^b)/(1 - d) (T_0 = 1; S = 0 then) turns that sum into a weighted 
 depends only on earlier batches, so P̂ = mean over all samples of f(x)·D(x)/q(x) is unbiased, and
 SE = sd(f·D/q)/√n is the usual standard error of that importance-weighted mean. It treats the batches as one
 i.i.d. sample; when the target is very rare the weights are heavy-tailed (the first batch, drawn from D itself,
-almost never hits), the sample sd underestimates the spread and the SE is too small (docs/algorithms/lpe.md:
-about 1% coverage of 95% intervals at P ≈ 1e-9); the estimate stays unbiased. Read it with the ESS in details.
+almost never hits), the sample sd underestimates the spread and the SE is too small at small n: on the tests'
+P ≈ 7.6e-10 toy (T = 2, batches of 32, 40 repeats) 95% intervals covered the truth 78% of the time at n = 256
+and 95% at n = 2048. The estimate stays unbiased. Read it with the ESS in details.
 
 Departure from the reference: the gradient is that of log f (all target tokens) through one ordinary forward
 over the input embeddings, not the first target token's logit recomputed with the final norm applied twice.
