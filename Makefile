@@ -49,6 +49,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/exact_enumeration.py
 	$(BIN)/python benchmarks/lpe_accuracy.py
 	$(BIN)/python benchmarks/gcg_vs_nanogcg.py
+	$(BIN)/python benchmarks/toy_frontier.py
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache
