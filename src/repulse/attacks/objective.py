@@ -134,13 +134,18 @@ class TargetObjective:
         one_hot = F.one_hot(ids.to(self.device), weight.shape[0]).to(weight.dtype).unsqueeze(0)
         one_hot.requires_grad_(True)
         embeds = one_hot @ weight
+        scale = getattr(self.embedding, "embed_scale", None)  # Gemma 3 scales inside its embedding module
+        if scale is not None:
+            embeds = embeds * scale.to(embeds.dtype)
         filled: list[PrefixCache] = []
         total = sum(
             self.loss_from_logits(self.target_logits(i, embeds, filled=filled), self.labels(i, 1)).sum()
             for i in range(len(self.prompts))
         )
         (grad,) = torch.autograd.grad(total, one_hot)
-        if self.caches is not None:  # prefix + suffix: what `losses_near(ids, ...)` reuses next
+        # prefix + suffix: what `losses_near(ids, ...)` reuses next, if these are the embeddings scoring looks up
+        self.reference = None
+        if self.caches is not None and torch.equal(embeds.detach()[0], self.embedding(ids.to(self.device))):
             ends = [cache.length + ids.shape[0] for cache in self.caches]
             self.reference = (ids.cpu().clone(), [c.truncated(end) for c, end in zip(filled, ends, strict=True)])
         grad = grad[0]

@@ -144,3 +144,24 @@ def test_losses_extending_prefixes_equal_full_losses(tiny_lm, batch_size: int | 
         objective.losses_extending(beam[:1], ids)
     with pytest.raises(ValueError, match="do not extend"):
         objective.losses_extending(ids, ids)
+
+
+def test_scaled_embeddings_gradient_pass_feeds_the_shared_prefix_scoring(tiny_lm) -> None:
+    """Gemma 3 scales embeddings inside its embedding module: the gradient pass must scale the one-hot product
+    the same way, so its KV cache is the one scoring would compute (and is reused)."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    _, tok = tiny_lm
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=64,
+                              pad_token_id=tok.pad_token_id, attn_implementation="eager")  # fmt: skip
+    model = Gemma3ForCausalLM(config).eval().requires_grad_(False)
+    assert float(model.get_input_embeddings().embed_scale) != 1.0
+    objective = TargetObjective(model, [AttackPrompt.build(tok, GOAL, TARGET)])
+    reference = suffixes(tok)[0]
+    ids = reference.repeat(4, 1)
+    ids[1, 0], ids[2, 1], ids[3, 2] = 5, 6, 7
+    objective.gradient(reference)
+    assert objective.reference is not None
+    assert torch.allclose(objective.losses_near(reference, ids)[0], objective.losses(ids)[0], atol=1e-5)
