@@ -15,7 +15,8 @@ from typing import TextIO
 import torch
 
 from repulse.data.templates import format_prompt
-from repulse.generation.generate import SamplingParams, generate_batch
+from repulse.generation.generate import SamplingParams
+from repulse.generation.stepwise import sample_stepwise
 
 log = logging.getLogger("repulse")
 
@@ -76,8 +77,8 @@ class ChatSession:
         ids = self.encode(user_text)
         params = SamplingParams(**{**self.params.__dict__, "max_new_tokens": self.max_len - ids.shape[1]})
         device = next(self.model.parameters()).device
-        seq = generate_batch(self.model, self.tokenizer, ids.to(device), torch.ones_like(ids).to(device), params,
-                             streamer=make_streamer(self.tokenizer, out))  # fmt: skip
+        seq = sample_stepwise(self.model, self.tokenizer, ids.to(device), torch.ones_like(ids).to(device), params,
+                              streamer=make_streamer(self.tokenizer, out))  # fmt: skip
         reply = self.tokenizer.decode(seq[0, ids.shape[1] :], skip_special_tokens=True)
         self.turns.append((user_text, reply))
         return reply

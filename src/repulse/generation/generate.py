@@ -71,26 +71,6 @@ def encode_prompts(tokenizer, prompts: list[str] | list[list[int]]) -> tuple[tor
     return pad_sequences(ids, tokenizer.pad_token_id, side="left"), pad_sequences(masks, 0, side="left")
 
 
-@torch.no_grad()
-def generate_batch(model, tokenizer, input_ids, attention_mask, params: SamplingParams, streamer=None) -> torch.Tensor:
-    """One Hugging Face generate call (interactive chat); `streamer` receives tokens as they are sampled."""
-    from transformers import GenerationConfig
-
-    config = GenerationConfig(
-        max_new_tokens=params.max_new_tokens,
-        do_sample=not params.greedy,
-        temperature=params.temperature if not params.greedy else None,
-        top_p=params.top_p if not params.greedy else None,
-        top_k=params.top_k if not params.greedy else None,
-        num_return_sequences=params.num_samples,
-        repetition_penalty=params.repetition_penalty,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    return model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
-                          streamer=streamer)  # fmt: skip
-
-
 def generate(
     model, tokenizer, prompts: list[str] | list[list[int]], params: SamplingParams, batch_size: int = 64
 ) -> GenerationOutput:

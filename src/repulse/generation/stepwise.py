@@ -61,14 +61,18 @@ def repeat_rows(cache, n: int):
 
 
 @torch.no_grad()
-def sample_stepwise(model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor, params) -> torch.Tensor:
+def sample_stepwise(model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor, params,
+                    streamer=None) -> torch.Tensor:  # fmt: skip
     """Left-padded prompts [B, P] -> [B * num_samples, P + T] (prompt then response, rows grouped by prompt).
 
     Like Hugging Face generate: a finished row continues with pad tokens, and sampling stops once every row has
     produced EOS or after max_new_tokens. Each prompt is run once and its KV cache repeated for its samples
-    (Hugging Face generate runs every copy: num_samples times the prompt compute).
+    (Hugging Face generate runs every copy: num_samples times the prompt compute). `streamer` (a transformers
+    streamer, one row) gets the prompt, then each new token, then `end()`, as from Hugging Face generate.
     """
     n = params.num_samples
+    if streamer is not None:
+        streamer.put(input_ids.cpu())
     processors = logits_processors(params)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     # Positions skip the left padding; after the prompt each new token is one past the row's last position.
@@ -90,8 +94,12 @@ def sample_stepwise(model, tokenizer, input_ids: torch.Tensor, attention_mask: t
         ids = torch.cat([ids, token[:, None]], dim=1)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         positions = positions + 1
+        if streamer is not None:
+            streamer.put(token.cpu())
         if eos is not None:
             done |= token == eos
         if done.all():
             break
+    if streamer is not None:
+        streamer.end()
     return ids

@@ -79,3 +79,25 @@ def test_sample_categorical_frequencies_zero_mass_and_bad_input():
         sample_categorical(torch.tensor([[float("nan"), 0.5]]))
     with pytest.raises(ValueError, match="no mass"):
         sample_categorical(torch.zeros(1, 3))
+
+
+def test_stepwise_streamer_gets_the_prompt_each_token_then_end(model, tiny_tokenizer):
+    from repulse.generation.stepwise import sample_stepwise
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.puts: list[list[int]] = []
+            self.ended = 0
+
+        def put(self, value: torch.Tensor) -> None:
+            self.puts.append(value.flatten().tolist())
+
+        def end(self) -> None:
+            self.ended += 1
+
+    ids = torch.tensor([tiny_tokenizer("this man is")["input_ids"]])
+    recorder = Recorder()
+    out = sample_stepwise(model, tiny_tokenizer, ids, torch.ones_like(ids), SamplingParams(max_new_tokens=4),
+                          streamer=recorder)  # fmt: skip
+    assert recorder.puts[0] == ids[0].tolist() and recorder.ended == 1
+    assert [p[0] for p in recorder.puts[1:]] == out[0, ids.shape[1] :].tolist()

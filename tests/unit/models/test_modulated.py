@@ -94,9 +94,8 @@ def test_stepwise_greedy_equals_hf_generate(tok):
     ids, mask = batch(tok)
     params = SamplingParams(max_new_tokens=5, greedy=True)
     ours = sample_stepwise(model, tok, ids, mask, params)
-    from repulse.generation.generate import generate_batch
-
-    theirs = generate_batch(model, tok, ids, mask, params)
+    theirs = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=5,
+                            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)  # fmt: skip
     assert torch.equal(ours, theirs[:, : ours.shape[1]])
 
 
