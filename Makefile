@@ -49,6 +49,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/exact_enumeration.py
 	$(BIN)/python benchmarks/lpe_accuracy.py
 	$(BIN)/python benchmarks/gcg_vs_nanogcg.py
+	$(BIN)/python benchmarks/sampling_throughput.py
 	$(BIN)/python benchmarks/toy_frontier.py
 
 clean:
