@@ -43,7 +43,7 @@ def contiguous_head_input(model) -> None:
 
     With `logits_to_keep`, transformers feeds the head a strided slice of the hidden states, and on CPU torch
     runs a linear layer on a strided 3-D input as a batched matmul that re-packs the weight for every row:
-    3.4x slower than one matmul for SmolLM2's 49k-token head (measured; a third of a GCG step).
+    3.4x slower than one matmul for SmolLM2's 49k-token head (a one-off timing; a third of a GCG step).
     """
     get_head = getattr(model, "get_output_embeddings", None)
     head = get_head() if get_head is not None else None
