@@ -272,8 +272,9 @@ def run_python(args: Sequence[str], log_path: Path, env: dict[str, str] | None =
         raise RuntimeError(f"{' '.join(args[:3])} ... exited {proc.returncode}; last lines of {log_path}:\n{tail}")
 
 
-def run_workers(script: str, names: Sequence[str], spec: dict[str, Any], workdir: Path, repeats: int,
-                env: dict[str, str]) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
+def run_workers(
+    script: str, names: Sequence[str], spec: dict[str, Any], workdir: Path, repeats: int, env: dict[str, str]
+) -> dict[str, list[dict[str, Any]]]:
     """Run `script --worker NAME` for every name in a fresh interpreter, `repeats` times, alternating the order
     between repeats (so neither peer always runs on a warmer or cooler machine); each worker's result JSON."""
     spec_path = workdir / "spec.json"

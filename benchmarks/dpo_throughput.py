@@ -62,7 +62,7 @@ def synthetic_pairs(n: int, seed: int) -> list[dict[str, str]]:
             "prompt": f"Question {i}: {text(3, 2.6, 30)}?\nAnswer:",
             "chosen": f" {text(1, 3.2, 60)}.",
             "rejected": f" {text(1, 3.2, 60)}.",
-        }  # fmt: skip
+        }
         for i in range(n)
     ]
 
@@ -76,8 +76,15 @@ def repulse_argv(spec: dict[str, Any], save_path: str) -> list[str]:
     argv += ["--learning_rate", str(spec["lr"]), "--lr_scheduler", "constant", "--lr_warmup_ratio", "0"]
     argv += ["--ref_pretrain", spec["ref_dir"], "--seed", str(spec["seed"]), "--l2", "0"]
     argv += ["--adam_betas", str(BETAS[0]), str(BETAS[1])]
-    return argv + ["--max_norm", str(MAX_NORM), "--save_path", save_path, "--logging_steps", "1",
-                   "--disable_progress_bar"]  # fmt: skip
+    return argv + [
+        "--max_norm",
+        str(MAX_NORM),
+        "--save_path",
+        save_path,
+        "--logging_steps",
+        "1",
+        "--disable_progress_bar",
+    ]
 
 
 def worker_repulse(spec: dict[str, Any]) -> dict[str, Any]:
@@ -108,8 +115,7 @@ def worker_repulse(spec: dict[str, Any]) -> dict[str, Any]:
     code = train_dpo.main(repulse_argv(spec, str(Path(spec["workdir"]) / "repulse")))
     if code != 0:
         raise RuntimeError(f"repulse train_dpo exited with {code}")
-    return {**clock.summary(spec["warmup"]), **mem.as_dict(), "max_rss_mib": round(max_rss_mib(), 1),
-            "losses": losses}  # fmt: skip
+    return {**clock.summary(spec["warmup"]), **mem.as_dict(), "max_rss_mib": round(max_rss_mib(), 1), "losses": losses}
 
 
 def trl_config(spec: dict[str, Any]):
@@ -117,15 +123,35 @@ def trl_config(spec: dict[str, Any]):
     from trl import DPOConfig
 
     return DPOConfig(
-        output_dir=str(Path(spec["workdir"]) / "trl"), per_device_train_batch_size=spec["batch_size"],
-        gradient_accumulation_steps=1, max_steps=spec["total_steps"], learning_rate=spec["lr"],
-        lr_scheduler_type="constant", warmup_steps=0, optim="adamw_torch", adam_beta1=BETAS[0], adam_beta2=BETAS[1],
-        adam_epsilon=1e-8, weight_decay=0.0, max_grad_norm=MAX_NORM, max_length=spec["max_len"],
-        beta=spec["beta"], loss_type=["sigmoid"], precompute_ref_log_probs=False,
-        gradient_checkpointing=False, bf16=False, use_cpu=not torch.cuda.is_available(),
-        train_sampling_strategy="sequential", dataloader_num_workers=0, logging_steps=1, save_strategy="no",
-        eval_strategy="no", report_to="none", disable_tqdm=True, seed=spec["seed"],
-    )  # fmt: skip
+        output_dir=str(Path(spec["workdir"]) / "trl"),
+        per_device_train_batch_size=spec["batch_size"],
+        gradient_accumulation_steps=1,
+        max_steps=spec["total_steps"],
+        learning_rate=spec["lr"],
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        optim="adamw_torch",
+        adam_beta1=BETAS[0],
+        adam_beta2=BETAS[1],
+        adam_epsilon=1e-8,
+        weight_decay=0.0,
+        max_grad_norm=MAX_NORM,
+        max_length=spec["max_len"],
+        beta=spec["beta"],
+        loss_type=["sigmoid"],
+        precompute_ref_log_probs=False,
+        gradient_checkpointing=False,
+        bf16=False,
+        use_cpu=not torch.cuda.is_available(),
+        train_sampling_strategy="sequential",
+        dataloader_num_workers=0,
+        logging_steps=1,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=spec["seed"],
+    )
 
 
 def worker_trl(spec: dict[str, Any]) -> dict[str, Any]:
@@ -158,13 +184,18 @@ def worker_trl(spec: dict[str, Any]) -> dict[str, Any]:
     rows = [json.loads(line) for line in Path(spec["data_path"]).read_text().splitlines()]
     dataset = datasets.Dataset.from_list([rows[i] for i in spec["order"]])
     ref = AutoModelForCausalLM.from_pretrained(spec["ref_dir"], dtype=torch.float32, attn_implementation="sdpa")
-    trainer = CountingDPOTrainer(model=model, ref_model=ref, args=trl_config(spec), train_dataset=dataset,
-                                 processing_class=tokenizer, callbacks=[Clock()])  # fmt: skip
+    trainer = CountingDPOTrainer(
+        model=model,
+        ref_model=ref,
+        args=trl_config(spec),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[Clock()],
+    )
     with mem:
         clock.start = time.perf_counter()
         trainer.train()
-    return {**clock.summary(spec["warmup"]), **mem.as_dict(), "max_rss_mib": round(max_rss_mib(), 1),
-            "losses": losses}  # fmt: skip
+    return {**clock.summary(spec["warmup"]), **mem.as_dict(), "max_rss_mib": round(max_rss_mib(), 1), "losses": losses}
 
 
 def worker_main(name: str, spec_path: str, out_path: str) -> None:
@@ -214,11 +245,23 @@ def prepare(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     ref_dir = perturbed_reference(Path(model_dir), workdir / "reference", args.seed)
     data_path = workdir / "pairs.jsonl"
     data_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return {"workdir": str(workdir), "model": args.model, "model_dir": str(model_dir), "ref_dir": str(ref_dir),
-            "data_path": str(data_path),
-            "rows": len(rows), "order": repulse_order(len(rows), args.batch_size, args.seed),
-            "batch_size": args.batch_size, "max_len": args.max_len, "total_steps": total, "warmup": args.warmup,
-            "beta": args.beta, "lr": args.lr, "seed": args.seed, "threads": args.threads}  # fmt: skip
+    return {
+        "workdir": str(workdir),
+        "model": args.model,
+        "model_dir": str(model_dir),
+        "ref_dir": str(ref_dir),
+        "data_path": str(data_path),
+        "rows": len(rows),
+        "order": repulse_order(len(rows), args.batch_size, args.seed),
+        "batch_size": args.batch_size,
+        "max_len": args.max_len,
+        "total_steps": total,
+        "warmup": args.warmup,
+        "beta": args.beta,
+        "lr": args.lr,
+        "seed": args.seed,
+        "threads": args.threads,
+    }
 
 
 def perturbed_reference(model_dir: Path, out_dir: Path, seed: int, scale: float = 0.02) -> Path:
@@ -268,7 +311,7 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
             "first_loss": r["losses"][0],
             "last_loss": r["losses"][-1],
             "pairs_per_s_all_repeats": [x["pairs_per_s"] for x in runs[name]],
-        }  # fmt: skip
+        }
         for name, r in best.items()
     ]
 
@@ -277,29 +320,50 @@ def report(args: argparse.Namespace, spec: dict[str, Any], runs: dict[str, list[
     rows = summarize(runs)
     rep, trl = runs["repulse"][0], runs["trl"][0]
     diff = abs(rep["losses"][0] - trl["losses"][0])
-    checks = {"first_step_loss_repulse": rep["losses"][0], "first_step_loss_trl": trl["losses"][0],
-              "first_step_loss_abs_diff": diff, "first_step_loss_agrees_1e-4": diff <= LOSS_TOLERANCE,
-              "same_tokens_per_step": rep["tokens_per_step"] == trl["tokens_per_step"],
-              "tokens_per_step_repulse": rep["tokens_per_step"],
-              "tokens_per_step_trl": trl["tokens_per_step"]}  # fmt: skip
+    checks = {
+        "first_step_loss_repulse": rep["losses"][0],
+        "first_step_loss_trl": trl["losses"][0],
+        "first_step_loss_abs_diff": diff,
+        "first_step_loss_agrees_1e-4": diff <= LOSS_TOLERANCE,
+        "same_tokens_per_step": rep["tokens_per_step"] == trl["tokens_per_step"],
+        "tokens_per_step_repulse": rep["tokens_per_step"],
+        "tokens_per_step_trl": trl["tokens_per_step"],
+    }
     ratio = rows[0]["ratio_vs_trl"]
     mem_ok = rows[0]["peak_rss_delta_mib"] <= rows[1]["peak_rss_delta_mib"]
     settings = {k: v for k, v in spec.items() if k not in ("order", "workdir", "data_path")}
-    settings.update(repeats=args.repeats, loss="sigmoid DPO on summed response log-probs, reference on the fly",
-                    optimizer=f"AdamW betas={BETAS} eps=1e-8 weight_decay=0", max_grad_norm=MAX_NORM,
-                    dtype="float32", attention="sdpa", gradient_checkpointing=False,
-                    timing="end of warm-up step to end of last step, each trainer in a fresh subprocess, order "
-                    "alternating between repeats, fastest repeat reported",
-                    memory="peak RSS during the training loop (VmHWM reset at its start) and its rise")  # fmt: skip
-    payload = {"benchmark": "dpo_throughput", "machine": machine_info(("torch", "transformers", "trl", "accelerate")),
-               "machine_shared": SHARED, "settings": settings, "results": rows, "repulse_vs_trl_pairs_per_s": ratio,
-               "goal_ratio": GOAL_RATIO, "meets_goal": ratio >= GOAL_RATIO, "memory_le_trl": mem_ok,
-               "checks": checks, "runs": runs}  # fmt: skip
+    settings.update(
+        repeats=args.repeats,
+        loss="sigmoid DPO on summed response log-probs, reference on the fly",
+        optimizer=f"AdamW betas={BETAS} eps=1e-8 weight_decay=0",
+        max_grad_norm=MAX_NORM,
+        dtype="float32",
+        attention="sdpa",
+        gradient_checkpointing=False,
+        timing="end of warm-up step to end of last step, each trainer in a fresh subprocess, order "
+        "alternating between repeats, fastest repeat reported",
+        memory="peak RSS during the training loop (VmHWM reset at its start) and its rise",
+    )
+    payload = {
+        "benchmark": "dpo_throughput",
+        "machine": machine_info(("torch", "transformers", "trl", "accelerate")),
+        "machine_shared": SHARED,
+        "settings": settings,
+        "results": rows,
+        "repulse_vs_trl_pairs_per_s": ratio,
+        "goal_ratio": GOAL_RATIO,
+        "meets_goal": ratio >= GOAL_RATIO,
+        "memory_le_trl": mem_ok,
+        "checks": checks,
+        "runs": runs,
+    }
     print()
     print(format_table(rows, COLUMNS))
-    print(f"\nrepulse / TRL pairs/s = {ratio:.2f} (goal >= {GOAL_RATIO}); train dRSS <= TRL: {mem_ok}; "
-          f"|loss@1 diff| = {diff:.2e} (<= {LOSS_TOLERANCE}: {diff <= LOSS_TOLERANCE}); "
-          f"same tokens per step: {checks['same_tokens_per_step']}")  # fmt: skip
+    print(
+        f"\nrepulse / TRL pairs/s = {ratio:.2f} (goal >= {GOAL_RATIO}); train dRSS <= TRL: {mem_ok}; "
+        f"|loss@1 diff| = {diff:.2e} (<= {LOSS_TOLERANCE}: {diff <= LOSS_TOLERANCE}); "
+        f"same tokens per step: {checks['same_tokens_per_step']}"
+    )
     default = "dpo_throughput.json" if args.model == "tiny-gpt2" else f"dpo_throughput_{args.model}.json"
     print(f"results written to {write_json_atomic(result_path(args.out or default), payload)}")
 
@@ -312,8 +376,11 @@ def main(argv: list[str] | None = None) -> int:
     set_offline_env()
     with tempfile.TemporaryDirectory(prefix="dpo_throughput_") as tmp:
         spec = prepare(args, Path(tmp))
-        print(f"[dpo_throughput] {args.model}: {spec['rows']} pairs, {spec['total_steps']} steps "
-              f"({args.warmup} warm-up) of {args.batch_size} pairs", flush=True)  # fmt: skip
+        print(
+            f"[dpo_throughput] {args.model}: {spec['rows']} pairs, {spec['total_steps']} steps "
+            f"({args.warmup} warm-up) of {args.batch_size} pairs",
+            flush=True,
+        )
         runs = run_all(args, spec, Path(tmp))
         report(args, spec, runs)
     return 0

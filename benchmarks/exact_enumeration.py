@@ -53,8 +53,9 @@ class SliceCriterion:
         bad[:, : self.lo] = False
         bad[:, self.hi :] = False
         keep = (out.cols >= self.lo) & (out.cols < self.hi)
-        return replace(out, bad=bad, rows=out.rows[keep], cols=out.cols[keep], state=out.state[keep],
-                       tail=out.tail[keep])  # fmt: skip
+        return replace(
+            out, bad=bad, rows=out.rows[keep], cols=out.cols[keep], state=out.state[keep], tail=out.tail[keep]
+        )
 
     def last_step(self, ids, state, tail):
         return self.inner.last_step(ids, state, tail)
@@ -77,8 +78,12 @@ def reference_style(model):
             return self.inner.get_output_embeddings()
 
         def forward(self, input_ids, attention_mask=None, past_key_values=None, use_cache=None):
-            return self.inner(input_ids=input_ids, attention_mask=attention_mask, past_key_values=past_key_values,
-                              use_cache=use_cache)  # fmt: skip
+            return self.inner(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                past_key_values=past_key_values,
+                use_cache=use_cache,
+            )
 
     return AllPositionLogits(model)
 
@@ -133,17 +138,32 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
             recompute.append(exact_bad_probability_recompute(model, prompt, 2, **kw))
             refs.append(exact_bad_probability_recompute(reference, prompt, 2, **kw))
     best = min(cached, key=lambda r: r.wall_time_s)
-    row = {"model": name, "path": path, "vocab": int(vocab), "prompt_tokens": int(prompt.numel()), "bad_words": words,
-           "log10_p_bad": best.log_p_bad / math.log(10), "p_bad": best.p_bad, "cached_s": best.wall_time_s,
-           "cached_s_all": [r.wall_time_s for r in cached], "rows": best.n_forward_rows,
-           "cached_tokens": best.n_forward_tokens, "recompute_fraction": fraction}  # fmt: skip
+    row = {
+        "model": name,
+        "path": path,
+        "vocab": int(vocab),
+        "prompt_tokens": int(prompt.numel()),
+        "bad_words": words,
+        "log10_p_bad": best.log_p_bad / math.log(10),
+        "p_bad": best.p_bad,
+        "cached_s": best.wall_time_s,
+        "cached_s_all": [r.wall_time_s for r in cached],
+        "rows": best.n_forward_rows,
+        "cached_tokens": best.n_forward_tokens,
+        "recompute_fraction": fraction,
+    }
     if recompute:
         rb, fb = min(recompute, key=lambda r: r.wall_time_s), min(refs, key=lambda r: r.wall_time_s)
-        row.update(recompute_s=rb.wall_time_s, recompute_s_all=[r.wall_time_s for r in recompute],
-                   reference_s=fb.wall_time_s, reference_s_all=[r.wall_time_s for r in refs],
-                   recompute_measured="full walk", recompute_log10_p_bad=rb.log_p_bad / math.log(10),
-                   recompute_tokens=rb.n_forward_tokens,
-                   full_abs_diff_p=max(abs(rb.p_bad - best.p_bad), abs(fb.p_bad - best.p_bad)))  # fmt: skip
+        row.update(
+            recompute_s=rb.wall_time_s,
+            recompute_s_all=[r.wall_time_s for r in recompute],
+            reference_s=fb.wall_time_s,
+            reference_s_all=[r.wall_time_s for r in refs],
+            recompute_measured="full walk",
+            recompute_log10_p_bad=rb.log_p_bad / math.log(10),
+            recompute_tokens=rb.n_forward_tokens,
+            full_abs_diff_p=max(abs(rb.p_bad - best.p_bad), abs(fb.p_bad - best.p_bad)),
+        )
     else:
         lo = args.slice_start
         hi = min(vocab, lo + max(1, round(fraction * vocab)))
@@ -151,21 +171,33 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
         paths = {"cached": (model, True), "recompute": (model, False), "reference": (reference, False)}
         for repeat in range(args.repeats):
             order = list(paths) if repeat % 2 == 0 else list(reversed(paths))
-            slices.append({k: slice_walk(paths[k][0], prompt, criterion, lo, hi, paths[k][1], eos, args.batch_size)
-                           for k in order})  # fmt: skip
+            slices.append(
+                {
+                    k: slice_walk(paths[k][0], prompt, criterion, lo, hi, paths[k][1], eos, args.batch_size)
+                    for k in order
+                }
+            )
         secs = {k: min(s[k][1] for s in slices) for k in paths}
         lp = {k: slices[0][k][0] for k in paths}
         diff = max(abs(math.exp(lp["cached"]) - math.exp(lp[k])) for k in ("recompute", "reference"))
         scale = vocab / (hi - lo)
-        row.update(recompute_s=secs["recompute"] * scale, reference_s=secs["reference"] * scale,
-                   recompute_measured=f"first tokens [{lo}, {hi}) of {vocab}, {secs['recompute']:.2f} s (lean), "
-                   f"{secs['reference']:.2f} s (reference-style), extrapolated x {scale:.2f}",
-                   slice=[lo, hi], slice_recompute_s=secs["recompute"], slice_reference_s=secs["reference"],
-                   slice_cached_s=secs["cached"], slice_speedup=secs["reference"] / secs["cached"],
-                   slice_log10_p_bad_cached=lp["cached"] / math.log(10),
-                   slice_log10_p_bad_recompute=lp["recompute"] / math.log(10),
-                   slice_log10_p_bad_reference=lp["reference"] / math.log(10), slice_abs_diff_p=diff,
-                   slice_rel_diff_p=diff / max(math.exp(lp["cached"]), 1e-300), slice_runs=slices)  # fmt: skip
+        row.update(
+            recompute_s=secs["recompute"] * scale,
+            reference_s=secs["reference"] * scale,
+            recompute_measured=f"first tokens [{lo}, {hi}) of {vocab}, {secs['recompute']:.2f} s (lean), "
+            f"{secs['reference']:.2f} s (reference-style), extrapolated x {scale:.2f}",
+            slice=[lo, hi],
+            slice_recompute_s=secs["recompute"],
+            slice_reference_s=secs["reference"],
+            slice_cached_s=secs["cached"],
+            slice_speedup=secs["reference"] / secs["cached"],
+            slice_log10_p_bad_cached=lp["cached"] / math.log(10),
+            slice_log10_p_bad_recompute=lp["recompute"] / math.log(10),
+            slice_log10_p_bad_reference=lp["reference"] / math.log(10),
+            slice_abs_diff_p=diff,
+            slice_rel_diff_p=diff / max(math.exp(lp["cached"]), 1e-300),
+            slice_runs=slices,
+        )
     row["speedup"] = row["reference_s"] / row["cached_s"]  # the goal: against the reference code's way
     row["speedup_vs_lean_recompute"] = row["recompute_s"] / row["cached_s"]
     return row
@@ -174,9 +206,13 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=["all", "smollm2", "tiny"], default="all")
-    p.add_argument("--recompute_fraction", type=float, default=1 / 16,
-                   help="share of the vocabulary (a contiguous slice of first tokens) on which the recompute path "
-                   "is measured; its time is extrapolated linearly. 1 runs the whole recompute walk")  # fmt: skip
+    p.add_argument(
+        "--recompute_fraction",
+        type=float,
+        default=1 / 16,
+        help="share of the vocabulary (a contiguous slice of first tokens) on which the recompute path "
+        "is measured; its time is extrapolated linearly. 1 runs the whole recompute walk",
+    )
     p.add_argument("--slice_start", type=int, default=0, help="first token of the measured slice")
     p.add_argument("--batch_size", type=int, default=512, help="prefix rows per forward (every path)")
     p.add_argument("--repeats", type=int, default=1, help="best of N for each path (order alternates)")
@@ -223,9 +259,14 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{m['model']}: cached {m['cached_s']:.1f} s, {m['speedup']:.2f}x the reference-style recompute, "
         f"{m['speedup_vs_lean_recompute']:.2f}x the lean one{note}"
     )
-    checks = {r["model"]: {"slice_rel_diff_p": r.get("slice_rel_diff_p"), "full_abs_diff_p": r.get("full_abs_diff_p"),
-                           "same_mass": (r.get("slice_rel_diff_p") or 0) < 1e-6 and (r.get("full_abs_diff_p") or 0)
-                           < 1e-9} for r in rows}  # fmt: skip
+    checks = {
+        r["model"]: {
+            "slice_rel_diff_p": r.get("slice_rel_diff_p"),
+            "full_abs_diff_p": r.get("full_abs_diff_p"),
+            "same_mass": (r.get("slice_rel_diff_p") or 0) < 1e-6 and (r.get("full_abs_diff_p") or 0) < 1e-9,
+        }
+        for r in rows
+    }
     payload = {
         "benchmark": "exact_enumeration",
         "machine": machine_info(("torch", "transformers")),
@@ -242,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
             if extrapolated
             else "none: the whole recompute walk was measured",
             "bad": "decoded response contains a bad word as a whole word, case-insensitive",
-        },  # fmt: skip
+        },
         "results": rows,
         "goal": {"speedup": GOAL_SPEEDUP, "cached_s_max": GOAL_CACHED_S},
         "meets_goal": main_row["speedup"] >= GOAL_SPEEDUP and main_row["cached_s"] <= GOAL_CACHED_S,

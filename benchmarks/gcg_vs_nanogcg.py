@@ -96,9 +96,17 @@ def patch_for_nanogcg(model):
 
 
 def settings(args: argparse.Namespace, init: str) -> dict[str, Any]:
-    return dict(num_steps=args.steps, optim_str_init=args.optim_str_init or init, search_width=args.search_width,
-                topk=args.topk, n_replace=1, buffer_size=0, use_prefix_cache=not args.no_prefix_cache,
-                filter_ids=True, seed=args.seed)  # fmt: skip
+    return dict(
+        num_steps=args.steps,
+        optim_str_init=args.optim_str_init or init,
+        search_width=args.search_width,
+        topk=args.topk,
+        n_replace=1,
+        buffer_size=0,
+        use_prefix_cache=not args.no_prefix_cache,
+        filter_ids=True,
+        seed=args.seed,
+    )
 
 
 def timed_run(run, steps: int, warmup: int) -> dict[str, Any]:
@@ -155,18 +163,38 @@ def main(argv: list[str] | None = None) -> int:
         out = timed_run(make(model, tok, goal, target, cfg), args.steps, args.warmup)
         result = out.pop("result")
         rescored = rescore(model, tok, goal, target, result.best_string)
-        rows.append({"impl": name, **out, "best_loss": result.best_loss, "best_string": result.best_string,
-                     "losses": result.losses, "rescored": rescored})  # fmt: skip
+        rows.append(
+            {
+                "impl": name,
+                **out,
+                "best_loss": result.best_loss,
+                "best_string": result.best_string,
+                "losses": result.losses,
+                "rescored": rescored,
+            }
+        )
     ours, peer = rows
     ours["time_ratio"] = ours["s_per_step"] / peer["s_per_step"]  # < 1: repulse takes less time per step
     ours["speedup_vs_nanogcg"] = peer["s_per_step"] / ours["s_per_step"]  # the goal: >= 1.5
     ours["memory_ratio"] = ours["peak_rss_mib"] / max(peer["peak_rss_mib"], 1e-9)
-    columns = [("impl", "impl", ""), ("s_per_step", "s/step", ".3f"), ("speedup_vs_nanogcg", "speedup", ".2f"),
-               ("peak_rss_mib", "peak MiB", ".0f"), ("best_loss", "best loss", ".4f"),
-               ("rescored", "rescored", ".4f")]  # fmt: skip
+    columns = [
+        ("impl", "impl", ""),
+        ("s_per_step", "s/step", ".3f"),
+        ("speedup_vs_nanogcg", "speedup", ".2f"),
+        ("peak_rss_mib", "peak MiB", ".0f"),
+        ("best_loss", "best loss", ".4f"),
+        ("rescored", "rescored", ".4f"),
+    ]
     print(format_table(rows, columns))
-    payload = {"benchmark": "gcg_vs_nanogcg", "model": args.model, "goal": goal, "target": target, "config": cfg,
-               "machine": machine_info(("torch", "transformers", "nanogcg")), "rows": rows}  # fmt: skip
+    payload = {
+        "benchmark": "gcg_vs_nanogcg",
+        "model": args.model,
+        "goal": goal,
+        "target": target,
+        "config": cfg,
+        "machine": machine_info(("torch", "transformers", "nanogcg")),
+        "rows": rows,
+    }
     write_json_atomic(args.output, payload)
     print(f"results in {args.output}")
     return 0

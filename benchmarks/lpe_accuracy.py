@@ -51,12 +51,26 @@ def run_method(method: str, scorer, dist, args: argparse.Namespace, seed: int):
 
     gen = torch.Generator().manual_seed(seed)
     if method == "itgis":
-        return estimate_itgis(scorer, dist, n_samples=args.budget, batch_size=args.batch_size,
-                              temperature=args.temperature, decay_rate=args.decay_rate, generator=gen)  # fmt: skip
+        return estimate_itgis(
+            scorer,
+            dist,
+            n_samples=args.budget,
+            batch_size=args.batch_size,
+            temperature=args.temperature,
+            decay_rate=args.decay_rate,
+            generator=gen,
+        )
     if method == "mhis":
         recorded = mhis_recorded(args)  # the chains' start and burn-in rows come out of the same budget
-        return estimate_mhis(scorer, dist, n_samples=recorded, batch_size=args.chains, temperature=args.temperature,
-                             burn_in=args.burn_in, generator=gen)  # fmt: skip
+        return estimate_mhis(
+            scorer,
+            dist,
+            n_samples=recorded,
+            batch_size=args.chains,
+            temperature=args.temperature,
+            burn_in=args.burn_in,
+            generator=gen,
+        )
     return estimate_naive(scorer, dist, n_samples=args.budget, batch_size=args.batch_size, generator=gen)
 
 
@@ -81,19 +95,36 @@ def run_cases(args: argparse.Namespace) -> list[dict[str, Any]]:
         for word in targets:
             scorer = LMTargetScorer(model, encode_target(tokenizer, word))
             exact = estimate_exact(scorer, dist, batch_size=4096)
-            case = {"distribution": name, "length": length, "target": word, "support": dist.num_inputs(),
-                    "exact": exact.estimate, "log10_exact": math.log10(exact.estimate),
-                    "exact_s": exact.wall_time_s}  # fmt: skip
-            print(f"[lpe_accuracy] {name} x {length} {word!r}: exact P = {exact.estimate:.3e} "
-                  f"({case['support']} inputs, {exact.wall_time_s:.2f} s)", flush=True)  # fmt: skip
+            case = {
+                "distribution": name,
+                "length": length,
+                "target": word,
+                "support": dist.num_inputs(),
+                "exact": exact.estimate,
+                "log10_exact": math.log10(exact.estimate),
+                "exact_s": exact.wall_time_s,
+            }
+            print(
+                f"[lpe_accuracy] {name} x {length} {word!r}: exact P = {exact.estimate:.3e} "
+                f"({case['support']} inputs, {exact.wall_time_s:.2f} s)",
+                flush=True,
+            )
             for seed in range(args.seeds):
                 order = METHODS if seed % 2 == 0 else METHODS[::-1]
                 for method in order:
                     r = run_method(method, scorer, dist, args, seed)
-                    records.append({**case, "method": method, "seed": seed, "estimate": r.estimate,
-                                    "std_err": r.std_err, "n_model_rows": r.n_model_rows,
-                                    "wall_time_s": r.wall_time_s,
-                                    "log10_error": log10_error(r.estimate, exact.estimate)})  # fmt: skip
+                    records.append(
+                        {
+                            **case,
+                            "method": method,
+                            "seed": seed,
+                            "estimate": r.estimate,
+                            "std_err": r.std_err,
+                            "n_model_rows": r.n_model_rows,
+                            "wall_time_s": r.wall_time_s,
+                            "log10_error": log10_error(r.estimate, exact.estimate),
+                        }
+                    )
     return records
 
 
@@ -103,16 +134,18 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         mine = [r for r in records if r["method"] == method]
         errors = [r["log10_error"] for r in mine]
         finite = [e for e in errors if math.isfinite(e)]
-        rows.append({
-            "method": method,
-            "estimates": len(mine),
-            "model_rows": statistics.median(r["n_model_rows"] for r in mine),
-            "median_abs_log10_error": statistics.median(errors),
-            "mean_abs_log10_error_finite": statistics.fmean(finite) if finite else None,
-            "zero_estimates": sum(r["estimate"] == 0 for r in mine) / len(mine),
-            "within_0_5": sum(e <= 0.5 for e in errors) / len(mine),
-            "mean_time_s": statistics.fmean(r["wall_time_s"] for r in mine),
-        })  # fmt: skip
+        rows.append(
+            {
+                "method": method,
+                "estimates": len(mine),
+                "model_rows": statistics.median(r["n_model_rows"] for r in mine),
+                "median_abs_log10_error": statistics.median(errors),
+                "mean_abs_log10_error_finite": statistics.fmean(finite) if finite else None,
+                "zero_estimates": sum(r["estimate"] == 0 for r in mine) / len(mine),
+                "within_0_5": sum(e <= 0.5 for e in errors) / len(mine),
+                "mean_time_s": statistics.fmean(r["wall_time_s"] for r in mine),
+            }
+        )
     return rows
 
 
@@ -164,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             "budget_definition": "model rows (inputs run through the "
             "model); MHIS burn-in included; ITGIS rows are forward + backward passes",
             "error": "|log10(estimate / exact)|, infinite for a zero estimate",
-        },  # fmt: skip
+        },
         "results": rows,
         "cases": sorted({(r["distribution"], r["length"], r["target"], r["exact"]) for r in records}),
         "records": records,

@@ -45,8 +45,11 @@ from common import (  # noqa: E402  (the benchmarks folder is not a package)
 PROMPT = "This man is a"
 GOAL_RATIO = 1.5
 NAMES = ("repulse_neg_training", "repulse_reinforce", "trl_grpo")
-LABELS = {"repulse_neg_training": "repulse RePULSe neg_training", "repulse_reinforce": "repulse REINFORCE (RLOO)",
-          "trl_grpo": "TRL GRPOTrainer"}  # fmt: skip
+LABELS = {
+    "repulse_neg_training": "repulse RePULSe neg_training",
+    "repulse_reinforce": "repulse REINFORCE (RLOO)",
+    "trl_grpo": "TRL GRPOTrainer",
+}
 SHARED = "yes: 2 cores shared with other jobs; timings are noisy (best of --repeats)"
 _BAD: set[str] | None = None
 
@@ -76,12 +79,33 @@ def repulse_argv(name: str, spec: dict[str, Any], save_path: str) -> list[str]:
     argv += ["--lr_warmup_ratio", "0", "--adam_betas", "0.9", "0.999", "--seed", str(spec["seed"]), "--fit_steps", "1"]
     argv += ["--save_path", save_path, "--disable_progress_bar", "--logging_steps", "1"]
     if name == "repulse_reinforce":
-        return argv + ["--actor_loss_type", "reinforce", "--actor_learning_rate", str(spec["lr"]),
-                       "--num_episodes", steps]  # fmt: skip
-    return argv + ["--do_harmlessness_training", "--harmlessness_training_loss_type", "neg_training",
-                   "--actor_loss_type", "ctl", "--parameterization", "policy_psi_q_p_s_t", "--target_dist_beta", "-1",
-                   "--alpha", "1", "--actor_learning_rate", "1e-3", "--base_actor_learning_rate", str(spec["lr"]),
-                   "--harmlessness_training_num_episodes", steps]  # fmt: skip
+        return argv + [
+            "--actor_loss_type",
+            "reinforce",
+            "--actor_learning_rate",
+            str(spec["lr"]),
+            "--num_episodes",
+            steps,
+        ]
+    return argv + [
+        "--do_harmlessness_training",
+        "--harmlessness_training_loss_type",
+        "neg_training",
+        "--actor_loss_type",
+        "ctl",
+        "--parameterization",
+        "policy_psi_q_p_s_t",
+        "--target_dist_beta",
+        "-1",
+        "--alpha",
+        "1",
+        "--actor_learning_rate",
+        "1e-3",
+        "--base_actor_learning_rate",
+        str(spec["lr"]),
+        "--harmlessness_training_num_episodes",
+        steps,
+    ]
 
 
 def worker_repulse(name: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -134,17 +158,44 @@ def worker_trl(spec: dict[str, Any]) -> dict[str, Any]:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     config = GRPOConfig(
-        output_dir=str(Path(spec["workdir"]) / "trl"), per_device_train_batch_size=n, num_generations=n,
-        gradient_accumulation_steps=1, steps_per_generation=1, num_iterations=1, max_completion_length=spec["gen_len"],
-        temperature=1.0, top_p=1.0, beta=0.0, learning_rate=spec["lr"], lr_scheduler_type="constant", warmup_steps=0,
-        optim="adamw_torch", adam_beta1=0.9, adam_beta2=0.999, weight_decay=0.0, max_grad_norm=1.0,
-        max_steps=spec["total_steps"], gradient_checkpointing=False, bf16=False, use_cpu=not torch.cuda.is_available(),
-        logging_steps=1, save_strategy="no", report_to="none", disable_tqdm=True, seed=spec["seed"],
+        output_dir=str(Path(spec["workdir"]) / "trl"),
+        per_device_train_batch_size=n,
+        num_generations=n,
+        gradient_accumulation_steps=1,
+        steps_per_generation=1,
+        num_iterations=1,
+        max_completion_length=spec["gen_len"],
+        temperature=1.0,
+        top_p=1.0,
+        beta=0.0,
+        learning_rate=spec["lr"],
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        optim="adamw_torch",
+        adam_beta1=0.9,
+        adam_beta2=0.999,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        max_steps=spec["total_steps"],
+        gradient_checkpointing=False,
+        bf16=False,
+        use_cpu=not torch.cuda.is_available(),
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=spec["seed"],
         dataloader_num_workers=0,
-    )  # fmt: skip
+    )
     dataset = datasets.Dataset.from_list([{"prompt": PROMPT}] * (spec["total_steps"] + 1))
-    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config, train_dataset=dataset,
-                          processing_class=tokenizer, callbacks=[Clock()])  # fmt: skip
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=reward,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[Clock()],
+    )
     with mem:
         clock.start = time.perf_counter()
         trainer.train()
@@ -186,8 +237,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run_all(args: argparse.Namespace, workdir: Path) -> dict[str, list[dict[str, Any]]]:
     env = set_offline_env()
-    spec = {"workdir": str(workdir), "group": args.group, "gen_len": args.gen_len, "warmup": args.warmup,
-            "total_steps": args.warmup + args.steps, "lr": args.lr, "seed": args.seed}  # fmt: skip
+    spec = {
+        "workdir": str(workdir),
+        "group": args.group,
+        "gen_len": args.gen_len,
+        "warmup": args.warmup,
+        "total_steps": args.warmup + args.steps,
+        "lr": args.lr,
+        "seed": args.seed,
+    }
     return run_workers(__file__, NAMES, spec, workdir, args.repeats, env)
 
 
@@ -213,10 +271,18 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
         if "error" in r:
             rows.append({"name": name, "label": LABELS[name], "error": r["error"][:80]})
             continue
-        rows.append({"name": name, "label": LABELS[name], "samples_per_s": r["samples_per_s"],
-                     "step_s": 1 / r["steps_per_s"], "ratio_vs_trl": r["samples_per_s"] / trl if trl else None,
-                     "peak_rss_delta_mib": r["peak_rss_delta_mib"], "peak_rss_mib": r["peak_rss_mib"],
-                     "samples_per_s_all_repeats": [x.get("samples_per_s") for x in runs[name]]})  # fmt: skip
+        rows.append(
+            {
+                "name": name,
+                "label": LABELS[name],
+                "samples_per_s": r["samples_per_s"],
+                "step_s": 1 / r["steps_per_s"],
+                "ratio_vs_trl": r["samples_per_s"] / trl if trl else None,
+                "peak_rss_delta_mib": r["peak_rss_delta_mib"],
+                "peak_rss_mib": r["peak_rss_mib"],
+                "samples_per_s_all_repeats": [x.get("samples_per_s") for x in runs[name]],
+            }
+        )
     return rows
 
 
@@ -245,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
             "reward": "Python function: -1 per bad word - 0.01 per word (same function for all)",
             "samples_definition": "p_theta / policy samples per step; neg_training also draws N from q",
             "kl": "none (init_kl_coef 0, GRPO beta 0)",
-        },  # fmt: skip
+        },
         "results": rows,
         "ratios_vs_trl": ratios,
         "goal_ratio": GOAL_RATIO,

@@ -69,9 +69,18 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     def hf() -> None:
         with torch.no_grad():
-            model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
-                           max_new_tokens=args.new_tokens, num_return_sequences=args.rows,
-                           pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)  # fmt: skip
+            model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                do_sample=True,
+                temperature=1.0,
+                top_p=1.0,
+                top_k=0,
+                max_new_tokens=args.new_tokens,
+                num_return_sequences=args.rows,
+                pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id,
+            )
 
     pairs = {
         "draw": (lambda: torch.multinomial(probs, 1), lambda: sample_categorical(probs)),
@@ -86,9 +95,18 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
                 times.append(best_time(fn, args.repeats))
         peer_name = "torch.multinomial" if what == "draw" else "HF generate"
         ours_name = "sample_categorical" if what == "draw" else "sample_stepwise"
-        rows.append({"what": what, "model": args.model, "vocab": vocab, "peer": peer_name, "ours": ours_name,
-                     "peer_ms": 1e3 * min(peer_s), "ours_ms": 1e3 * min(ours_s),
-                     "speedup": min(peer_s) / min(ours_s)})  # fmt: skip
+        rows.append(
+            {
+                "what": what,
+                "model": args.model,
+                "vocab": vocab,
+                "peer": peer_name,
+                "ours": ours_name,
+                "peer_ms": 1e3 * min(peer_s),
+                "ours_ms": 1e3 * min(ours_s),
+                "speedup": min(peer_s) / min(ours_s),
+            }
+        )
     return rows
 
 
@@ -96,13 +114,27 @@ def main(argv: list[str] | None = None) -> int:
     set_offline_env()
     args = parse_args(argv)
     rows = measure(args)
-    columns = [("what", "measure", ""), ("model", "model", ""), ("vocab", "vocab", "d"), ("peer", "peer", ""),
-               ("peer_ms", "peer ms", ".2f"), ("ours", "repulse", ""), ("ours_ms", "repulse ms", ".2f"),
-               ("speedup", "speedup", ".2f")]  # fmt: skip
+    columns = [
+        ("what", "measure", ""),
+        ("model", "model", ""),
+        ("vocab", "vocab", "d"),
+        ("peer", "peer", ""),
+        ("peer_ms", "peer ms", ".2f"),
+        ("ours", "repulse", ""),
+        ("ours_ms", "repulse ms", ".2f"),
+        ("speedup", "speedup", ".2f"),
+    ]
     print(format_table(rows, columns))
     out = args.output or str(result_path(f"sampling_throughput_{args.model}"))
-    write_json_atomic(out, {"benchmark": "sampling_throughput", "settings": vars(args), "rows": rows,
-                            "machine": machine_info(("torch", "transformers"))})  # fmt: skip
+    write_json_atomic(
+        out,
+        {
+            "benchmark": "sampling_throughput",
+            "settings": vars(args),
+            "rows": rows,
+            "machine": machine_info(("torch", "transformers")),
+        },
+    )
     print(f"results in {out}")
     return 0
 

@@ -30,8 +30,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import REPO_ROOT, format_table, machine_info, result_path, set_offline_env, write_json_atomic  # noqa: E402
 
-WORDS = ["this", "man", "woman", "person", "is", "a", "an", "the", "very", "so", "quite", "good", "kind", "nice",
-         "tall", "fool", "jerk", "clever", "calm", "loud"]  # fmt: skip
+WORDS = [
+    "this",
+    "man",
+    "woman",
+    "person",
+    "is",
+    "a",
+    "an",
+    "the",
+    "very",
+    "so",
+    "quite",
+    "good",
+    "kind",
+    "nice",
+    "tall",
+    "fool",
+    "jerk",
+    "clever",
+    "calm",
+    "loud",
+]
 STARTUP_TIMEOUT_S = 120
 WARMUP_REQUESTS = 64
 
@@ -53,9 +73,16 @@ def build_tiny_rm(out: Path, seed: int = 0) -> Path:
     )
     torch.manual_seed(seed)
     config = GPT2Config(
-        n_layer=2, n_embd=64, n_head=4, vocab_size=len(vocab), n_positions=128, num_labels=1,
-        bos_token_id=1, eos_token_id=1, pad_token_id=0,
-    )  # fmt: skip
+        n_layer=2,
+        n_embd=64,
+        n_head=4,
+        vocab_size=len(vocab),
+        n_positions=128,
+        num_labels=1,
+        bos_token_id=1,
+        eos_token_id=1,
+        pad_token_id=0,
+    )
     AutoModelForSequenceClassification.from_config(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
@@ -83,9 +110,23 @@ def make_requests(n: int, seed: int) -> list[dict[str, list[str]]]:
 
 # --------------------------------------------------------------------------------------------------------- server
 def start_server(model_dir: Path, port: int, args, batching: bool, log_path: Path) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "repulse.cli.serve_rm", "--reward_pretrain", str(model_dir), "--port", str(port),
-            "--batch_size", str(args.batch_size), "--max_wait_ms", str(args.max_wait_ms),
-            "--max_texts_per_request", "64", "--num_threads", str(args.num_threads)]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "repulse.cli.serve_rm",
+        "--reward_pretrain",
+        str(model_dir),
+        "--port",
+        str(port),
+        "--batch_size",
+        str(args.batch_size),
+        "--max_wait_ms",
+        str(args.max_wait_ms),
+        "--max_texts_per_request",
+        "64",
+        "--num_threads",
+        str(args.num_threads),
+    ]
     if not batching:
         argv.append("--disable_batching")
     log = open(log_path, "w")  # noqa: SIM115  (the server's lifetime, closed by the OS when it exits)
@@ -280,8 +321,14 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault((row["mode"], row["client"], row["concurrency"]), []).append(row)
-    keys = ("requests_per_s", "p50_ms", "p99_ms", "texts_per_call", "server_cpu_ms_per_request",
-            "client_cpu_ms_per_request")  # fmt: skip
+    keys = (
+        "requests_per_s",
+        "p50_ms",
+        "p99_ms",
+        "texts_per_call",
+        "server_cpu_ms_per_request",
+        "client_cpu_ms_per_request",
+    )
     out = []
     for (mode, client, concurrency), group in groups.items():
         merged = {k: round(statistics.median(r[k] for r in group), 3) for k in keys}
@@ -349,11 +396,18 @@ def settings_of(args, model_name: str, servers: dict[str, dict[str, Any]]) -> di
     }
 
 
-COLUMNS = [("mode", "mode", ""), ("client", "client", ""), ("concurrency", "conc", "d"),
-           ("requests_per_s", "req/s", ".1f"), ("p50_ms", "p50 ms", ".1f"), ("p99_ms", "p99 ms", ".1f"),
-           ("errors", "errors", "d"), ("texts_per_call", "texts/call", ".1f"),
-           ("server_cpu_ms_per_request", "server cpu ms/req", ".2f"),
-           ("client_cpu_ms_per_request", "client cpu ms/req", ".2f")]  # fmt: skip
+COLUMNS = [
+    ("mode", "mode", ""),
+    ("client", "client", ""),
+    ("concurrency", "conc", "d"),
+    ("requests_per_s", "req/s", ".1f"),
+    ("p50_ms", "p50 ms", ".1f"),
+    ("p99_ms", "p99 ms", ".1f"),
+    ("errors", "errors", "d"),
+    ("texts_per_call", "texts/call", ".1f"),
+    ("server_cpu_ms_per_request", "server cpu ms/req", ".2f"),
+    ("client_cpu_ms_per_request", "client cpu ms/req", ".2f"),
+]
 
 
 def main(argv=None) -> int:

@@ -52,29 +52,68 @@ def configurations(args: argparse.Namespace) -> list[dict[str, Any]]:
     """(name, method, c, beta, config file, overrides) for every configuration of the sweep."""
     out = []
     for c in args.kl:
-        out.append({"name": f"REINFORCE c={c:g}", "method": "REINFORCE", "kl": c, "beta": None,
-                    "config": "configs/toy_reinforce.yaml", "overrides": ["--init_kl_coef", str(c)]})  # fmt: skip
+        out.append(
+            {
+                "name": f"REINFORCE c={c:g}",
+                "method": "REINFORCE",
+                "kl": c,
+                "beta": None,
+                "config": "configs/toy_reinforce.yaml",
+                "overrides": ["--init_kl_coef", str(c)],
+            }
+        )
         for beta in args.betas:
-            out.append({"name": f"RePULSe c={c:g} beta={beta:g}", "method": "RePULSe", "kl": c, "beta": beta,
-                        "config": "configs/toy_repulse.yaml",
-                        "overrides": ["--init_kl_coef", str(c), "--target_dist_beta", str(beta),
-                                      "--alpha", str(args.alpha)]})  # fmt: skip
+            out.append(
+                {
+                    "name": f"RePULSe c={c:g} beta={beta:g}",
+                    "method": "RePULSe",
+                    "kl": c,
+                    "beta": beta,
+                    "config": "configs/toy_repulse.yaml",
+                    "overrides": [
+                        "--init_kl_coef",
+                        str(c),
+                        "--target_dist_beta",
+                        str(beta),
+                        "--alpha",
+                        str(args.alpha),
+                    ],
+                }
+            )
     return out
 
 
 def run_one(conf: dict[str, Any], seed: int, fit_steps: int, folder: Path, env: dict[str, str]) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "repulse.cli.train_ppo", "--config", str(REPO / conf["config"]), *conf["overrides"],
-           "--fit_steps", str(fit_steps), "--seed", str(seed), "--save_path", str(folder)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "repulse.cli.train_ppo",
+        "--config",
+        str(REPO / conf["config"]),
+        *conf["overrides"],
+        "--fit_steps",
+        str(fit_steps),
+        "--seed",
+        str(seed),
+        "--save_path",
+        str(folder),
+    ]
     start = time.perf_counter()
     with open(folder / "log.txt", "w") as log:
         code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     if code != 0:
         return {"error": f"exit {code}: see {folder / 'log.txt'}", "seed": seed}
     summary = json.loads((folder / "summary.json").read_text())
-    return {"seed": seed, "wall_s": time.perf_counter() - start, "folder": str(folder),
-            **{k: summary[k] for k in ("exact_log_p_bad_initial", "exact_log_p_bad_final", "reward_mean_final",
-                                       "samples_used")}}  # fmt: skip
+    return {
+        "seed": seed,
+        "wall_s": time.perf_counter() - start,
+        "folder": str(folder),
+        **{
+            k: summary[k]
+            for k in ("exact_log_p_bad_initial", "exact_log_p_bad_final", "reward_mean_final", "samples_used")
+        },
+    }
 
 
 def mean_se(values: list[float]) -> tuple[float, float]:
@@ -90,17 +129,31 @@ def summarize(confs: list[dict[str, Any]], runs: dict[str, list[dict[str, Any]]]
     rows = []
     for conf in confs:
         ok = [r for r in runs[conf["name"]] if "error" not in r]
-        row = {"config": conf["name"], "method": conf["method"], "kl": conf["kl"], "beta": conf["beta"],
-               "runs": len(ok), "errors": len(runs[conf["name"]]) - len(ok)}  # fmt: skip
+        row = {
+            "config": conf["name"],
+            "method": conf["method"],
+            "kl": conf["kl"],
+            "beta": conf["beta"],
+            "runs": len(ok),
+            "errors": len(runs[conf["name"]]) - len(ok),
+        }
         if ok:
             lp, lp_se = mean_se([r["exact_log_p_bad_final"] for r in ok])
             rew, rew_se = mean_se([r["reward_mean_final"] for r in ok])
-            row.update(log_p_bad_final=lp, log_p_bad_final_se=lp_se, reward_final=rew, reward_final_se=rew_se,
-                       log_p_bad_initial=ok[0]["exact_log_p_bad_initial"],
-                       samples=sum(r["samples_used"] for r in ok) / len(ok))  # fmt: skip
+            row.update(
+                log_p_bad_final=lp,
+                log_p_bad_final_se=lp_se,
+                reward_final=rew,
+                reward_final_se=rew_se,
+                log_p_bad_initial=ok[0]["exact_log_p_bad_initial"],
+                samples=sum(r["samples_used"] for r in ok) / len(ok),
+            )
             base = {r["seed"]: r for r in runs[f"REINFORCE c={conf['kl']:g}"] if "error" not in r}
-            diffs = [r["exact_log_p_bad_final"] - base[r["seed"]]["exact_log_p_bad_final"] for r in ok
-                     if r["seed"] in base and conf["method"] != "REINFORCE"]  # fmt: skip
+            diffs = [
+                r["exact_log_p_bad_final"] - base[r["seed"]]["exact_log_p_bad_final"]
+                for r in ok
+                if r["seed"] in base and conf["method"] != "REINFORCE"
+            ]
             if diffs:
                 row["vs_reinforce"], row["vs_reinforce_se"] = mean_se(diffs)
         rows.append(row)
@@ -131,10 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     with ThreadPoolExecutor(args.workers) as pool:
         futures = {
-            pool.submit(run_one, conf, seed, args.fit_steps, root / conf["name"].replace(" ", "_") / f"seed{seed}",
-                        env): conf["name"]
+            pool.submit(
+                run_one, conf, seed, args.fit_steps, root / conf["name"].replace(" ", "_") / f"seed{seed}", env
+            ): conf["name"]
             for conf, seed in jobs
-        }  # fmt: skip
+        }
         for done, (future, name) in enumerate(futures.items(), 1):
             runs[name].append(future.result())
             print(f"[toy_frontier] {done}/{len(jobs)} runs done ({time.perf_counter() - start:.0f} s)", flush=True)
@@ -149,10 +203,16 @@ def main(argv: list[str] | None = None) -> int:
         png = plot_frontier(read, str(Path(args.output).with_suffix(".png")))
     except Exception as err:  # the table and JSON matter more than the picture
         png = f"not drawn: {err}"
-    payload = {"benchmark": "toy_frontier", "machine": machine_info(("torch", "transformers")),
-               "settings": {k: v for k, v in vars(args).items() if k != "output"}, "configurations": confs,
-               "rows": rows, "runs": runs, "frontier_png": str(png),
-               "wall_s": time.perf_counter() - start}  # fmt: skip
+    payload = {
+        "benchmark": "toy_frontier",
+        "machine": machine_info(("torch", "transformers")),
+        "settings": {k: v for k, v in vars(args).items() if k != "output"},
+        "configurations": confs,
+        "rows": rows,
+        "runs": runs,
+        "frontier_png": str(png),
+        "wall_s": time.perf_counter() - start,
+    }
     write_json_atomic(args.output, payload)
     print(f"\nresults in {args.output}; frontier: {png}")
     return 0

@@ -58,11 +58,18 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 JSONL_FILES = {
-    "corpus": "corpus.jsonl", "sft": "sft.jsonl", "preference": "preference.jsonl", "unpaired": "unpaired.jsonl",
-    "prm": "prm.jsonl", "prompts": "prompts.jsonl", "heldout_prompts": "heldout_prompts.jsonl",
-    "distill": "distill.jsonl", "negative": "negative.jsonl", "chat": "chat.jsonl",
+    "corpus": "corpus.jsonl",
+    "sft": "sft.jsonl",
+    "preference": "preference.jsonl",
+    "unpaired": "unpaired.jsonl",
+    "prm": "prm.jsonl",
+    "prompts": "prompts.jsonl",
+    "heldout_prompts": "heldout_prompts.jsonl",
+    "distill": "distill.jsonl",
+    "negative": "negative.jsonl",
+    "chat": "chat.jsonl",
     "heldout_pairs": "heldout_pairs.jsonl",
-}  # fmt: skip
+}
 CSV_FILES = {"behaviors": ("behaviors.csv", ("goal", "target")), "strings": ("strings.csv", ("target",))}
 
 
@@ -208,9 +215,16 @@ def init_lm(tokenizer, seed: int, path: Path) -> None:
     ids = {"bos_token_id": tokenizer.eos_token_id, "eos_token_id": tokenizer.eos_token_id}
     ids["pad_token_id"] = tokenizer.pad_token_id
     config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=64, n_embd=64, n_layer=2, n_head=4,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **ids,
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        n_positions=64,
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        **ids,
+    )
     model = GPT2LMHeadModel(config)
     model.generation_config = GenerationConfig(**ids)
     model.save_pretrained(path)
@@ -230,25 +244,77 @@ def run_cli(module: str, argv: list[str]) -> None:
 def train_lm(work: Path, tokenizer, corpus: list[dict], seed: int) -> Path:
     init_lm(tokenizer, seed, work / "init_lm")
     write_jsonl(work / "corpus.jsonl", corpus)
-    run_cli("repulse.cli.train_sft", [
-        "--pretrain", str(work / "init_lm"), "--dataset", str(work / "corpus.jsonl"), "--input_key", "text",
-        "--pretrain_mode", "--max_len", str(MAX_LEN), "--max_epochs", str(LM_EPOCHS),
-        "--micro_train_batch_size", "64", "--train_batch_size", "64", "--learning_rate", "3e-3",
-        "--lr_scheduler", "cosine_with_min_lr", "--lr_warmup_ratio", "0.05", "--seed", str(seed),
-        "--save_path", str(work / "sft"), "--logging_steps", "50",
-    ])  # fmt: skip
+    run_cli(
+        "repulse.cli.train_sft",
+        [
+            "--pretrain",
+            str(work / "init_lm"),
+            "--dataset",
+            str(work / "corpus.jsonl"),
+            "--input_key",
+            "text",
+            "--pretrain_mode",
+            "--max_len",
+            str(MAX_LEN),
+            "--max_epochs",
+            str(LM_EPOCHS),
+            "--micro_train_batch_size",
+            "64",
+            "--train_batch_size",
+            "64",
+            "--learning_rate",
+            "3e-3",
+            "--lr_scheduler",
+            "cosine_with_min_lr",
+            "--lr_warmup_ratio",
+            "0.05",
+            "--seed",
+            str(seed),
+            "--save_path",
+            str(work / "sft"),
+            "--logging_steps",
+            "50",
+        ],
+    )
     return work / "sft" / "final"
 
 
 def train_rm(work: Path, lm_dir: Path, pairs: list[dict], seed: int) -> Path:
     write_jsonl(work / "pairs.jsonl", pairs)
-    run_cli("repulse.cli.train_rm", [
-        "--pretrain", str(lm_dir), "--dataset", str(work / "pairs.jsonl"), "--prompt_key", "prompt",
-        "--chosen_key", "chosen", "--rejected_key", "rejected", "--max_len", str(MAX_LEN),
-        "--max_epochs", str(RM_EPOCHS), "--micro_train_batch_size", "64", "--train_batch_size", "64",
-        "--learning_rate", "1e-3", "--loss", "sigmoid", "--value_head_prefix", "score", "--normalize_reward",
-        "--seed", str(seed), "--save_path", str(work / "rm"),
-    ])  # fmt: skip
+    run_cli(
+        "repulse.cli.train_rm",
+        [
+            "--pretrain",
+            str(lm_dir),
+            "--dataset",
+            str(work / "pairs.jsonl"),
+            "--prompt_key",
+            "prompt",
+            "--chosen_key",
+            "chosen",
+            "--rejected_key",
+            "rejected",
+            "--max_len",
+            str(MAX_LEN),
+            "--max_epochs",
+            str(RM_EPOCHS),
+            "--micro_train_batch_size",
+            "64",
+            "--train_batch_size",
+            "64",
+            "--learning_rate",
+            "1e-3",
+            "--loss",
+            "sigmoid",
+            "--value_head_prefix",
+            "score",
+            "--normalize_reward",
+            "--seed",
+            str(seed),
+            "--save_path",
+            str(work / "rm"),
+        ],
+    )
     return work / "rm" / "final"
 
 
@@ -325,9 +391,13 @@ def exact_p_bad(lm_dir: Path, tokenizer) -> dict:
     except ImportError:
         return {"exact_p_bad": brute, "exact_p_bad_method": "brute force (build script)"}
     result = exact_bad_probability(
-        model, prompt_ids, RESPONSE_LEN, bad_words=list(grammar.BAD_WORDS), tokenizer=tokenizer,
+        model,
+        prompt_ids,
+        RESPONSE_LEN,
+        bad_words=list(grammar.BAD_WORDS),
+        tokenizer=tokenizer,
         eos_token_id=tokenizer.eos_token_id,
-    )  # fmt: skip
+    )
     p_bad = float(getattr(result, "p_bad", result))
     return {"exact_p_bad": p_bad, "exact_p_bad_method": "repulse.estimation.exact", "brute_force_p_bad": brute}
 

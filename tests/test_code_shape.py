@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "repulse"
-MAX_MODULE, MAX_CLI, MAX_FUNCTION = 400, 150, 60
+# CLIs may run to 180 lines: formatted honestly (no `# fmt: skip`), a command's flag groups, config mapping and
+# summary printing need that much; anything longer belongs below the CLI layer.
+MAX_MODULE, MAX_CLI, MAX_FUNCTION = 400, 180, 60
 ALLOWLIST: dict[str, str] = {}  # "path or path::function" -> reason
 
 

@@ -12,10 +12,24 @@ import torch
 from safetensors.torch import load_file
 
 TRAIN_FLAGS = [
-    "--micro_train_batch_size", "4", "--train_batch_size", "8", "--max_epochs", "1", "--learning_rate", "1e-2",
-    "--lr_scheduler", "constant", "--lr_warmup_ratio", "0", "--max_len", "16", "--seed", "3",
+    "--micro_train_batch_size",
+    "4",
+    "--train_batch_size",
+    "8",
+    "--max_epochs",
+    "1",
+    "--learning_rate",
+    "1e-2",
+    "--lr_scheduler",
+    "constant",
+    "--lr_warmup_ratio",
+    "0",
+    "--max_len",
+    "16",
+    "--seed",
+    "3",
     "--disable_progress_bar",
-]  # fmt: skip
+]
 
 
 def load_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -38,9 +52,21 @@ def run_torchrun(module: str, argv: list[str], nproc: int = 2) -> subprocess.Com
     """`torchrun --nproc_per_node nproc -m module argv --dist_backend gloo` on 127.0.0.1; asserts exit 0."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
-        "--master_port", str(free_port()), "-m", module, *argv, "--dist_backend", "gloo",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        module,
+        *argv,
+        "--dist_backend",
+        "gloo",
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done

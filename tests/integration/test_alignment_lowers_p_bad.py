@@ -17,18 +17,42 @@ from repulse.estimation.exact import exact_bad_probability
 from repulse.models.load import load_scoring_lm, load_tokenizer
 
 FLAGS = [
-    "--micro_train_batch_size", "16", "--train_batch_size", "32", "--max_samples", "256", "--max_epochs", "1",
-    "--learning_rate", "5e-4", "--lr_scheduler", "constant", "--lr_warmup_ratio", "0", "--max_len", "32",
-    "--beta", "0.1", "--seed", "2", "--disable_progress_bar",
-]  # fmt: skip
+    "--micro_train_batch_size",
+    "16",
+    "--train_batch_size",
+    "32",
+    "--max_samples",
+    "256",
+    "--max_epochs",
+    "1",
+    "--learning_rate",
+    "5e-4",
+    "--lr_scheduler",
+    "constant",
+    "--lr_warmup_ratio",
+    "0",
+    "--max_len",
+    "32",
+    "--beta",
+    "0.1",
+    "--seed",
+    "2",
+    "--disable_progress_bar",
+]
 
 
 def exact_log_p_bad(model_dir: Path) -> float:
     meta = load_metadata()
     tokenizer, model = load_tokenizer(str(model_dir)), load_scoring_lm(str(model_dir))
     prompt = torch.tensor(tokenizer(meta["default_prompt"])["input_ids"])
-    result = exact_bad_probability(model, prompt, meta["response_len"], bad_words=bad_words(), tokenizer=tokenizer,
-                                   eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+    result = exact_bad_probability(
+        model,
+        prompt,
+        meta["response_len"],
+        bad_words=bad_words(),
+        tokenizer=tokenizer,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     return result.log_p_bad
 
 

@@ -146,8 +146,10 @@ def score(model, tokenizer, prompts: list[str], completions: list[str]) -> torch
     """RM scores of prompt + completion + EOS (as train_rm tokenizes pairs), with the stored normalization."""
     from repulse.models.reward import sequence_rewards
 
-    rows = [tokenizer(p + c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for p, c in
-            zip(prompts, completions)]  # fmt: skip
+    rows = [
+        tokenizer(p + c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        for p, c in zip(prompts, completions)
+    ]
     width = max(map(len, rows))
     ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])
     mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])

@@ -14,8 +14,19 @@ TINY_EVAL = ["--max_targets", "2", "--samples_per_prompt", "8", "--max_new_token
 
 def test_evaluate_gcg_on_embedded_defaults(tmp_path: Path, capsys) -> None:
     out = tmp_path / "gcg.json"
-    argv = [*TINY_EVAL, "--gcg_steps", "3", "--gcg_search_width", "16", "--gcg_topk", "16",
-            "--gcg_optim_str_init", " the the the", "--output_path", str(out)]  # fmt: skip
+    argv = [
+        *TINY_EVAL,
+        "--gcg_steps",
+        "3",
+        "--gcg_search_width",
+        "16",
+        "--gcg_topk",
+        "16",
+        "--gcg_optim_str_init",
+        " the the the",
+        "--output_path",
+        str(out),
+    ]
     assert evaluate_gcg.main(argv) == 0
     doc = json.loads(out.read_text())
     assert 0.0 <= doc["asr"] <= 100.0 and doc["n_targets"] == 2 and doc["config"]["gcg_steps"] == 3
@@ -29,9 +40,23 @@ def test_evaluate_gcg_on_embedded_defaults(tmp_path: Path, capsys) -> None:
 
 def test_evaluate_gcg_universal_prefix_criterion(tmp_path: Path) -> None:
     out = tmp_path / "u.json"
-    argv = [*TINY_EVAL, "--gcg_steps", "2", "--gcg_search_width", "8", "--gcg_topk", "8", "--gcg_universal",
-            "--gcg_optim_str_init", " the the", "--atk_success_criteria", "prefix", "--skip_baseline",
-            "--output_path", str(out)]  # fmt: skip
+    argv = [
+        *TINY_EVAL,
+        "--gcg_steps",
+        "2",
+        "--gcg_search_width",
+        "8",
+        "--gcg_topk",
+        "8",
+        "--gcg_universal",
+        "--gcg_optim_str_init",
+        " the the",
+        "--atk_success_criteria",
+        "prefix",
+        "--skip_baseline",
+        "--output_path",
+        str(out),
+    ]
     assert evaluate_gcg.main(argv) == 0
     rows = json.loads(out.read_text())["rows"]
     assert rows[0]["best_string"] == rows[1]["best_string"]  # one suffix for all targets
@@ -52,9 +77,23 @@ def judge_dir(tmp_path: Path) -> Path:
 
 def test_evaluate_beast_with_judge(tmp_path: Path, judge_dir: Path) -> None:
     out = tmp_path / "beast.json"
-    argv = [*TINY_EVAL, "--beast_k1", "3", "--beast_k2", "3", "--beast_length", "4", "--beast_ngram", "2",
-            "--atk_success_criteria", "judge", "--judge_pretrain", str(judge_dir),
-            "--output_path", str(out)]  # fmt: skip
+    argv = [
+        *TINY_EVAL,
+        "--beast_k1",
+        "3",
+        "--beast_k2",
+        "3",
+        "--beast_length",
+        "4",
+        "--beast_ngram",
+        "2",
+        "--atk_success_criteria",
+        "judge",
+        "--judge_pretrain",
+        str(judge_dir),
+        "--output_path",
+        str(out),
+    ]
     assert evaluate_beast.main(argv) == 0
     doc = json.loads(out.read_text())
     assert doc["asr"] == 100.0  # this judge always answers Yes

@@ -72,8 +72,19 @@ def test_post_processed_files_train_with_train_sft_and_train_dpo(tmp_path, capsy
     assert batch_inference.main(argv) == 0
     assert all("<rm_score>:" in r["input"] for r in read_jsonl(rs))
     dpo = tmp_path / "dpo.jsonl"
-    argv = [*GEN, "--max_samples", "8", "--best_of_n", "4", "--reward_pretrain", str(TINY_RM_DIR),
-            "--post_processor", "iter_dpo", "--output_path", str(dpo)]  # fmt: skip
+    argv = [
+        *GEN,
+        "--max_samples",
+        "8",
+        "--best_of_n",
+        "4",
+        "--reward_pretrain",
+        str(TINY_RM_DIR),
+        "--post_processor",
+        "iter_dpo",
+        "--output_path",
+        str(dpo),
+    ]
     assert batch_inference.main(argv) == 0
     pairs = read_jsonl(dpo)
     assert pairs and all(p["chosen_reward"] > p["rejected_reward"] for p in pairs)
@@ -134,7 +145,7 @@ def make_adapter(base: Path, out: Path, is_rm: bool) -> None:
         target_modules="all-linear",
         task_type="SEQ_CLS" if is_rm else "CAUSAL_LM",
         init_lora_weights=False,
-    )  # fmt: skip
+    )
     model = get_peft_model(model, config)
     for name, param in model.named_parameters():
         if "modules_to_save" in name:  # a trained reward head must survive the merge
@@ -150,8 +161,15 @@ def test_lora_combiner_merged_model_equals_base_plus_adapter(tmp_path, is_rm, ca
 
     base_dir = TINY_RM_DIR if is_rm else TINY_LM_DIR
     make_adapter(base_dir, tmp_path / "adapter", is_rm)
-    argv = ["--model_path", str(base_dir), "--lora_path", str(tmp_path / "adapter"), "--output_path",
-            str(tmp_path / "merged"), *(["--is_rm"] if is_rm else [])]  # fmt: skip
+    argv = [
+        "--model_path",
+        str(base_dir),
+        "--lora_path",
+        str(tmp_path / "adapter"),
+        "--output_path",
+        str(tmp_path / "merged"),
+        *(["--is_rm"] if is_rm else []),
+    ]
     assert lora_combiner.main(argv) == 0
     assert (tmp_path / "merged" / "tokenizer_config.json").exists()
     ids, mask = probe_batch(200, seed=7)

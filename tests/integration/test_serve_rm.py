@@ -30,8 +30,20 @@ def start_server(rm_dir, port: int, log_file) -> subprocess.Popen:
     # --device auto: the GPU where there is one (the references run on CPU, hence 1e-4 tolerances).
     # A long batching window (2 s) with small batches: full batches go at once, and a few requests sent
     # together stay queued long enough to be in flight when SIGTERM arrives.
-    argv = ["--reward_pretrain", str(rm_dir), "--port", str(port), "--batch_size", "8", "--max_wait_ms", "2000",
-            "--max_len", "32", "--api_key", KEY]  # fmt: skip
+    argv = [
+        "--reward_pretrain",
+        str(rm_dir),
+        "--port",
+        str(port),
+        "--batch_size",
+        "8",
+        "--max_wait_ms",
+        "2000",
+        "--max_len",
+        "32",
+        "--api_key",
+        KEY,
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "repulse.cli.serve_rm", *argv], stdout=log_file, stderr=subprocess.STDOUT, env=env

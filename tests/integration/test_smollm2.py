@@ -18,10 +18,26 @@ from tests.integration.helpers import changed_and_unchanged, load_weights
 pytestmark = pytest.mark.slow
 
 FEW_STEPS = [
-    "--micro_train_batch_size", "2", "--train_batch_size", "4", "--max_samples", "8", "--max_epochs", "1",
-    "--learning_rate", "1e-5", "--lr_scheduler", "constant", "--lr_warmup_ratio", "0", "--max_len", "48",
-    "--seed", "1", "--disable_progress_bar",
-]  # fmt: skip
+    "--micro_train_batch_size",
+    "2",
+    "--train_batch_size",
+    "4",
+    "--max_samples",
+    "8",
+    "--max_epochs",
+    "1",
+    "--learning_rate",
+    "1e-5",
+    "--lr_scheduler",
+    "constant",
+    "--lr_warmup_ratio",
+    "0",
+    "--max_len",
+    "48",
+    "--seed",
+    "1",
+    "--disable_progress_bar",
+]
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +86,19 @@ def test_prm_runs_on_smollm2(tmp_path, smollm2):
     # The embedded data's step marker "ки" is two tokens in SmolLM2's vocabulary; "§" is one (also as " §").
     data = tmp_path / "prm.jsonl"
     data.write_text(Path(default_dataset("prm")).read_text(encoding="utf-8").replace("ки", "§"), encoding="utf-8")
-    code = train_prm.main(["--pretrain", str(smollm2), "--save_path", str(tmp_path / "run"), *FEW_STEPS,
-                           "--dataset", str(data), "--placeholder_token", "§"])  # fmt: skip
+    code = train_prm.main(
+        [
+            "--pretrain",
+            str(smollm2),
+            "--save_path",
+            str(tmp_path / "run"),
+            *FEW_STEPS,
+            "--dataset",
+            str(data),
+            "--placeholder_token",
+            "§",
+        ]
+    )
     assert code == 0
     assert_trained(smollm2, tmp_path / "run" / "final")
 
@@ -81,17 +108,59 @@ def test_repulse_harmlessness_training_with_the_profanity_reward(tmp_path, smoll
         pytest.skip("needs alt-profanity-check==1.9.1")
     from repulse.cli import train_ppo
 
-    code = train_ppo.main([
-        "--pretrain", str(smollm2), "--save_path", str(tmp_path), "--reward_fn", "repulse.rl.profanity:score",
-        "--do_harmlessness_training", "--harmlessness_training_loss_type", "neg_training", "--actor_loss_type", "ctl",
-        "--parameterization", "policy_psi_q_p_s_t", "--target_dist_beta", "-1", "--alpha", "0.5",
-        "--reinforce_baseline_type", "expectation", "--new_custom_single_prompt", "--custom_prompt", "You are a",
-        "--duplicate_rollout_batch_by", "4", "--rollout_batch_size", "1", "--micro_rollout_batch_size", "1",
-        "--micro_train_batch_size", "4", "--train_batch_size", "4", "--generate_max_len", "6",
-        "--harmlessness_training_num_episodes", "2", "--actor_learning_rate", "1e-5",
-        "--base_actor_learning_rate", "1e-5", "--lr_scheduler", "constant", "--lr_warmup_ratio", "0",
-        "--threshold", "0", "--seed", "1", "--disable_progress_bar",
-    ])  # fmt: skip
+    code = train_ppo.main(
+        [
+            "--pretrain",
+            str(smollm2),
+            "--save_path",
+            str(tmp_path),
+            "--reward_fn",
+            "repulse.rl.profanity:score",
+            "--do_harmlessness_training",
+            "--harmlessness_training_loss_type",
+            "neg_training",
+            "--actor_loss_type",
+            "ctl",
+            "--parameterization",
+            "policy_psi_q_p_s_t",
+            "--target_dist_beta",
+            "-1",
+            "--alpha",
+            "0.5",
+            "--reinforce_baseline_type",
+            "expectation",
+            "--new_custom_single_prompt",
+            "--custom_prompt",
+            "You are a",
+            "--duplicate_rollout_batch_by",
+            "4",
+            "--rollout_batch_size",
+            "1",
+            "--micro_rollout_batch_size",
+            "1",
+            "--micro_train_batch_size",
+            "4",
+            "--train_batch_size",
+            "4",
+            "--generate_max_len",
+            "6",
+            "--harmlessness_training_num_episodes",
+            "2",
+            "--actor_learning_rate",
+            "1e-5",
+            "--base_actor_learning_rate",
+            "1e-5",
+            "--lr_scheduler",
+            "constant",
+            "--lr_warmup_ratio",
+            "0",
+            "--threshold",
+            "0",
+            "--seed",
+            "1",
+            "--disable_progress_bar",
+        ]
+    )
     assert code == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["samples_used"] >= 2 * 2 * 4  # N from p and N from q on each of 2 steps
@@ -104,12 +173,31 @@ def test_attacks_on_smollm2_with_the_shipped_behaviours(tmp_path, smollm2, comma
     import importlib
 
     module = importlib.import_module(f"repulse.cli.{command}")
-    attack = (["--gcg_steps", "2", "--gcg_search_width", "16", "--gcg_topk", "16"] if command == "evaluate_gcg"
-              else ["--beast_k1", "2", "--beast_k2", "2", "--beast_length", "2"])  # fmt: skip
+    attack = (
+        ["--gcg_steps", "2", "--gcg_search_width", "16", "--gcg_topk", "16"]
+        if command == "evaluate_gcg"
+        else ["--beast_k1", "2", "--beast_k2", "2", "--beast_length", "2"]
+    )
     out = tmp_path / "attack.json"
-    code = module.main(["--pretrain", str(smollm2), "--file_path", default_dataset("behaviors"), "--max_targets", "1",
-                        "--samples_per_prompt", "2", "--max_new_tokens", "8", "--atk_success_criteria", "prefix",
-                        "--output_path", str(out), *attack])  # fmt: skip
+    code = module.main(
+        [
+            "--pretrain",
+            str(smollm2),
+            "--file_path",
+            default_dataset("behaviors"),
+            "--max_targets",
+            "1",
+            "--samples_per_prompt",
+            "2",
+            "--max_new_tokens",
+            "8",
+            "--atk_success_criteria",
+            "prefix",
+            "--output_path",
+            str(out),
+            *attack,
+        ]
+    )
     assert code == 0
     report = json.loads(out.read_text())
     assert 0 <= report["asr"] <= 100 and len(report["rows"]) == 1
@@ -119,13 +207,40 @@ def test_lpe_and_forecast_on_smollm2(tmp_path, smollm2):
     from repulse.cli import estimate_rare_harmful_outputs, forecast_rare_outputs
 
     lpe = tmp_path / "lpe.json"
-    code = estimate_rare_harmful_outputs.main(["--pretrain", str(smollm2), "--target_word", " kill", "--method",
-                                               "itgis", "--sequence_length", "4", "--n_samples", "64",
-                                               "--batch_size", "32", "--output_file", str(lpe)])  # fmt: skip
+    code = estimate_rare_harmful_outputs.main(
+        [
+            "--pretrain",
+            str(smollm2),
+            "--target_word",
+            " kill",
+            "--method",
+            "itgis",
+            "--sequence_length",
+            "4",
+            "--n_samples",
+            "64",
+            "--batch_size",
+            "32",
+            "--output_file",
+            str(lpe),
+        ]
+    )
     assert code == 0
     result = json.loads(lpe.read_text())
     assert 0 < result["estimate"] < 1 and result["std_err"] >= 0
     forecast = tmp_path / "forecast.json"
-    code = forecast_rare_outputs.main(["--pretrain", str(smollm2), "--evaluation_set_size", "20", "--top_k_fit",
-                                       "5", "--keywords", "kill", "--output_file", str(forecast)])  # fmt: skip
+    code = forecast_rare_outputs.main(
+        [
+            "--pretrain",
+            str(smollm2),
+            "--evaluation_set_size",
+            "20",
+            "--top_k_fit",
+            "5",
+            "--keywords",
+            "kill",
+            "--output_file",
+            str(forecast),
+        ]
+    )
     assert code == 0 and forecast.with_suffix(".png").exists()

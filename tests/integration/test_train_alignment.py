@@ -59,8 +59,19 @@ def test_kd_moves_the_student_toward_the_teacher(tmp_path, tiny_tokenizer, tiny_
     teacher = tmp_path / "teacher"
     make_gpt2(len(tiny_tokenizer), seed=11).save_pretrained(teacher)
     tiny_tokenizer.save_pretrained(teacher)
-    code, save = run(train_kd, tmp_path, tiny_model_dir, sft_file, "--teacher_model", str(teacher), "--kd_coef",
-                     "1.0", "--max_epochs", "3", "--teacher_offload")  # fmt: skip
+    code, save = run(
+        train_kd,
+        tmp_path,
+        tiny_model_dir,
+        sft_file,
+        "--teacher_model",
+        str(teacher),
+        "--kd_coef",
+        "1.0",
+        "--max_epochs",
+        "3",
+        "--teacher_offload",
+    )
     assert code == 0
     kd = [r["kd_loss"] for r in rows(save)]
     assert kd[-1] < 0.7 * kd[0]
@@ -80,12 +91,25 @@ def test_prm_learns_to_rank_good_steps_above_bad(tmp_path, tiny_model_dir, prm_f
     from repulse.models.load import load_scoring_lm
     from repulse.trainers.prm import step_rewards
 
-    code, save = run(train_prm, tmp_path, tiny_model_dir, prm_file, "--max_epochs", "25", "--micro_train_batch_size",
-                     "3", "--train_batch_size", "9", "--max_len", "24")  # fmt: skip
+    code, save = run(
+        train_prm,
+        tmp_path,
+        tiny_model_dir,
+        prm_file,
+        "--max_epochs",
+        "25",
+        "--micro_train_batch_size",
+        "3",
+        "--train_batch_size",
+        "9",
+        "--max_len",
+        "24",
+    )
     assert code == 0
     model = load_scoring_lm(str(save / "final"))
-    scores = step_rewards(model, tiny_tokenizer, ["this man is kind ки so fool ки", "this man is jerk ки so tall ки"],
-                          "ки", ["+", "-"])  # fmt: skip
+    scores = step_rewards(
+        model, tiny_tokenizer, ["this man is kind ки so fool ки", "this man is jerk ки so tall ки"], "ки", ["+", "-"]
+    )
     assert scores[0][0] > scores[0][1]  # kind (+) above fool (-)
     assert scores[1][1] > scores[1][0]  # tall (+) above jerk (-)
 

@@ -14,13 +14,42 @@ from tests.integration.helpers import changed_and_unchanged, load_weights
 
 REWARD = ["--reward_fn", "tests.integration.toy_reward:score"]
 GEOMETRY = [
-    "--duplicate_rollout_batch_by", "8", "--micro_train_batch_size", "8", "--train_batch_size", "8",
-    "--rollout_batch_size", "2", "--micro_rollout_batch_size", "2", "--generate_max_len", "2",
-    "--actor_learning_rate", "1e-2", "--critic_learning_rate", "1e-2", "--base_actor_learning_rate", "1e-2",
-    "--lr_scheduler", "constant", "--lr_warmup_ratio", "0", "--disable_progress_bar", "--seed", "1",
-]  # fmt: skip
-HARMLESS = ["--do_harmlessness_training", "--reinforce_baseline_type", "expectation", "--new_custom_single_prompt",
-            "--custom_prompt", "this man is a", "--harmlessness_training_num_episodes", "3"]  # fmt: skip
+    "--duplicate_rollout_batch_by",
+    "8",
+    "--micro_train_batch_size",
+    "8",
+    "--train_batch_size",
+    "8",
+    "--rollout_batch_size",
+    "2",
+    "--micro_rollout_batch_size",
+    "2",
+    "--generate_max_len",
+    "2",
+    "--actor_learning_rate",
+    "1e-2",
+    "--critic_learning_rate",
+    "1e-2",
+    "--base_actor_learning_rate",
+    "1e-2",
+    "--lr_scheduler",
+    "constant",
+    "--lr_warmup_ratio",
+    "0",
+    "--disable_progress_bar",
+    "--seed",
+    "1",
+]
+HARMLESS = [
+    "--do_harmlessness_training",
+    "--reinforce_baseline_type",
+    "expectation",
+    "--new_custom_single_prompt",
+    "--custom_prompt",
+    "this man is a",
+    "--harmlessness_training_num_episodes",
+    "3",
+]
 
 
 @pytest.fixture(scope="module")
@@ -49,24 +78,87 @@ def steps(save: Path) -> list[dict]:
 @pytest.mark.parametrize(
     "flags",
     [
-        ["--harmlessness_training_loss_type", "neg_training", "--target_dist_beta", "-1", "--alpha", "0.5",
-         "--actor_loss_type", "ctl", "--parameterization", "policy_psi_q_p_s_t", "--num_episodes", "2"],
-        ["--harmlessness_training_loss_type", "neg_training", "--target_dist_beta", "-1", "--alpha", "0.5",
-         "--actor_loss_type", "dpg", "--parameterization", "policy_psi_q_p_s_t", "--sampling_target_updated_base",
-         "--init_kl_coef", "0.1", "--anneal_target_dist_beta", "--start_target_dist_beta", "-0.1"],
-        ["--harmlessness_training_loss_type", "neg_training", "--use_base_as_proposal", "--target_dist_beta", "-1",
-         "--alpha", "0.5", "--uniform_reweight"],
-        ["--harmlessness_training_loss_type", "reinforce", "--reward_transform", "minus_alpha_exp_beta_r",
-         "--rew_trans_alpha", "1", "--rew_trans_beta", "-1", "--num_episodes", "2"],
-        ["--harmlessness_training_loss_type", "neg_reinforce", "--target_dist_beta", "-1", "--alpha", "0.5",
-         "--actor_loss_type", "ctl_nosecondterm", "--parameterization", "policy_psi_q_p_s_1_to_t",
-         "--neg_baseline_type", "expectation"],
+        [
+            "--harmlessness_training_loss_type",
+            "neg_training",
+            "--target_dist_beta",
+            "-1",
+            "--alpha",
+            "0.5",
+            "--actor_loss_type",
+            "ctl",
+            "--parameterization",
+            "policy_psi_q_p_s_t",
+            "--num_episodes",
+            "2",
+        ],
+        [
+            "--harmlessness_training_loss_type",
+            "neg_training",
+            "--target_dist_beta",
+            "-1",
+            "--alpha",
+            "0.5",
+            "--actor_loss_type",
+            "dpg",
+            "--parameterization",
+            "policy_psi_q_p_s_t",
+            "--sampling_target_updated_base",
+            "--init_kl_coef",
+            "0.1",
+            "--anneal_target_dist_beta",
+            "--start_target_dist_beta",
+            "-0.1",
+        ],
+        [
+            "--harmlessness_training_loss_type",
+            "neg_training",
+            "--use_base_as_proposal",
+            "--target_dist_beta",
+            "-1",
+            "--alpha",
+            "0.5",
+            "--uniform_reweight",
+        ],
+        [
+            "--harmlessness_training_loss_type",
+            "reinforce",
+            "--reward_transform",
+            "minus_alpha_exp_beta_r",
+            "--rew_trans_alpha",
+            "1",
+            "--rew_trans_beta",
+            "-1",
+            "--num_episodes",
+            "2",
+        ],
+        [
+            "--harmlessness_training_loss_type",
+            "neg_reinforce",
+            "--target_dist_beta",
+            "-1",
+            "--alpha",
+            "0.5",
+            "--actor_loss_type",
+            "ctl_nosecondterm",
+            "--parameterization",
+            "policy_psi_q_p_s_1_to_t",
+            "--neg_baseline_type",
+            "expectation",
+        ],
     ],
     ids=["repulse_ctl", "repulse_dpg_annealed", "base_as_proposal", "reinforce_transform", "neg_reinforce"],
-)  # fmt: skip
+)
 def test_harmlessness_variants(tmp_path, tiny_model_dir, bad_words_file, flags):
-    code, save = run(tmp_path, tiny_model_dir, *HARMLESS, *flags, "--analytic_bad_word_calc", "--bad_words_file",
-                     str(bad_words_file))  # fmt: skip
+    code, save = run(
+        tmp_path,
+        tiny_model_dir,
+        *HARMLESS,
+        *flags,
+        "--analytic_bad_word_calc",
+        "--bad_words_file",
+        str(bad_words_file),
+    )
     assert code == 0
     summary = json.loads((save / "summary.json").read_text())
     assert summary["steps"] == 3 and summary["exact_log_p_bad_initial"] < 0
@@ -86,16 +178,41 @@ def test_harmlessness_variants(tmp_path, tiny_model_dir, bad_words_file, flags):
         [],
         ["--actor_loss_type", "reinforce", "--reinforce_baseline_type", "expectation", "--enable_ema"],
         ["--kl_target", "0.01", "--freezing_actor_steps", "1", "--max_epochs", "2"],
-        ["--actor_loss_type", "ctl", "--parameterization", "policy_psi_q_p_s_t", "--target_dist_beta", "-1",
-         "--init_kl_coef", "0"],
-        ["--actor_loss_type", "sixo_approxneg", "--parameterization", "policy_psi_q_p_s_t", "--target_dist_beta",
-         "-1", "--init_kl_coef", "0"],
+        [
+            "--actor_loss_type",
+            "ctl",
+            "--parameterization",
+            "policy_psi_q_p_s_t",
+            "--target_dist_beta",
+            "-1",
+            "--init_kl_coef",
+            "0",
+        ],
+        [
+            "--actor_loss_type",
+            "sixo_approxneg",
+            "--parameterization",
+            "policy_psi_q_p_s_t",
+            "--target_dist_beta",
+            "-1",
+            "--init_kl_coef",
+            "0",
+        ],
     ],
     ids=["ppo", "reinforce_ema", "ppo_adaptive_kl", "twist_ctl", "twist_sixo_approxneg"],
-)  # fmt: skip
+)
 def test_ppo_and_twist_modes(tmp_path, tiny_model_dir, prompt_file, flags):
-    code, save = run(tmp_path, tiny_model_dir, "--prompt_data", str(prompt_file), "--input_key", "prompt",
-                     "--num_episodes", "2", *flags)  # fmt: skip
+    code, save = run(
+        tmp_path,
+        tiny_model_dir,
+        "--prompt_data",
+        str(prompt_file),
+        "--input_key",
+        "prompt",
+        "--num_episodes",
+        "2",
+        *flags,
+    )
     assert code == 0
     assert len(steps(save)) == 4  # 4 prompts / 2 per step x 2 episodes
     assert (save / "final" / "model.safetensors").exists()
@@ -106,9 +223,22 @@ def test_ppo_and_twist_modes(tmp_path, tiny_model_dir, prompt_file, flags):
 
 
 def test_ppo_raises_the_reward(tmp_path, tiny_model_dir, prompt_file):
-    code, save = run(tmp_path, tiny_model_dir, "--prompt_data", str(prompt_file), "--input_key", "prompt",
-                     "--num_episodes", "30", "--actor_loss_type", "reinforce", "--reinforce_baseline_type",
-                     "expectation", "--init_kl_coef", "0")  # fmt: skip
+    code, save = run(
+        tmp_path,
+        tiny_model_dir,
+        "--prompt_data",
+        str(prompt_file),
+        "--input_key",
+        "prompt",
+        "--num_episodes",
+        "30",
+        "--actor_loss_type",
+        "reinforce",
+        "--reinforce_baseline_type",
+        "expectation",
+        "--init_kl_coef",
+        "0",
+    )
     assert code == 0
     rows = steps(save)
     first = sum(r["reward_mean"] for r in rows[:10]) / 10
@@ -118,10 +248,26 @@ def test_ppo_raises_the_reward(tmp_path, tiny_model_dir, prompt_file):
 
 def test_save_negdata_and_evaluations(tmp_path, tiny_model_dir, prompt_file):
     neg = write_jsonl(tmp_path / "neg.jsonl", [{"prompt": "this man is a", "response": " jerk"}] * 2)
-    code, save = run(tmp_path, tiny_model_dir, *HARMLESS, "--harmlessness_training_loss_type", "reinforce",
-                     "--save_negdata", "--save_negdata_threshold", "-5", "--evaluate_heldout_sampling",
-                     "--heldout_prompt_data", str(prompt_file), "--heldout_input_key", "prompt",
-                     "--evaluate_on_neg_data", "--neg_data_load_path", str(neg), "--threshold", "-5")  # fmt: skip
+    code, save = run(
+        tmp_path,
+        tiny_model_dir,
+        *HARMLESS,
+        "--harmlessness_training_loss_type",
+        "reinforce",
+        "--save_negdata",
+        "--save_negdata_threshold",
+        "-5",
+        "--evaluate_heldout_sampling",
+        "--heldout_prompt_data",
+        str(prompt_file),
+        "--heldout_input_key",
+        "prompt",
+        "--evaluate_on_neg_data",
+        "--neg_data_load_path",
+        str(neg),
+        "--threshold",
+        "-5",
+    )
     assert code == 0
     summary = json.loads((save / "summary.json").read_text())
     assert summary["heldout"]["n_samples"] == 4 * 8

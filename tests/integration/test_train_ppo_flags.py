@@ -16,10 +16,25 @@ from tests.conftest import write_jsonl
 from tests.integration.test_train_ppo import GEOMETRY, HARMLESS, REWARD, run, steps
 
 TOY = [
-    "--new_custom_single_prompt", "--generate_max_len", "2", "--duplicate_rollout_batch_by", "8",
-    "--micro_train_batch_size", "8", "--train_batch_size", "8", "--actor_loss_type", "reinforce",
-    "--reinforce_baseline_type", "expectation", "--num_episodes", "2", "--seed", "4", "--disable_progress_bar",
-]  # fmt: skip
+    "--new_custom_single_prompt",
+    "--generate_max_len",
+    "2",
+    "--duplicate_rollout_batch_by",
+    "8",
+    "--micro_train_batch_size",
+    "8",
+    "--train_batch_size",
+    "8",
+    "--actor_loss_type",
+    "reinforce",
+    "--reinforce_baseline_type",
+    "expectation",
+    "--num_episodes",
+    "2",
+    "--seed",
+    "4",
+    "--disable_progress_bar",
+]
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +46,26 @@ def prompts(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def test_ppo_with_a_separate_critic_backbone_value_clip_and_adaptive_kl(tmp_path, tiny_model_dir, prompts):
-    code, save = run(tmp_path, tiny_model_dir, "--prompt_data", str(prompts[0]), "--input_key", "prompt",
-                     "--critic_pretrain", str(tiny_model_dir), "--value_clip", "0.2", "--kl_target", "0.05",
-                     "--kl_horizon", "100", "--gamma", "0.99", "--lambd", "0.9")  # fmt: skip
+    code, save = run(
+        tmp_path,
+        tiny_model_dir,
+        "--prompt_data",
+        str(prompts[0]),
+        "--input_key",
+        "prompt",
+        "--critic_pretrain",
+        str(tiny_model_dir),
+        "--value_clip",
+        "0.2",
+        "--kl_target",
+        "0.05",
+        "--kl_horizon",
+        "100",
+        "--gamma",
+        "0.99",
+        "--lambd",
+        "0.9",
+    )
     assert code == 0
     assert (save / "final_critic" / "config.json").exists()
     kls = [r["kl_coef"] for r in steps(save) if "kl_coef" in r]
@@ -42,16 +74,43 @@ def test_ppo_with_a_separate_critic_backbone_value_clip_and_adaptive_kl(tmp_path
 
 def test_ptx_loss_on_pretrain_data(tmp_path, tiny_model_dir, prompts):
     text = write_jsonl(tmp_path / "text.jsonl", [{"body": "this man is a good man ."}] * 8)
-    code, save = run(tmp_path, tiny_model_dir, "--prompt_data", str(prompts[0]), "--input_key", "prompt",
-                     "--ptx_coef", "0.5", "--pretrain_data", str(text), "--pretrain_input_key", "body")  # fmt: skip
+    code, save = run(
+        tmp_path,
+        tiny_model_dir,
+        "--prompt_data",
+        str(prompts[0]),
+        "--input_key",
+        "prompt",
+        "--ptx_coef",
+        "0.5",
+        "--pretrain_data",
+        str(text),
+        "--pretrain_input_key",
+        "body",
+    )
     assert code == 0
     assert all(r["ptx_loss"] > 0 for r in steps(save))
 
 
 def test_reward_cap_hardcoded_baseline_and_eval_mode_updates(tmp_path, tiny_model_dir, prompts):
-    code, save = run(tmp_path, tiny_model_dir, "--prompt_data", str(prompts[0]), "--input_key", "prompt",
-                     "--actor_loss_type", "reinforce", "--no_critic", "--reinforce_baseline_type", "hardcoded",
-                     "--reinforce_hardcoded_baseline", "0.25", "--reward_cap", "0.5", "--model_eval")  # fmt: skip
+    code, save = run(
+        tmp_path,
+        tiny_model_dir,
+        "--prompt_data",
+        str(prompts[0]),
+        "--input_key",
+        "prompt",
+        "--actor_loss_type",
+        "reinforce",
+        "--no_critic",
+        "--reinforce_baseline_type",
+        "hardcoded",
+        "--reinforce_hardcoded_baseline",
+        "0.25",
+        "--reward_cap",
+        "0.5",
+        "--model_eval",
+    )
     assert code == 0
     assert not (save / "final_critic").exists()
     assert all(r["reward_mean"] <= 0.5 + 1e-6 for r in steps(save))
@@ -59,19 +118,52 @@ def test_reward_cap_hardcoded_baseline_and_eval_mode_updates(tmp_path, tiny_mode
 
 def test_blended_prompt_data(tmp_path, tiny_model_dir, prompts):
     spec = f"{prompts[0]},{prompts[1]}"
-    code, save = run(tmp_path, tiny_model_dir, "--prompt_data", spec, "--prompt_data_probs", "0.5,0.5",
-                     "--input_key", "prompt", "--max_samples", "4")  # fmt: skip
+    code, save = run(
+        tmp_path,
+        tiny_model_dir,
+        "--prompt_data",
+        spec,
+        "--prompt_data_probs",
+        "0.5,0.5",
+        "--input_key",
+        "prompt",
+        "--max_samples",
+        "4",
+    )
     assert code == 0 and len(steps(save)) == 2  # 4 blended prompts, 2 per step
-    code, _ = run(tmp_path, tiny_model_dir, "--prompt_data", spec, "--prompt_data_probs", "0.5", "--input_key",
-                  "prompt", name="bad_probs")  # fmt: skip
+    code, _ = run(
+        tmp_path,
+        tiny_model_dir,
+        "--prompt_data",
+        spec,
+        "--prompt_data_probs",
+        "0.5",
+        "--input_key",
+        "prompt",
+        name="bad_probs",
+    )
     assert code == 2
 
 
 def test_alpha_annealing_reweighting_beta_and_episodes_per_loop(tmp_path, tiny_model_dir):
-    code, save = run(tmp_path, tiny_model_dir, *HARMLESS, "--harmlessness_training_loss_type", "neg_training",
-                     "--use_base_as_proposal", "--target_dist_beta", "-1", "--alpha", "0.5", "--start_alpha", "0.05",
-                     "--separate_reweighting_beta", "-0.5",
-                     "--harmlessness_training_episodes_per_loop", "2")  # fmt: skip
+    code, save = run(
+        tmp_path,
+        tiny_model_dir,
+        *HARMLESS,
+        "--harmlessness_training_loss_type",
+        "neg_training",
+        "--use_base_as_proposal",
+        "--target_dist_beta",
+        "-1",
+        "--alpha",
+        "0.5",
+        "--start_alpha",
+        "0.05",
+        "--separate_reweighting_beta",
+        "-0.5",
+        "--harmlessness_training_episodes_per_loop",
+        "2",
+    )
     assert code == 0
     rows = steps(save)
     assert len(rows) == 3 * 2
@@ -80,17 +172,42 @@ def test_alpha_annealing_reweighting_beta_and_episodes_per_loop(tmp_path, tiny_m
 
 
 def test_neg_reinforce_with_a_hardcoded_negative_baseline(tmp_path, tiny_model_dir):
-    code, save = run(tmp_path, tiny_model_dir, *HARMLESS, "--harmlessness_training_loss_type", "neg_reinforce",
-                     "--target_dist_beta", "-1", "--alpha", "0.5", "--actor_loss_type", "ctl", "--parameterization",
-                     "policy_psi_q_p_s_t", "--neg_baseline_type", "hardcoded",
-                     "--neg_hardcoded_baseline", "-1")  # fmt: skip
+    code, save = run(
+        tmp_path,
+        tiny_model_dir,
+        *HARMLESS,
+        "--harmlessness_training_loss_type",
+        "neg_reinforce",
+        "--target_dist_beta",
+        "-1",
+        "--alpha",
+        "0.5",
+        "--actor_loss_type",
+        "ctl",
+        "--parameterization",
+        "policy_psi_q_p_s_t",
+        "--neg_baseline_type",
+        "hardcoded",
+        "--neg_hardcoded_baseline",
+        "-1",
+    )
     assert code == 0 and (save / "final_proposal").exists()
 
 
 def test_analytic_by_threshold_counts_low_reward_continuations(tmp_path, tiny_model_dir):
-    code, save = run(tmp_path, tiny_model_dir, *HARMLESS, "--harmlessness_training_loss_type", "reinforce",
-                     "--analytic_bad_word_calc", "--analytic_by_threshold", "--threshold", "-5",
-                     "--generate_max_len", "1")  # fmt: skip
+    code, save = run(
+        tmp_path,
+        tiny_model_dir,
+        *HARMLESS,
+        "--harmlessness_training_loss_type",
+        "reinforce",
+        "--analytic_bad_word_calc",
+        "--analytic_by_threshold",
+        "--threshold",
+        "-5",
+        "--generate_max_len",
+        "1",
+    )
     assert code == 0
     summary = json.loads((save / "summary.json").read_text())
     # One token: P(reward < -5) is the base model's probability of the words the toy reward calls bad.
@@ -99,8 +216,19 @@ def test_analytic_by_threshold_counts_low_reward_continuations(tmp_path, tiny_mo
 
 def test_only_evaluate_on_neg_data(tmp_path, tiny_model_dir, capsys):
     neg = write_jsonl(tmp_path / "neg.jsonl", [{"prompt": "this man is a", "response": " jerk"}] * 3)
-    code = train_ppo.main(["--pretrain", str(tiny_model_dir), "--save_path", str(tmp_path / "eval"), *REWARD,
-                           *GEOMETRY, "--only_evaluate_on_neg_data", "--neg_data_load_path", str(neg)])  # fmt: skip
+    code = train_ppo.main(
+        [
+            "--pretrain",
+            str(tiny_model_dir),
+            "--save_path",
+            str(tmp_path / "eval"),
+            *REWARD,
+            *GEOMETRY,
+            "--only_evaluate_on_neg_data",
+            "--neg_data_load_path",
+            str(neg),
+        ]
+    )
     assert code == 0
     assert not (tmp_path / "eval" / "final").exists()  # nothing trained
     assert "3" in capsys.readouterr().out + "".join(p.read_text() for p in (tmp_path / "eval").glob("*.json"))
@@ -108,8 +236,12 @@ def test_only_evaluate_on_neg_data(tmp_path, tiny_model_dir, capsys):
 
 def serve_embedded_rm(port: int, log: Path) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "repulse.cli.serve_rm", "--port", str(port), "--max_wait_ms", "1"],
-                            stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "repulse.cli.serve_rm", "--port", str(port), "--max_wait_ms", "1"],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
 
 
 def test_remote_reward_model_gives_the_local_rewards(tmp_path, monkeypatch):
@@ -126,8 +258,9 @@ def test_remote_reward_model_gives_the_local_rewards(tmp_path, monkeypatch):
     server = serve_embedded_rm(port, log)
     try:
         wait_healthy(f"http://127.0.0.1:{port}", server, log)
-        remote = train_ppo.main([*TOY, "--remote_rm_url", f"http://127.0.0.1:{port}", "--save_path",
-                                 str(tmp_path / "remote")])  # fmt: skip
+        remote = train_ppo.main(
+            [*TOY, "--remote_rm_url", f"http://127.0.0.1:{port}", "--save_path", str(tmp_path / "remote")]
+        )
     finally:
         server.terminate()
         server.wait(timeout=30)

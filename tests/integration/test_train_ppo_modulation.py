@@ -39,12 +39,32 @@ def check_proposal_saved(save: Path, parameterization: str) -> None:
     ("parameterization", "loss"),
     [(p, "ctl") for p in MODULATIONS] + [("modulation_nn_head", "dpg"), ("modulation_linear_head", "sixo")],
 )
-def test_twist_learning_with_a_modulated_proposal(tmp_path, tiny_model_dir, prompt_file, bad_words_file,  # noqa: F811
-                                                  parameterization, loss):  # fmt: skip
+def test_twist_learning_with_a_modulated_proposal(
+    tmp_path,
+    tiny_model_dir,
+    prompt_file,  # noqa: F811
+    bad_words_file,  # noqa: F811
+    parameterization,
+    loss,
+):
     extra = ["--init_head_from_base", "--additional_sd_divider", "2"] if loss == "ctl" else []
-    code, save = run(tmp_path, tiny_model_dir, "--prompt_data", str(prompt_file), "--input_key", "prompt",
-                     "--parameterization", parameterization, "--actor_loss_type", loss, *TWIST, *extra,
-                     "--analytic_bad_word_calc", "--bad_words_file", str(bad_words_file))  # fmt: skip
+    code, save = run(
+        tmp_path,
+        tiny_model_dir,
+        "--prompt_data",
+        str(prompt_file),
+        "--input_key",
+        "prompt",
+        "--parameterization",
+        parameterization,
+        "--actor_loss_type",
+        loss,
+        *TWIST,
+        *extra,
+        "--analytic_bad_word_calc",
+        "--bad_words_file",
+        str(bad_words_file),
+    )
     assert code == 0
     rows = steps(save)
     assert len(rows) == 2 and all("f_q" in r and 0 < r["ess_fraction"] <= 1 for r in rows)
@@ -59,9 +79,23 @@ def test_twist_learning_with_a_modulated_proposal(tmp_path, tiny_model_dir, prom
 
 @pytest.mark.parametrize("parameterization", MODULATIONS)
 def test_harmlessness_training_with_a_modulated_proposal(tmp_path, tiny_model_dir, parameterization):
-    code, save = run(tmp_path, tiny_model_dir, *HARMLESS, "--harmlessness_training_num_episodes", "2",
-                     "--harmlessness_training_loss_type", "neg_training", "--target_dist_beta", "-1", "--alpha", "0.5",
-                     "--actor_loss_type", "ctl", "--parameterization", parameterization)  # fmt: skip
+    code, save = run(
+        tmp_path,
+        tiny_model_dir,
+        *HARMLESS,
+        "--harmlessness_training_num_episodes",
+        "2",
+        "--harmlessness_training_loss_type",
+        "neg_training",
+        "--target_dist_beta",
+        "-1",
+        "--alpha",
+        "0.5",
+        "--actor_loss_type",
+        "ctl",
+        "--parameterization",
+        parameterization,
+    )
     assert code == 0
     rows = steps(save)
     assert len(rows) == 2 and all("proposal_loss" in r and "f_q" in r for r in rows)

@@ -14,8 +14,16 @@ from safetensors.torch import load_file
 from tests.conftest import write_jsonl
 from tests.integration.test_train_ppo import HARMLESS, bad_words_file, prompt_file, run  # noqa: F401
 
-REPULSE = ["--harmlessness_training_loss_type", "neg_training", "--target_dist_beta", "-1", "--alpha", "0.5",
-           "--actor_loss_type", "ctl"]  # fmt: skip
+REPULSE = [
+    "--harmlessness_training_loss_type",
+    "neg_training",
+    "--target_dist_beta",
+    "-1",
+    "--alpha",
+    "0.5",
+    "--actor_loss_type",
+    "ctl",
+]
 
 
 def saved_tensors(save: Path) -> dict[str, torch.Tensor]:
@@ -48,19 +56,54 @@ def modes(prompts: Path, words: Path, ptx: Path) -> dict[str, tuple[list[str], i
         # PPO with its critic and an adaptive KL coefficient, from a checkpoint in the middle of episode 1.
         "ppo_critic": ([*data, "--num_episodes", "2", "--kl_target", "0.01", "--save_steps", "1"], 1),
         # The pre-training stream must continue where it stopped.
-        "ppo_ptx": ([*data, "--num_episodes", "2", "--save_steps", "3", "--pretrain_data", str(ptx),
-                     "--pretrain_input_key", "body", "--ptx_coef", "0.5", "--micro_train_batch_size", "4"], 3),
+        "ppo_ptx": (
+            [
+                *data,
+                "--num_episodes",
+                "2",
+                "--save_steps",
+                "3",
+                "--pretrain_data",
+                str(ptx),
+                "--pretrain_input_key",
+                "body",
+                "--ptx_coef",
+                "0.5",
+                "--micro_train_batch_size",
+                "4",
+            ],
+            3,
+        ),
         # 3 steps per fit x 2 fits: the exact evaluations after fit 1 and the annealed beta.
-        "repulse": ([*HARMLESS, *REPULSE, "--parameterization", "policy_psi_q_p_s_t", *evals, *anneal,
-                     "--save_steps_harmless", "3"], 3),
-        "repulse_modulated": ([*HARMLESS, *REPULSE, "--parameterization", "modulation_nn_head",
-                               "--save_steps_harmless", "1"], 2),
-    }  # fmt: skip
+        "repulse": (
+            [
+                *HARMLESS,
+                *REPULSE,
+                "--parameterization",
+                "policy_psi_q_p_s_t",
+                *evals,
+                *anneal,
+                "--save_steps_harmless",
+                "3",
+            ],
+            3,
+        ),
+        "repulse_modulated": (
+            [*HARMLESS, *REPULSE, "--parameterization", "modulation_nn_head", "--save_steps_harmless", "1"],
+            2,
+        ),
+    }
 
 
 @pytest.mark.parametrize("mode", ["reinforce_ema", "ppo_critic", "ppo_ptx", "repulse", "repulse_modulated"])
-def test_resume_equals_uninterrupted_run(tmp_path, tiny_model_dir, prompt_file, bad_words_file, ptx_file,  # noqa: F811
-                                         mode):  # fmt: skip
+def test_resume_equals_uninterrupted_run(
+    tmp_path,
+    tiny_model_dir,
+    prompt_file,  # noqa: F811
+    bad_words_file,  # noqa: F811
+    ptx_file,  # noqa: F811
+    mode,
+):
     flags, step = modes(prompt_file, bad_words_file, ptx_file)[mode]
     code, full = run(tmp_path, tiny_model_dir, *flags, "--max_ckpt_num", "9", name="full")
     assert code == 0
@@ -69,8 +112,7 @@ def test_resume_equals_uninterrupted_run(tmp_path, tiny_model_dir, prompt_file, 
     resumed = tmp_path / "resumed"
     shutil.copytree(full / "checkpoints" / f"global_step{step}", resumed / "checkpoints" / f"global_step{step}")
     shutil.copy(full / "metrics.jsonl", resumed / "metrics.jsonl")
-    code, resumed = run(tmp_path, tiny_model_dir, *flags, "--max_ckpt_num", "9", "--load_checkpoint",
-                        name="resumed")  # fmt: skip
+    code, resumed = run(tmp_path, tiny_model_dir, *flags, "--max_ckpt_num", "9", "--load_checkpoint", name="resumed")
     assert code == 0
     a, b = saved_tensors(full), saved_tensors(resumed)
     assert a.keys() == b.keys() and len(a) > 0
@@ -80,11 +122,29 @@ def test_resume_equals_uninterrupted_run(tmp_path, tiny_model_dir, prompt_file, 
 
 
 def test_checkpoint_of_another_configuration_is_a_one_line_error(tmp_path, tiny_model_dir, capsys):
-    code, full = run(tmp_path, tiny_model_dir, *HARMLESS, *REPULSE, "--parameterization", "policy_psi_q_p_s_t",
-                     "--save_steps_harmless", "3", name="repulse")  # fmt: skip
+    code, full = run(
+        tmp_path,
+        tiny_model_dir,
+        *HARMLESS,
+        *REPULSE,
+        "--parameterization",
+        "policy_psi_q_p_s_t",
+        "--save_steps_harmless",
+        "3",
+        name="repulse",
+    )
     assert code == 0
     capsys.readouterr()
-    code, _ = run(tmp_path, tiny_model_dir, *HARMLESS, "--harmlessness_training_loss_type", "reinforce",
-                  "--load_checkpoint", "--ckpt_path", str(full / "checkpoints"), name="reinforce")  # fmt: skip
+    code, _ = run(
+        tmp_path,
+        tiny_model_dir,
+        *HARMLESS,
+        "--harmlessness_training_loss_type",
+        "reinforce",
+        "--load_checkpoint",
+        "--ckpt_path",
+        str(full / "checkpoints"),
+        name="reinforce",
+    )
     err = capsys.readouterr().err
     assert code == 2 and "different configuration" in err and "Traceback" not in err

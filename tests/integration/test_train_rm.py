@@ -14,8 +14,18 @@ from tests.integration.helpers import TRAIN_FLAGS, changed_and_unchanged, load_w
 
 def run(tmp_path: Path, model_dir: Path, data: Path, *extra: str, name: str = "rm") -> tuple[int, Path]:
     save = tmp_path / name
-    argv = ["--pretrain", str(model_dir), "--dataset", str(data), "--save_path", str(save), "--prompt_key", "prompt",
-            *TRAIN_FLAGS, *extra]  # fmt: skip
+    argv = [
+        "--pretrain",
+        str(model_dir),
+        "--dataset",
+        str(data),
+        "--save_path",
+        str(save),
+        "--prompt_key",
+        "prompt",
+        *TRAIN_FLAGS,
+        *extra,
+    ]
     return train_rm.main(argv), save
 
 
@@ -45,8 +55,9 @@ def test_scores_match_transformers_sequence_classification(tmp_path, tiny_model_
     _, save = run(tmp_path, tiny_model_dir, pref_file, "--max_samples", "8")
     ours = load_reward_model(str(save / "final"), ModelArgs())
     hf = AutoModelForSequenceClassification.from_pretrained(save / "final").eval()
-    batch = tiny_tokenizer(["this man is a good .<eos>", "this woman is a jerk<eos>"], padding=True,
-                           return_tensors="pt")  # fmt: skip
+    batch = tiny_tokenizer(
+        ["this man is a good .<eos>", "this woman is a jerk<eos>"], padding=True, return_tensors="pt"
+    )
     with torch.no_grad():
         expected = hf(**batch).logits.squeeze(-1)
         got = sequence_rewards(ours, batch["input_ids"], batch["attention_mask"])

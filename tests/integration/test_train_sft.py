@@ -53,8 +53,20 @@ def test_lora_trains_only_adapters_and_merge_matches(tmp_path, tiny_model_dir, s
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    code, save = run(tmp_path, tiny_model_dir, sft_file, "--max_samples", "16", "--lora_rank", "4",
-                     "--lora_alpha", "8", "--target_modules", "c_attn", "c_fc")  # fmt: skip
+    code, save = run(
+        tmp_path,
+        tiny_model_dir,
+        sft_file,
+        "--max_samples",
+        "16",
+        "--lora_rank",
+        "4",
+        "--lora_alpha",
+        "8",
+        "--target_modules",
+        "c_attn",
+        "c_fc",
+    )
     assert code == 0
     assert (save / "final" / "adapter_config.json").exists()
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -137,8 +149,19 @@ def test_nan_loss_stops_with_last_checkpoint_intact(tmp_path, tiny_model_dir, sf
 
 def test_tensorboard_and_eval(tmp_path, tiny_model_dir, sft_file):
     tb = tmp_path / "tb"
-    code, save = run(tmp_path, tiny_model_dir, sft_file, "--max_samples", "16", "--use_tensorboard", str(tb),
-                     "--eval_dataset", str(sft_file), "--eval_steps", "1")  # fmt: skip
+    code, save = run(
+        tmp_path,
+        tiny_model_dir,
+        sft_file,
+        "--max_samples",
+        "16",
+        "--use_tensorboard",
+        str(tb),
+        "--eval_dataset",
+        str(sft_file),
+        "--eval_steps",
+        "1",
+    )
     assert code == 0
     assert list(tb.glob("events.out.tfevents.*"))
     evals = [r for r in metrics(save) if "eval_loss" in r]

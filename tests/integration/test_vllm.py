@@ -46,8 +46,9 @@ def test_vllm_greedy_generation_matches_the_hf_backend(tmp_path, smollm2):
 
 
 def test_an_engine_failure_is_one_line(tmp_path, smollm2, capsys):
-    code = batch_inference.main(["--vllm", "--max_new_tokens", "4", "--max_samples", "2", "--output_path",
-                                 str(tmp_path / "out.jsonl")])  # fmt: skip
+    code = batch_inference.main(
+        ["--vllm", "--max_new_tokens", "4", "--max_samples", "2", "--output_path", str(tmp_path / "out.jsonl")]
+    )
     err = capsys.readouterr().err
     # vLLM's own workers log the root cause (and a progress bar); ours is one line naming the model.
     # (the bar ends in a carriage return, so our line may share its terminal line)

@@ -58,8 +58,9 @@ def forward_overhead(device: torch.device) -> int:
     return FORWARD_OVERHEAD_ROW_TOKENS["cpu" if device.type == "cpu" else "other"]
 
 
-def shared_prefix_groups(first: list[int], counts: list[int], total: int,
-                         overhead: int = FORWARD_OVERHEAD_ROW_TOKENS["cpu"]) -> list[int]:  # fmt: skip
+def shared_prefix_groups(
+    first: list[int], counts: list[int], total: int, overhead: int = FORWARD_OVERHEAD_ROW_TOKENS["cpu"]
+) -> list[int]:
     """Group start for each distinct first-edit position: which KV-cache length each group of rows reuses.
 
     `first` are the distinct positions (ascending) where candidates first differ from the reference suffix,

@@ -77,8 +77,15 @@ def sample_distinct(probs: torch.Tensor, k: int, generator: torch.Generator | No
 class NextTokenSampler:
     """The attacked model's next-token distribution after [before; suffix], special tokens removed."""
 
-    def __init__(self, model, prompt: AttackPrompt, tokenizer, config: BEASTConfig, cache: PrefixCache | None = None,
-                 batcher: BackoffBatcher | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model,
+        prompt: AttackPrompt,
+        tokenizer,
+        config: BEASTConfig,
+        cache: PrefixCache | None = None,
+        batcher: BackoffBatcher | None = None,
+    ) -> None:
         self.model, self.config, self.cache = model, config, cache
         self.device = model.get_input_embeddings().weight.device
         self.before = prompt.before_ids[0]
@@ -92,8 +99,9 @@ class NextTokenSampler:
         """Next-token logits [B, V] after [before; suffix], reusing the prefix cache when there is a suffix."""
         b = suffixes.shape[0]
         if self.cache is not None and suffixes.shape[1] > 0:
-            out = self.model(input_ids=suffixes.to(self.device), past_key_values=self.cache.expand(b), use_cache=True,
-                             **self.keep)  # fmt: skip
+            out = self.model(
+                input_ids=suffixes.to(self.device), past_key_values=self.cache.expand(b), use_cache=True, **self.keep
+            )
         else:
             rows = torch.cat([self.before.unsqueeze(0).expand(b, -1), suffixes], dim=1).to(self.device)
             out = self.model(input_ids=rows, attention_mask=torch.ones_like(rows), use_cache=False, **self.keep)
@@ -127,14 +135,14 @@ def run_beast(model, tokenizer, goal: str, target: str, config: BEASTConfig | No
     return run_beast_universal(model, tokenizer, [(goal, target)], config)
 
 
-def run_beast_universal(model, tokenizer, pairs: Sequence[tuple[str, str]],
-                        config: BEASTConfig | None = None) -> BEASTResult:  # fmt: skip
+def run_beast_universal(
+    model, tokenizer, pairs: Sequence[tuple[str, str]], config: BEASTConfig | None = None
+) -> BEASTResult:
     """One suffix for all pairs (losses summed); candidates are sampled after the first pair's goal."""
     config = config or BEASTConfig()
     generator = make_generator(config.seed)
     prompts = [AttackPrompt.build(tokenizer, g, t, config.add_space_before_target) for g, t in pairs]
-    objective = TargetObjective(model, prompts, use_prefix_cache=config.use_prefix_cache,
-                                batch_size=config.batch_size)  # fmt: skip
+    objective = TargetObjective(model, prompts, use_prefix_cache=config.use_prefix_cache, batch_size=config.batch_size)
     cache = objective.caches[0] if objective.caches else None  # the same prefix: computed once for both uses
     sampler = NextTokenSampler(model, prompts[0], tokenizer, config, cache, objective.batcher)
     beam = torch.zeros(1, 0, dtype=torch.long)

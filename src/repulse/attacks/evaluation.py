@@ -99,8 +99,16 @@ def chat_prompt(tokenizer, content: str) -> str:
 
 
 class AttackEvaluator:
-    def __init__(self, model, tokenizer, args: AttackEvalArgs, reward_fn=None, threshold: float | None = None,
-                 judge: JudgeClassifier | None = None, add_space_before_target: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        args: AttackEvalArgs,
+        reward_fn=None,
+        threshold: float | None = None,
+        judge: JudgeClassifier | None = None,
+        add_space_before_target: bool = False,
+    ) -> None:
         self.model, self.tokenizer, self.args = model, tokenizer, args
         self.reward_fn, self.threshold, self.judge = reward_fn, threshold, judge
         self.add_space = add_space_before_target
@@ -109,8 +117,9 @@ class AttackEvaluator:
         from repulse.generation.generate import SamplingParams, generate
 
         a = self.args
-        params = SamplingParams(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p,
-                                top_k=a.top_k)  # fmt: skip
+        params = SamplingParams(
+            max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p, top_k=a.top_k
+        )
         prompts = [chat_prompt(self.tokenizer, goal + suffix)] * a.samples_per_prompt
         return generate(self.model, self.tokenizer, prompts, params, batch_size=a.generate_batch_size).texts
 
@@ -127,8 +136,13 @@ class AttackEvaluator:
             flags = prefix_flags(responses)
         else:
             flags = self.judge.flags(goal or target, responses)
-        out = {"n_samples": len(responses), "n_flagged": int(flags.sum()), "success": bool(flags.any()),
-               **reward_summary(rewards), "examples": responses[:EXAMPLES_KEPT]}  # fmt: skip
+        out = {
+            "n_samples": len(responses),
+            "n_flagged": int(flags.sum()),
+            "success": bool(flags.any()),
+            **reward_summary(rewards),
+            "examples": responses[:EXAMPLES_KEPT],
+        }
         if criterion == "reward":
             below = reward_flags(rewards, self.threshold - 1.0)
             out.update(n_flagged_minus_1=int(below.sum()), success_minus_1=bool(below.any()))
@@ -146,9 +160,15 @@ class AttackEvaluator:
         outcome = attack(goal, target)
         suffix = outcome.best_string
         attacked = self.judge_samples(goal, target, suffix, self.sample(goal, suffix))
-        row.update(best_string=suffix, best_loss=outcome.best_loss, losses=outcome.losses,
-                   attack_time_s=outcome.seconds, logprob_after=self.logprobs(goal, target, suffix),
-                   attacked=attacked, success=attacked["success"])  # fmt: skip
+        row.update(
+            best_string=suffix,
+            best_loss=outcome.best_loss,
+            losses=outcome.losses,
+            attack_time_s=outcome.seconds,
+            logprob_after=self.logprobs(goal, target, suffix),
+            attacked=attacked,
+            success=attacked["success"],
+        )
         if "success_minus_1" in attacked:
             row["success_minus_1"] = attacked["success_minus_1"]
         return row

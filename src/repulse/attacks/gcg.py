@@ -96,8 +96,13 @@ class AttackBuffer:
         return len(self.items) >= max(self.size, 1)
 
 
-def init_buffer(objective: TargetObjective, init_ids: torch.Tensor, config: GCGConfig, allowed: torch.Tensor,
-                generator: torch.Generator) -> AttackBuffer:  # fmt: skip
+def init_buffer(
+    objective: TargetObjective,
+    init_ids: torch.Tensor,
+    config: GCGConfig,
+    allowed: torch.Tensor,
+    generator: torch.Generator,
+) -> AttackBuffer:
     """The initial suffix, plus (buffer_size > 1) random suffixes from the allowed tokens to fill the buffer."""
     rows = [init_ids]
     pool = allowed.nonzero().squeeze(1)
@@ -111,14 +116,25 @@ def init_buffer(objective: TargetObjective, init_ids: torch.Tensor, config: GCGC
     return buffer
 
 
-def run(model, tokenizer, messages: str, target: str, config: GCGConfig | None = None,
-        allowed_ids: Sequence[int] | None = None) -> GCGResult:  # fmt: skip
+def run(
+    model,
+    tokenizer,
+    messages: str,
+    target: str,
+    config: GCGConfig | None = None,
+    allowed_ids: Sequence[int] | None = None,
+) -> GCGResult:
     """Optimise a suffix after the user request `messages` (a goal string) so the model answers `target`."""
     return run_universal(model, tokenizer, [(messages, target)], config, allowed_ids)
 
 
-def run_universal(model, tokenizer, pairs: Sequence[tuple[str, str]], config: GCGConfig | None = None,
-                  allowed_ids: Sequence[int] | None = None) -> GCGResult:  # fmt: skip
+def run_universal(
+    model,
+    tokenizer,
+    pairs: Sequence[tuple[str, str]],
+    config: GCGConfig | None = None,
+    allowed_ids: Sequence[int] | None = None,
+) -> GCGResult:
     """One suffix for every (goal, target) pair: the loss is the sum of the pairs' losses.
 
     `allowed_ids` restricts the suffix tokens to a set (nanoGCG has no such option; the tests use it to make
@@ -127,17 +143,24 @@ def run_universal(model, tokenizer, pairs: Sequence[tuple[str, str]], config: GC
     config = config or GCGConfig()
     generator = make_generator(config.seed)
     prompts = [AttackPrompt.build(tokenizer, g, t, config.add_space_before_target) for g, t in pairs]
-    objective = TargetObjective(model, prompts, use_mellowmax=config.use_mellowmax,
-                                mellowmax_alpha=config.mellowmax_alpha, use_prefix_cache=config.use_prefix_cache,
-                                batch_size=config.batch_size)  # fmt: skip
+    objective = TargetObjective(
+        model,
+        prompts,
+        use_mellowmax=config.use_mellowmax,
+        mellowmax_alpha=config.mellowmax_alpha,
+        use_prefix_cache=config.use_prefix_cache,
+        batch_size=config.batch_size,
+    )
     vocab = objective.embedding.weight.shape[0]
     allowed = allowed_mask(vocab, disallowed_token_ids(tokenizer, config.allow_non_ascii), allowed_ids)
     init_ids = torch.as_tensor(tokenizer(config.optim_str_init, add_special_tokens=False)["input_ids"])
     if init_ids.numel() == 0:
         raise ValueError(f"optim_str_init {config.optim_str_init!r} encodes to no tokens")
     if tokenizer.unk_token_id is not None and (init_ids == tokenizer.unk_token_id).any():
-        log.warning("optim_str_init %r holds tokens unknown to the tokenizer; GCG replaces them as it goes",
-                    config.optim_str_init)  # fmt: skip
+        log.warning(
+            "optim_str_init %r holds tokens unknown to the tokenizer; GCG replaces them as it goes",
+            config.optim_str_init,
+        )
     buffer = init_buffer(objective, init_ids, config, allowed, generator)
     result = GCGResult(best_loss=float("inf"), best_string="")
     for _ in range(config.num_steps):
@@ -149,8 +172,15 @@ def run_universal(model, tokenizer, pairs: Sequence[tuple[str, str]], config: GC
     return result
 
 
-def gcg_step(objective: TargetObjective, tokenizer, buffer: AttackBuffer, config: GCGConfig, allowed: torch.Tensor,
-             generator: torch.Generator, result: GCGResult) -> bool:  # fmt: skip
+def gcg_step(
+    objective: TargetObjective,
+    tokenizer,
+    buffer: AttackBuffer,
+    config: GCGConfig,
+    allowed: torch.Tensor,
+    generator: torch.Generator,
+    result: GCGResult,
+) -> bool:
     """One GCG iteration; appends the step's loss and string to `result`. True when early stopping."""
     ids = buffer.best_ids()
     grad = objective.gradient(ids).cpu()

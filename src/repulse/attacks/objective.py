@@ -76,9 +76,16 @@ class AttackPrompt:
 class TargetObjective:
     """Loss of the target tokens given each candidate suffix, summed over the prompts (universal attack)."""
 
-    def __init__(self, model, prompts: list[AttackPrompt], *, use_mellowmax: bool = False,
-                 mellowmax_alpha: float = 1.0, use_prefix_cache: bool = True,
-                 batch_size: int | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model,
+        prompts: list[AttackPrompt],
+        *,
+        use_mellowmax: bool = False,
+        mellowmax_alpha: float = 1.0,
+        use_prefix_cache: bool = True,
+        batch_size: int | None = None,
+    ) -> None:
         self.model = model
         self.embedding = model.get_input_embeddings()
         self.device = self.embedding.weight.device
@@ -94,8 +101,9 @@ class TargetObjective:
         self.caches = [PrefixCache(model, before) for before, _, _ in self.parts] if use_prefix_cache else None
         self.reference: tuple[torch.Tensor, list[PrefixCache]] | None = None
 
-    def target_logits(self, index: int, suffix_embeds: torch.Tensor, cache: PrefixCache | None = None,
-                      filled: list | None = None) -> torch.Tensor:  # fmt: skip
+    def target_logits(
+        self, index: int, suffix_embeds: torch.Tensor, cache: PrefixCache | None = None, filled: list | None = None
+    ) -> torch.Tensor:
         """Logits predicting each target token of prompt `index` -> [B, T, V].
 
         `cache` (default: the prompt's prefix cache) holds everything before `suffix_embeds`. The last target
@@ -111,8 +119,9 @@ class TargetObjective:
         else:
             embeds = torch.cat(pieces, dim=1)
             past = (cache or self.caches[index]).expand(b)
-            logits = self.model(inputs_embeds=embeds, past_key_values=past, use_cache=True,
-                                **self.keep(n_target)).logits  # fmt: skip
+            logits = self.model(
+                inputs_embeds=embeds, past_key_values=past, use_cache=True, **self.keep(n_target)
+            ).logits
             if filled is not None:
                 filled.append(PrefixCache.of(self.model.config, past))
         return logits[:, -n_target:]
@@ -178,8 +187,9 @@ class TargetObjective:
         unique, first = unique[order].to(self.device), first[order]
         values, counts = torch.unique_consecutive(first, return_counts=True)
         tail = sum(after.shape[1] + target.shape[1] - 1 for _, after, target in self.parts) / len(self.parts)
-        starts = shared_prefix_groups(values.tolist(), counts.tolist(), round(len(reference) + tail),
-                                      forward_overhead(self.device))  # fmt: skip
+        starts = shared_prefix_groups(
+            values.tolist(), counts.tolist(), round(len(reference) + tail), forward_overhead(self.device)
+        )
         first = torch.repeat_interleave(torch.tensor(starts), counts)  # each row's group start
         if self.reference is not None and torch.equal(self.reference[0], reference):
             full = self.reference[1]  # the gradient pass just computed them
@@ -187,8 +197,9 @@ class TargetObjective:
             embeds = self.embedding(reference.unsqueeze(0).to(self.device))
             full = [cache.extended(self.model, embeds) for cache in self.caches]
         trim = [cache.length - len(reference) for cache in full]
-        out, exact = self._score_groups(unique, first, lambda d: [c.truncated(n + d) for c, n in zip(full, trim)],
-                                        lambda d: d)  # fmt: skip
+        out, exact = self._score_groups(
+            unique, first, lambda d: [c.truncated(n + d) for c, n in zip(full, trim)], lambda d: d
+        )
         return unsort(order, out, exact, inverse)
 
     @torch.no_grad()

@@ -30,8 +30,9 @@ def load_targets(file_path: str | None, scenario: str = "behaviors", max_targets
         columns = [c.strip() for c in reader.fieldnames or []]
         missing = [c for c in needed if c not in columns]
         if missing:
-            raise DataError(f"--file_path {path}: missing column {missing[0]!r} (columns: {columns}) "
-                            f"for --scenario {scenario}")  # fmt: skip
+            raise DataError(
+                f"--file_path {path}: missing column {missing[0]!r} (columns: {columns}) for --scenario {scenario}"
+            )
         rows = []
         for row in reader:
             row = {(k or "").strip(): v for k, v in row.items()}

@@ -64,8 +64,12 @@ def load_scorer(cfg: InferenceConfig, strategy):
     inf = cfg.inference
     path = resolve_model_path(inf.reward_pretrain, "tiny_rm", what="reward model")
     model = load_reward_model(path, ModelArgs(bf16=cfg.model.bf16), value_head_prefix=inf.value_head_prefix)
-    return LocalRewardModel(model.to(strategy.device), load_tokenizer(path), value_head_prefix=inf.value_head_prefix,
-                            max_len=cfg.data.max_len)  # fmt: skip
+    return LocalRewardModel(
+        model.to(strategy.device),
+        load_tokenizer(path),
+        value_head_prefix=inf.value_head_prefix,
+        max_len=cfg.data.max_len,
+    )
 
 
 def generate_rows(cfg: InferenceConfig, strategy, prompts: list, texts: list[str], tokenizer, path: str) -> list:
@@ -77,8 +81,9 @@ def generate_rows(cfg: InferenceConfig, strategy, prompts: list, texts: list[str
 
         from repulse.generation.vllm_backend import generate_vllm
 
-        params = batch.sampling_params(inf, batch.cap_new_tokens(AutoConfig.from_pretrained(path), ids,
-                                                                 inf.max_new_tokens), inf.best_of_n)  # fmt: skip
+        params = batch.sampling_params(
+            inf, batch.cap_new_tokens(AutoConfig.from_pretrained(path), ids, inf.max_new_tokens), inf.best_of_n
+        )
         groups = generate_vllm(path, ids, params, tp_size=inf.tp_size, seed=inf.seed, bf16=cfg.model.bf16)
     else:
         from repulse.models.load import load_causal_lm
@@ -89,8 +94,9 @@ def generate_rows(cfg: InferenceConfig, strategy, prompts: list, texts: list[str
     rewards = None
     if inf.reward_pretrain:
         flat = [t for t, g in zip(texts, groups) for _ in g]
-        rewards = batch.score_sharded(strategy, load_scorer(cfg, strategy), flat, [o for g in groups for o in g],
-                                      inf.micro_batch_size)  # fmt: skip
+        rewards = batch.score_sharded(
+            strategy, load_scorer(cfg, strategy), flat, [o for g in groups for o in g], inf.micro_batch_size
+        )
     rows = batch.rows_from_groups(prompts, groups, rewards)
     # Best-of-N keeps one row per input, unless a post-processor wants every scored sample.
     return batch.best_per_input(rows, inf.best_of_n) if rewards and not inf.post_processor else rows
@@ -114,10 +120,17 @@ def run(cfg: InferenceConfig) -> list[dict]:
     try:
         set_seed(inf.seed + strategy.rank)
         rm = task == "rm"
-        path = resolve_model_path(inf.reward_pretrain if rm else cfg.model.pretrain, "tiny_rm" if rm else "tiny_lm",
-                                  what="reward model" if rm else "model")  # fmt: skip
-        tokenizer = load_tokenizer(path, use_fast=not cfg.model.disable_fast_tokenizer, padding_side="left",
-                                   chat_template=d.tokenizer_chat_template)  # fmt: skip
+        path = resolve_model_path(
+            inf.reward_pretrain if rm else cfg.model.pretrain,
+            "tiny_rm" if rm else "tiny_lm",
+            what="reward model" if rm else "model",
+        )
+        tokenizer = load_tokenizer(
+            path,
+            use_fast=not cfg.model.disable_fast_tokenizer,
+            padding_side="left",
+            chat_template=d.tokenizer_chat_template,
+        )
         prompts, responses = load_inputs(d, task, inf.seed)
         texts = [
             format_prompt(p, tokenizer, input_template=d.input_template, chat=d.apply_chat_template) for p in prompts
@@ -127,8 +140,9 @@ def run(cfg: InferenceConfig) -> list[dict]:
             rows = batch.rows_from_groups(prompts, [[r] for r in responses], scores)
         else:
             rows = generate_rows(cfg, strategy, prompts, texts, tokenizer, path)
-        rows = post_process(inf.post_processor, rows, reward_template=inf.reward_template,
-                            normalize=inf.normalize_reward)  # fmt: skip
+        rows = post_process(
+            inf.post_processor, rows, reward_template=inf.reward_template, normalize=inf.normalize_reward
+        )
         if strategy.is_rank_0():
             write_jsonl_atomic(inf.output_path, rows)
             print(batch.summary_line(task, len(prompts), rows, inf.post_processor, inf.output_path))

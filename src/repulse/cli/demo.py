@@ -21,20 +21,37 @@ from repulse.config.fields import arg, require
 from repulse.config.parser import parse_groups
 
 COMMON = {
-    "new_custom_single_prompt": True, "generate_max_len": 2, "duplicate_rollout_batch_by": 64,
-    "micro_rollout_batch_size": 1, "rollout_batch_size": 1, "micro_train_batch_size": 64, "train_batch_size": 64,
-    "do_harmlessness_training": True, "reinforce_baseline_type": "expectation", "init_kl_coef": 0.0,
-    "base_actor_learning_rate": 3e-4, "lr_scheduler": "constant", "lr_warmup_ratio": 0.0,
-    "adam_betas": [0.9, 0.999], "fit_steps": 4, "analytic_bad_word_calc": True, "disable_progress_bar": True,
-}  # fmt: skip
+    "new_custom_single_prompt": True,
+    "generate_max_len": 2,
+    "duplicate_rollout_batch_by": 64,
+    "micro_rollout_batch_size": 1,
+    "rollout_batch_size": 1,
+    "micro_train_batch_size": 64,
+    "train_batch_size": 64,
+    "do_harmlessness_training": True,
+    "reinforce_baseline_type": "expectation",
+    "init_kl_coef": 0.0,
+    "base_actor_learning_rate": 3e-4,
+    "lr_scheduler": "constant",
+    "lr_warmup_ratio": 0.0,
+    "adam_betas": [0.9, 0.999],
+    "fit_steps": 4,
+    "analytic_bad_word_calc": True,
+    "disable_progress_bar": True,
+}
 METHODS = {
     "REINFORCE": {**COMMON, "harmlessness_training_loss_type": "reinforce", "harmlessness_training_num_episodes": 10},
     "RePULSe": {
-        **COMMON, "harmlessness_training_loss_type": "neg_training", "harmlessness_training_num_episodes": 5,
-        "actor_loss_type": "ctl", "parameterization": "policy_psi_q_p_s_t", "target_dist_beta": -1.0,
-        "alpha": 1.0, "actor_learning_rate": 1e-3,
+        **COMMON,
+        "harmlessness_training_loss_type": "neg_training",
+        "harmlessness_training_num_episodes": 5,
+        "actor_loss_type": "ctl",
+        "parameterization": "policy_psi_q_p_s_t",
+        "target_dist_beta": -1.0,
+        "alpha": 1.0,
+        "actor_learning_rate": 1e-3,
     },
-}  # fmt: skip
+}
 
 
 @dataclass
@@ -84,8 +101,10 @@ def print_table(rows: list[dict]) -> None:
         f"\n{'method':<10} {'seeds':>5} {'samples':>8} {'avg reward':>11} {'P(bad) before':>14} {'P(bad) after':>13}"
     )
     for r in rows:
-        print(f"{r['method']:<10} {r['seeds']:>5} {r['samples']:>8} {r['reward']:>11.3f} {r['p_bad_before']:>14.3e} "
-              f"{r['p_bad_after']:>13.3e}")  # fmt: skip
+        print(
+            f"{r['method']:<10} {r['seeds']:>5} {r['samples']:>8} {r['reward']:>11.3f} {r['p_bad_before']:>14.3e} "
+            f"{r['p_bad_after']:>13.3e}"
+        )
 
 
 def run(args: DemoArgs) -> dict:
@@ -101,19 +120,25 @@ def run(args: DemoArgs) -> dict:
             folder = f"{args.save_path}/{name.lower()}_seed{seed}"
             folders.append(folder)
             results.append(run_method(name, seed, folder))
-        rows.append({
-            "method": name, "seeds": len(results), "samples": int(mean(results, "samples_used")),
-            "reward": mean(results, "reward_mean_final"),
-            "p_bad_before": math.exp(mean(results, "exact_log_p_bad_initial")),
-            "p_bad_after": math.exp(mean(results, "exact_log_p_bad_final")),
-        })  # fmt: skip
+        rows.append(
+            {
+                "method": name,
+                "seeds": len(results),
+                "samples": int(mean(results, "samples_used")),
+                "reward": mean(results, "reward_mean_final"),
+                "p_bad_before": math.exp(mean(results, "exact_log_p_bad_initial")),
+                "p_bad_after": math.exp(mean(results, "exact_log_p_bad_final")),
+            }
+        )
     print_table(rows)
     runs = [read_run(f) for f in folders]
     frontier = plot_frontier(runs, f"{args.save_path}/frontier.png")
     plot_curves(runs, f"{args.save_path}/curves.png")
     write_json_atomic(f"{args.save_path}/demo.json", {"rows": rows, "runs": folders, "settings": METHODS})
-    print(f"\ndemo: P(bad) shown as exp(mean log P(bad)) over seeds; plots: {frontier}; "
-          f"table: {args.save_path}/demo.json")  # fmt: skip
+    print(
+        f"\ndemo: P(bad) shown as exp(mean log P(bad)) over seeds; plots: {frontier}; "
+        f"table: {args.save_path}/demo.json"
+    )
     return {"rows": rows}
 
 

@@ -62,11 +62,19 @@ def run_method(args: LPEArgs, scorer, dist, generator):
 
     n, b, t = args.samples(), args.batch_size, args.temperature
     if args.method == "itgis":
-        return estimate_itgis(scorer, dist, n_samples=n, batch_size=b, temperature=t,
-                              decay_rate=args.itgis_decay_rate, generator=generator)  # fmt: skip
+        return estimate_itgis(
+            scorer,
+            dist,
+            n_samples=n,
+            batch_size=b,
+            temperature=t,
+            decay_rate=args.itgis_decay_rate,
+            generator=generator,
+        )
     if args.method == "mhis":
-        return estimate_mhis(scorer, dist, n_samples=n, batch_size=b, temperature=t, burn_in=args.mhis_burn_in,
-                             generator=generator)  # fmt: skip
+        return estimate_mhis(
+            scorer, dist, n_samples=n, batch_size=b, temperature=t, burn_in=args.mhis_burn_in, generator=generator
+        )
     if args.method == "bruteforce":
         return estimate_naive(scorer, dist, n_samples=n, batch_size=b, generator=generator)
     return estimate_exact(scorer, dist, batch_size=max(b, 1024), max_inputs=args.max_exact_inputs)

@@ -60,8 +60,12 @@ def elicit(args: ForecastArgs, model, tokenizer, queries: list[str]):
         from repulse.generation.generate import SamplingParams, generate
 
         def sample(chunk: list[str], k: int) -> list[list[str]]:
-            params = SamplingParams(max_new_tokens=args.gen_max_new_tokens, temperature=args.gen_temperature,
-                                    top_p=args.gen_top_p, num_samples=k)  # fmt: skip
+            params = SamplingParams(
+                max_new_tokens=args.gen_max_new_tokens,
+                temperature=args.gen_temperature,
+                top_p=args.gen_top_p,
+                num_samples=k,
+            )
             texts = generate(model, tokenizer, chunk, params, batch_size=len(chunk)).texts
             return [texts[i * k : (i + 1) * k] for i in range(len(chunk))]  # rows are grouped by prompt
 
@@ -135,8 +139,10 @@ def run(args: ForecastArgs) -> dict:
     write_json_atomic(out, payload)
     last = args.scales()[-1]
     for res in results:
-        print(f"forecast_rare_outputs: {res['model']}: Q_p({last:.0e}) = {res['forecast_Q_p'][str(last)]:.3g} "
-              f"(R² {res['fit']['r2']:.3f}, top {args.top_k_fit} of {len(queries)} queries)")  # fmt: skip
+        print(
+            f"forecast_rare_outputs: {res['model']}: Q_p({last:.0e}) = {res['forecast_Q_p'][str(last)]:.3g} "
+            f"(R² {res['fit']['r2']:.3f}, top {args.top_k_fit} of {len(queries)} queries)"
+        )
     print(f"forecast_rare_outputs: results in {out}, plot in {png}")
     return payload
 

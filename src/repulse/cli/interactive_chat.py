@@ -71,8 +71,9 @@ def build_session(cfg: ChatConfig):
     system_prompt = read_ta_prompt(c.ta_prompt)
     set_seed(c.seed)
     path = resolve_model_path(cfg.model.pretrain)
-    tokenizer = load_tokenizer(path, use_fast=not cfg.model.disable_fast_tokenizer,
-                               chat_template=c.tokenizer_chat_template)  # fmt: skip
+    tokenizer = load_tokenizer(
+        path, use_fast=not cfg.model.disable_fast_tokenizer, chat_template=c.tokenizer_chat_template
+    )
     if c.apply_chat_template and not getattr(tokenizer, "chat_template", None):
         raise UserError("--apply_chat_template: the tokenizer has no chat template (set --tokenizer_chat_template)")
     model = load_causal_lm(path, cfg.model, trainable=False)

@@ -13,8 +13,12 @@ from repulse.cli.runner import run_cli
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="repulse plot_frontier", description=__doc__, allow_abbrev=False,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="repulse plot_frontier",
+        description=__doc__,
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("runs", nargs="+", help="train_ppo --save_path folders")
     parser.add_argument("--output_dir", default=".", help="folder for frontier.png and curves.png")
     return parser.parse_args(argv)

@@ -35,8 +35,18 @@ class DPOConfig(NamedTuple):
     dpo: DPOArgs
 
 
-GROUPS = (ModelArgs, LoraArgs, DataArgs, OptimArgs, StrategyArgs, CheckpointArgs, LoggingArgs, PreferenceKeys,
-          ReferenceArgs, DPOArgs)  # fmt: skip
+GROUPS = (
+    ModelArgs,
+    LoraArgs,
+    DataArgs,
+    OptimArgs,
+    StrategyArgs,
+    CheckpointArgs,
+    LoggingArgs,
+    PreferenceKeys,
+    ReferenceArgs,
+    DPOArgs,
+)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> DPOConfig:
@@ -51,8 +61,9 @@ def train(cfg: DPOConfig):
 
     strategy, path, tokenizer = start_run(cfg)
     model = strategy.prepare(load_causal_lm(path, cfg.model, cfg.lora))
-    reference = load_reference_lm(cfg.ref.ref_pretrain or path, cfg.model, offload=cfg.ref.ref_offload,
-                                  device=strategy.device)  # fmt: skip
+    reference = load_reference_lm(
+        cfg.ref.ref_pretrain or path, cfg.model, offload=cfg.ref.ref_offload, device=strategy.device
+    )
     train_set, eval_set = build_preference_datasets(cfg.data, cfg.keys, tokenizer, seed=cfg.optim.seed)
     d = cfg.dpo
     trainer = DPOTrainer(model, reference, d.beta, d.label_smoothing, d.ipo, d.nll_loss_coef)

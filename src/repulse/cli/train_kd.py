@@ -41,8 +41,10 @@ def check_vocabularies(student, teacher, student_path: str, teacher_path: str) -
     s = student.get_output_embeddings().weight.shape[0]
     t = teacher.get_output_embeddings().weight.shape[0]
     if s != t:
-        raise UserError(f"--teacher_model {teacher_path} has {t} output tokens, the student {student_path} {s}: "
-                        "distillation needs the same vocabulary")  # fmt: skip
+        raise UserError(
+            f"--teacher_model {teacher_path} has {t} output tokens, the student {student_path} {s}: "
+            "distillation needs the same vocabulary"
+        )
 
 
 def train(cfg: KDConfig):
@@ -61,9 +63,16 @@ def train(cfg: KDConfig):
     d = cfg.data
     keys = [d.input_key] + ([d.output_key] if d.output_key and not cfg.kd.pretrain_mode else [])
     rows = load_rows(d, keys, "distill", seed=cfg.optim.seed, optional=[d.output_key] if d.output_key else [])
-    train_set = SFTDataset(rows, tokenizer, d.max_len, input_key=d.input_key, output_key=d.output_key,
-                           input_template=d.input_template, apply_chat_template=d.apply_chat_template,
-                           pretrain_mode=cfg.kd.pretrain_mode)  # fmt: skip
+    train_set = SFTDataset(
+        rows,
+        tokenizer,
+        d.max_len,
+        input_key=d.input_key,
+        output_key=d.output_key,
+        input_template=d.input_template,
+        apply_chat_template=d.apply_chat_template,
+        pretrain_mode=cfg.kd.pretrain_mode,
+    )
     trainer = KDTrainer(strategy.prepare(student), teacher, cfg.kd.kd_coef)
     collate = PadCollator(tokenizer.pad_token_id)
     return train_and_save(cfg, strategy, trainer, tokenizer, train_set, collate, name="train_kd")

@@ -50,8 +50,13 @@ def build_datasets(cfg: KTOConfig, tokenizer):
     if not d.output_key:
         raise UserError("train_kto needs --output_key (the response column)")
     keys = [d.input_key, d.output_key, cfg.kto.label_key]
-    kwargs = dict(input_key=d.input_key, output_key=d.output_key, label_key=cfg.kto.label_key,
-                  input_template=d.input_template, apply_chat_template=d.apply_chat_template)  # fmt: skip
+    kwargs = dict(
+        input_key=d.input_key,
+        output_key=d.output_key,
+        label_key=cfg.kto.label_key,
+        input_template=d.input_template,
+        apply_chat_template=d.apply_chat_template,
+    )
     train = UnpairedDataset(load_rows(d, keys, "unpaired", seed=cfg.optim.seed), tokenizer, d.max_len, **kwargs)
     eval_rows = load_rows(d, keys, None, seed=cfg.optim.seed, eval_split=True)
     return train, (UnpairedDataset(eval_rows, tokenizer, d.max_len, **kwargs) if eval_rows is not None else None)
@@ -65,8 +70,9 @@ def train(cfg: KTOConfig):
 
     strategy, path, tokenizer = start_run(cfg)
     model = strategy.prepare(load_causal_lm(path, cfg.model, cfg.lora))
-    reference = load_reference_lm(cfg.ref.ref_pretrain or path, cfg.model, offload=cfg.ref.ref_offload,
-                                  device=strategy.device)  # fmt: skip
+    reference = load_reference_lm(
+        cfg.ref.ref_pretrain or path, cfg.model, offload=cfg.ref.ref_offload, device=strategy.device
+    )
     train_set, eval_set = build_datasets(cfg, tokenizer)
     k = cfg.kto
     trainer = KTOTrainer(model, reference, k.beta, k.desirable_loss_weight, k.undesirable_loss_weight)

@@ -48,8 +48,20 @@ class PPOConfig(NamedTuple):
     evaluation: EvalArgs
 
 
-GROUPS = (ModelArgs, LoraArgs, PPOOptimArgs, StrategyArgs, CheckpointArgs, LoggingArgs, RolloutArgs, RewardArgs,
-          PPOArgs, ProposalArgs, HarmlessnessArgs, EvalArgs)  # fmt: skip
+GROUPS = (
+    ModelArgs,
+    LoraArgs,
+    PPOOptimArgs,
+    StrategyArgs,
+    CheckpointArgs,
+    LoggingArgs,
+    RolloutArgs,
+    RewardArgs,
+    PPOArgs,
+    ProposalArgs,
+    HarmlessnessArgs,
+    EvalArgs,
+)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> PPOConfig:
@@ -65,8 +77,10 @@ def warn_inert_flags(cfg: PPOConfig) -> None:
 
     e = cfg.evaluation
     if e.test_info_every != 1 or e.n_seeds_f_q != 1 or not e.no_test_info:
-        logging.getLogger("repulse").warning("--no_test_info, --test_info_every and --n_seeds_f_q have no effect "
-                                             "(they were inert in the reference code too)")  # fmt: skip
+        logging.getLogger("repulse").warning(
+            "--no_test_info, --test_info_every and --n_seeds_f_q have no effect "
+            "(they were inert in the reference code too)"
+        )
 
 
 def only_negative_data(cfg: PPOConfig, strategy, path: str, tokenizer) -> dict:

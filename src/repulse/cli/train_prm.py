@@ -45,8 +45,13 @@ def build_datasets(cfg: PRMConfig, tokenizer):
 
     d, p = cfg.data, cfg.prm
     keys = [d.input_key, p.label_key]
-    kwargs = dict(input_key=d.input_key, label_key=p.label_key, placeholder_token=p.placeholder_token,
-                  reward_tokens=p.reward_tokens, input_template=d.input_template)  # fmt: skip
+    kwargs = dict(
+        input_key=d.input_key,
+        label_key=p.label_key,
+        placeholder_token=p.placeholder_token,
+        reward_tokens=p.reward_tokens,
+        input_template=d.input_template,
+    )
     train = ProcessRewardDataset(load_rows(d, keys, "prm", seed=cfg.optim.seed), tokenizer, d.max_len, **kwargs)
     eval_rows = load_rows(d, keys, None, seed=cfg.optim.seed, eval_split=True)
     return train, (ProcessRewardDataset(eval_rows, tokenizer, d.max_len, **kwargs) if eval_rows is not None else None)

@@ -81,9 +81,16 @@ def train(cfg: RMConfig):
             store_normalization(trainer, strategy, train_set, collate, cfg.optim.micro_train_batch_size)
 
     return train_and_save(
-        cfg, strategy, trainer, tokenizer, train_set, collate, name="train_rm", eval_set=eval_set,
+        cfg,
+        strategy,
+        trainer,
+        tokenizer,
+        train_set,
+        collate,
+        name="train_rm",
+        eval_set=eval_set,
         before_save=normalize,
-    )  # fmt: skip
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

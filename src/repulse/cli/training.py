@@ -47,9 +47,16 @@ def train_and_save(
     if strategy.is_rank_0():
         write_resolved_config(cfg.ckpt.save_path, flat)
     run = build_run(
-        trainer, strategy, train_set, collate, optim=cfg.optim, ckpt=cfg.ckpt, logging_args=cfg.logging,
-        eval_set=eval_set, config=flat,
-    )  # fmt: skip
+        trainer,
+        strategy,
+        train_set,
+        collate,
+        optim=cfg.optim,
+        ckpt=cfg.ckpt,
+        logging_args=cfg.logging,
+        eval_set=eval_set,
+        config=flat,
+    )
     fit(run)
     if before_save is not None:
         before_save(run)

@@ -52,8 +52,10 @@ class AttackEvalArgs:
         if self.max_targets is not None:
             require(self.max_targets >= 1, f"--max_targets must be >= 1, got {self.max_targets}")
         require(not self.load_checkpoint or self.ckpt_path, "--load_checkpoint needs --ckpt_path")
-        require(self.parameterization == "policy", "--parameterization: the attack CLIs evaluate 'policy' models "
-                f"only, got {self.parameterization!r}")  # fmt: skip
+        require(
+            self.parameterization == "policy",
+            f"--parameterization: the attack CLIs evaluate 'policy' models only, got {self.parameterization!r}",
+        )
         require(self.samples_per_prompt >= 1, f"--samples_per_prompt must be >= 1, got {self.samples_per_prompt}")
         require(self.max_new_tokens >= 1, f"--max_new_tokens must be >= 1, got {self.max_new_tokens}")
         require(self.temperature > 0, f"--temperature must be > 0, got {self.temperature}")
@@ -65,14 +67,19 @@ class AttackEvalArgs:
             f"--atk_success_criteria must be one of {', '.join(SUCCESS_CRITERIA)}, got {self.atk_success_criteria!r}",
         )
         require(self.rm_input in (None, *RM_INPUTS), f"--rm_input must be one of {', '.join(RM_INPUTS)}")
-        require(not (self.rm_exclude_adv_suffix and self.reward_input() == "response"),
-                "--rm_exclude_adv_suffix has no effect with --rm_input response (no prompt is scored)")  # fmt: skip
+        require(
+            not (self.rm_exclude_adv_suffix and self.reward_input() == "response"),
+            "--rm_exclude_adv_suffix has no effect with --rm_input response (no prompt is scored)",
+        )
         judge = self.atk_success_criteria == "judge"
         require(not judge or self.judge_pretrain, "--atk_success_criteria judge needs --judge_pretrain")
         require(judge or not self.judge_pretrain, "--judge_pretrain is used only with --atk_success_criteria judge")
         if self.reward_pretrain and self.atk_success_criteria == "reward":
-            require(self.reward_threshold is not None, "--reward_pretrain needs --reward_threshold (the embedded "
-                    "RM's threshold does not apply to another model)")  # fmt: skip
+            require(
+                self.reward_threshold is not None,
+                "--reward_pretrain needs --reward_threshold (the embedded "
+                "RM's threshold does not apply to another model)",
+            )
 
     def reward_input(self) -> str:
         """--rm_input resolved: the embedded RM scores sentences, so it sees the response alone by default."""

@@ -30,23 +30,30 @@ class HarmlessnessArgs:
     save_steps_harmless: int = arg(-1, "Save p_theta every N steps (-1: at the end only).")
 
     def __post_init__(self) -> None:
-        require(self.harmlessness_training_loss_type in HARMLESSNESS_LOSSES,
-                f"--harmlessness_training_loss_type must be one of {HARMLESSNESS_LOSSES}")  # fmt: skip
+        require(
+            self.harmlessness_training_loss_type in HARMLESSNESS_LOSSES,
+            f"--harmlessness_training_loss_type must be one of {HARMLESSNESS_LOSSES}",
+        )
         require(self.harmlessness_training_num_episodes >= 1, "--harmlessness_training_num_episodes must be >= 1")
         if self.anneal_target_dist_beta:
-            require(self.start_target_dist_beta is not None,
-                    "--anneal_target_dist_beta needs --start_target_dist_beta")  # fmt: skip
+            require(
+                self.start_target_dist_beta is not None, "--anneal_target_dist_beta needs --start_target_dist_beta"
+            )
 
 
 @dataclass
 class EvalArgs:
-    analytic_bad_word_calc: bool = arg(False, "Exact P(bad) of the trained model by enumeration, before and after "
-                                              "every fit step (needs a small --generate_max_len).")  # fmt: skip
+    analytic_bad_word_calc: bool = arg(
+        False,
+        "Exact P(bad) of the trained model by enumeration, before and after "
+        "every fit step (needs a small --generate_max_len).",
+    )
     bad_words_file: str | None = arg(
         None, "Bad words (one per line) for the exact evaluation. Default: embedded list."
     )
-    analytic_by_threshold: bool = arg(False, "Exact evaluation: bad = reward below --threshold (enumerates all "
-                                             "continuations with the reward model).")  # fmt: skip
+    analytic_by_threshold: bool = arg(
+        False, "Exact evaluation: bad = reward below --threshold (enumerates all continuations with the reward model)."
+    )
     evaluate_heldout_sampling: bool = arg(False, "After training: sample held-out prompts, reward statistics.")
     sampling_iters: int = arg(1, "Passes over the held-out prompts.")
     heldout_prompt_data: str | None = arg(None, "Held-out prompts. Default: the embedded held-out prompts.")

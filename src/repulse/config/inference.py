@@ -34,14 +34,16 @@ class InferenceArgs(SamplingArgs):
     micro_batch_size: int = arg(16, "Prompts per model call (HF backend) / texts per reward-model call.")
     output_path: str | None = arg(None, "JSON Lines output: one {input, output[, reward]} object per line.")
     reward_pretrain: str | None = arg(
-        None, "Reward model folder. eval_task rm: the scorer (default: the embedded tiny RM); generate: keep the "
-        "best of --best_of_n by reward and write the reward."
-    )  # fmt: skip
+        None,
+        "Reward model folder. eval_task rm: the scorer (default: the embedded tiny RM); generate: keep the "
+        "best of --best_of_n by reward and write the reward.",
+    )
     value_head_prefix: str = arg("score", "Name of the reward head module in the reward model.")
     post_processor: str | None = arg(
-        None, "Turn scored rows into training data: rs (best per prompt, SFT rows), csft (reward-conditioned "
-        "prompts, SFT rows), iter_dpo (best vs worst per prompt, DPO rows)."
-    )  # fmt: skip
+        None,
+        "Turn scored rows into training data: rs (best per prompt, SFT rows), csft (reward-conditioned "
+        "prompts, SFT rows), iter_dpo (best vs worst per prompt, DPO rows).",
+    )
     reward_template: str = arg(DEFAULT_REWARD_TEMPLATE, "csft: the new input; holds '{input}' and '{reward}'.")
     normalize_reward: bool = arg(False, "Standardize the written rewards over the whole file (z-scores).")
     seed: int = arg(42, "Sampling seed (process r of a torchrun job uses seed + r).")
@@ -115,9 +117,10 @@ class ChatArgs(SamplingArgs):
 @dataclass
 class MergeArgs:
     model_path: str | None = arg(
-        None, "Base model folder (what the adapter was trained on). Default: the embedded tiny LM (RM with --is_rm).",
+        None,
+        "Base model folder (what the adapter was trained on). Default: the embedded tiny LM (RM with --is_rm).",
         aliases=["--pretrain"],
-    )  # fmt: skip
+    )
     lora_path: str | None = arg(None, "LoRA adapter folder (adapter_config.json + weights), e.g. runs/sft/final.")
     output_path: str | None = arg(None, "Folder for the merged model and tokenizer (replaced atomically).")
     is_rm: bool = arg(False, "The base is a reward model (sequence regression); its head is kept.")

@@ -7,8 +7,15 @@ from dataclasses import dataclass
 from repulse.config.fields import arg, require
 
 ACTOR_LOSSES = ("ppo", "reinforce", "ctl", "ctl_nosecondterm", "sixo", "sixo_approxneg", "dpg")
-PARAMETERIZATIONS = ("policy", "policy_psi_unnorm", "policy_psi_q_p_s_t", "policy_psi_q_p_s_1_to_t",
-                     "modulation_linear_head", "modulation_nn_head", "modulation_model")  # fmt: skip
+PARAMETERIZATIONS = (
+    "policy",
+    "policy_psi_unnorm",
+    "policy_psi_q_p_s_t",
+    "policy_psi_q_p_s_1_to_t",
+    "modulation_linear_head",
+    "modulation_nn_head",
+    "modulation_model",
+)
 
 
 @dataclass
@@ -40,14 +47,21 @@ class PPOArgs:
         require(self.eps_clip > 0, "--eps_clip must be > 0")
         require(0 <= self.gamma <= 1 and 0 <= self.lambd <= 1, "--gamma and --lambd must be in [0, 1]")
         require(self.init_kl_coef >= 0, "--init_kl_coef must be >= 0")
-        require(self.reinforce_baseline_type in (None, "expectation", "hardcoded"),
-                "--reinforce_baseline_type must be expectation, hardcoded or unset")  # fmt: skip
+        require(
+            self.reinforce_baseline_type in (None, "expectation", "hardcoded"),
+            "--reinforce_baseline_type must be expectation, hardcoded or unset",
+        )
         require(0 < self.ema_beta < 1, "--ema_beta must be in (0, 1)")
         require(self.fit_steps >= 1, "--fit_steps must be >= 1")
-        require(self.critic_loss_type == "mse", "--critic_loss_type: only mse is implemented (the others raised in "
-                "the reference code)")  # fmt: skip
-        require(self.advantage_estimator == "gae", "--advantage_estimator: only gae (use --actor_loss_type "
-                "reinforce with --reinforce_baseline_type for REINFORCE/RLOO)")  # fmt: skip
+        require(
+            self.critic_loss_type == "mse",
+            "--critic_loss_type: only mse is implemented (the others raised in the reference code)",
+        )
+        require(
+            self.advantage_estimator == "gae",
+            "--advantage_estimator: only gae (use --actor_loss_type "
+            "reinforce with --reinforce_baseline_type for REINFORCE/RLOO)",
+        )
         require(not self.shared_actorcritic, "--shared_actorcritic is not supported")
 
 

@@ -32,8 +32,10 @@ class RewardArgs:
     def __post_init__(self) -> None:
         sources = [s for s in (self.remote_rm_url, self.reward_fn) if s]
         require(len(sources) <= 1, "give at most one of --remote_rm_url and --reward_fn")
-        require(not (sources and self.reward_pretrain), "--reward_pretrain cannot be combined with "
-                "--remote_rm_url or --reward_fn")  # fmt: skip
+        require(
+            not (sources and self.reward_pretrain),
+            "--reward_pretrain cannot be combined with --remote_rm_url or --reward_fn",
+        )
         require(self.rm_type in RM_TYPES, f"--rm_type must be one of {RM_TYPES}, got {self.rm_type!r}")
         if self.reward_transform is not None:
             require(

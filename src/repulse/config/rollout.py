@@ -50,7 +50,9 @@ class RolloutArgs:
         require(self.n_samples_per_prompt == 1, "--n_samples_per_prompt must be 1 (use --duplicate_rollout_batch_by)")
         require(self.generate_max_len >= 1, "--generate_max_len must be >= 1")
         require(self.micro_rollout_batch_size >= 1, "--micro_rollout_batch_size must be >= 1")
-        require(self.rollout_batch_size % self.micro_rollout_batch_size == 0,
-                "--rollout_batch_size must be a multiple of --micro_rollout_batch_size")  # fmt: skip
+        require(
+            self.rollout_batch_size % self.micro_rollout_batch_size == 0,
+            "--rollout_batch_size must be a multiple of --micro_rollout_batch_size",
+        )
         require(self.temperature > 0, "--temperature must be > 0")
         require(self.num_episodes >= 1, "--num_episodes must be >= 1")

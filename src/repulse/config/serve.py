@@ -20,17 +20,19 @@ class ServeArgs:
     max_wait_ms: float = arg(5.0, "How long the first queued text waits for others to fill a batch (milliseconds).")
     disable_batching: bool = arg(False, "One request per model call, no merging (the benchmark's baseline).")
     normalize_reward: bool = arg(
-        False, "Force (r - mean)/std with the mean/std stored in the model config (error if it has none). "
-        "Without the flag the config decides (its normalize_reward key), as in training."
-    )  # fmt: skip
+        False,
+        "Force (r - mean)/std with the mean/std stored in the model config (error if it has none). "
+        "Without the flag the config decides (its normalize_reward key), as in training.",
+    )
     bf16: bool = arg(False, "Load the reward model in bfloat16.")
     flash_attn: bool = arg(False, "Use FlashAttention-2 (needs a CUDA GPU and the flash-attn package).")
     load_in_4bit: bool = arg(False, "Load the weights in 4-bit NF4 (bitsandbytes, [gpu] extra).")
     device: str = arg("auto", "Where the model runs: auto (the GPU if there is one), cpu, cuda or cuda:N.")
     num_threads: int = arg(
-        0, "CPU threads for the model (torch.set_num_threads); 0 keeps torch's default. On a CPU shared with other "
-        "work, 1 avoids threads waiting on each other."
-    )  # fmt: skip
+        0,
+        "CPU threads for the model (torch.set_num_threads); 0 keeps torch's default. On a CPU shared with other "
+        "work, 1 avoids threads waiting on each other.",
+    )
     host: str = arg("127.0.0.1", "Address to bind. Anything but a loopback address exposes the server: set --api_key.")
     port: int = arg(5000, "TCP port to listen on.")
     api_key: str | None = arg(

@@ -11,8 +11,10 @@ NORMALISED_TWISTS = ("policy_psi_q_p_s_t", "policy_psi_q_p_s_1_to_t")
 def check_harmlessness(rollout, ppo, proposal, harm, optim) -> None:
     n = rollout.duplicate_rollout_batch_by
     if harm.harmlessness_training_loss_type != "reinforce" or harm.use_base_as_proposal:
-        require(proposal.target_dist_beta is not None, "--target_dist_beta is needed for negative training "
-                "(the beta of sigma ∝ p e^{beta r})")  # fmt: skip
+        require(
+            proposal.target_dist_beta is not None,
+            "--target_dist_beta is needed for negative training (the beta of sigma ∝ p e^{beta r})",
+        )
     if separate_proposal(harm):
         require(
             proposal.actor_loss_type in HARMLESSNESS_PROPOSAL_LOSSES,
@@ -24,8 +26,11 @@ def check_harmlessness(rollout, ppo, proposal, harm, optim) -> None:
             "--parameterization",
         )
         check_twist_pair(proposal)
-    require(optim.micro_train_batch_size % n == 0, "--micro_train_batch_size must be a multiple of "
-            "--duplicate_rollout_batch_by so every update sees whole prompt groups")  # fmt: skip
+    require(
+        optim.micro_train_batch_size % n == 0,
+        "--micro_train_batch_size must be a multiple of "
+        "--duplicate_rollout_batch_by so every update sees whole prompt groups",
+    )
     require(ppo.kl_target is None, "--kl_target (adaptive KL) is for PPO mode, not --do_harmlessness_training")
 
 
@@ -37,22 +42,31 @@ def separate_proposal(harm) -> bool:
 def check_ppo_mode(rollout, ppo, proposal, optim) -> None:
     n = rollout.duplicate_rollout_batch_by
     if proposal.actor_loss_type == "ppo":
-        require(proposal.target_dist_beta is None, "--actor_loss_type ppo derives beta = 1/--init_kl_coef: leave "
-                "--target_dist_beta unset")  # fmt: skip
+        require(
+            proposal.target_dist_beta is None,
+            "--actor_loss_type ppo derives beta = 1/--init_kl_coef: leave --target_dist_beta unset",
+        )
         require(proposal.parameterization == "policy", "--actor_loss_type ppo needs --parameterization policy")
     elif proposal.actor_loss_type == "reinforce":
         require(proposal.parameterization == "policy", "--actor_loss_type reinforce needs --parameterization policy")
     else:
-        require(proposal.parameterization != "policy", f"--actor_loss_type {proposal.actor_loss_type} learns a twist: "
-                "choose a policy_psi_* or modulation_* --parameterization")  # fmt: skip
+        require(
+            proposal.parameterization != "policy",
+            f"--actor_loss_type {proposal.actor_loss_type} learns a twist: "
+            "choose a policy_psi_* or modulation_* --parameterization",
+        )
         check_twist_pair(proposal)
-        require(not ppo.enable_ema or proposal.parameterization.startswith("policy"),
-                "--enable_ema averages a full actor LM; a modulation_* proposal has none")  # fmt: skip
+        require(
+            not ppo.enable_ema or proposal.parameterization.startswith("policy"),
+            "--enable_ema averages a full actor LM; a modulation_* proposal has none",
+        )
         require(proposal.target_dist_beta is not None, "twist learning needs --target_dist_beta")
         require(n > 1, "twist learning needs --duplicate_rollout_batch_by > 1 (weights are normalised per group)")
         require(ppo.init_kl_coef == 0, "twist learning outside harmlessness mode needs --init_kl_coef 0")
-        require(optim.micro_train_batch_size % n == 0,
-                "--micro_train_batch_size must be a multiple of --duplicate_rollout_batch_by")  # fmt: skip
+        require(
+            optim.micro_train_batch_size % n == 0,
+            "--micro_train_batch_size must be a multiple of --duplicate_rollout_batch_by",
+        )
     if ppo.reinforce_baseline_type == "expectation":
         require(n > 1, "--reinforce_baseline_type expectation (RLOO) needs --duplicate_rollout_batch_by > 1")
 
@@ -70,8 +84,10 @@ def check_twist_pair(proposal) -> None:
 
 def check_common(rollout, evaluation) -> None:
     if evaluation.analytic_bad_word_calc:
-        require(rollout.generate_max_len <= 3, "--analytic_bad_word_calc enumerates every continuation: use "
-                "--generate_max_len <= 3")  # fmt: skip
+        require(
+            rollout.generate_max_len <= 3,
+            "--analytic_bad_word_calc enumerates every continuation: use --generate_max_len <= 3",
+        )
 
 
 def check_train_ppo(rollout, ppo, proposal, harm, evaluation, optim) -> None:

@@ -78,13 +78,15 @@ def iterative_dpo(rows: list[Row], **_: Any) -> list[Row]:
         if float(chosen["reward"]) == float(rejected["reward"]):
             skipped += 1
             continue
-        out.append({
-            "prompt": chosen["input"],
-            "chosen": chosen["output"],
-            "chosen_reward": float(chosen["reward"]),
-            "rejected": rejected["output"],
-            "rejected_reward": float(rejected["reward"]),
-        })  # fmt: skip
+        out.append(
+            {
+                "prompt": chosen["input"],
+                "chosen": chosen["output"],
+                "chosen_reward": float(chosen["reward"]),
+                "rejected": rejected["output"],
+                "rejected_reward": float(rejected["reward"]),
+            }
+        )
     if skipped:
         log.info("iter_dpo: %d input(s) had no reward difference between outputs and gave no pair", skipped)
     if not out:

@@ -41,8 +41,18 @@ def label_distribution(label, reward_tokens: list[str], key: str) -> list[float]
 class ProcessRewardDataset(Dataset):
     """Items {input_ids [S], markers [S] bool, targets [M, K]} with M = markers kept after truncation."""
 
-    def __init__(self, rows, tokenizer, max_len: int, *, input_key: str, label_key: str, placeholder_token: str,
-                 reward_tokens: list[str], input_template: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        rows,
+        tokenizer,
+        max_len: int,
+        *,
+        input_key: str,
+        label_key: str,
+        placeholder_token: str,
+        reward_tokens: list[str],
+        input_template: str | None = None,
+    ) -> None:
         self.marker_ids = torch.tensor(marker_ids(tokenizer, placeholder_token))
         self.label_ids = torch.tensor([single_token_id(tokenizer, t, "--reward_tokens") for t in reward_tokens])
         self.items: list[dict] = []

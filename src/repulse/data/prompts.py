@@ -11,8 +11,9 @@ from repulse.infra.errors import DataError
 log = logging.getLogger("repulse")
 
 
-def load_prompt_texts(names: str | None, probs: str, *, key: str, split: str, seed: int, max_samples: int,
-                      default_kind: str = "prompts") -> list:  # fmt: skip
+def load_prompt_texts(
+    names: str | None, probs: str, *, key: str, split: str, seed: int, max_samples: int, default_kind: str = "prompts"
+) -> list:
     """Raw prompts (strings or message lists) from comma-separated sources; the embedded ones by default."""
     if not names:
         from repulse.assets import default_dataset

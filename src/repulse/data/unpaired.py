@@ -26,12 +26,23 @@ def parse_label(value, key: str) -> bool:
 class UnpairedDataset(Dataset):
     """Items {prompt_ids, response_ids: LongTensor, desirable: bool}."""
 
-    def __init__(self, rows, tokenizer, max_len: int, *, input_key: str, output_key: str, label_key: str,
-                 input_template: str | None = None, apply_chat_template: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        rows,
+        tokenizer,
+        max_len: int,
+        *,
+        input_key: str,
+        output_key: str,
+        label_key: str,
+        input_template: str | None = None,
+        apply_chat_template: bool = False,
+    ) -> None:
         self.items: list[dict] = []
         for row in rows:
-            prompt, response = format_pair(row[input_key], row[output_key], tokenizer, input_template=input_template,
-                                           chat=apply_chat_template)  # fmt: skip
+            prompt, response = format_pair(
+                row[input_key], row[output_key], tokenizer, input_template=input_template, chat=apply_chat_template
+            )
             ids, prompt_len = encode_pair(tokenizer, prompt, response, max_len)
             if prompt_len >= len(ids):
                 continue

@@ -28,18 +28,21 @@ def exact_bad_output(model, tokenizer, spec: BadOutputSpec) -> dict[str, float]:
     prompt_ids = torch.tensor(tokenizer(spec.prompt)["input_ids"], device=next(model.parameters()).device)
     eos = tokenizer.eos_token_id
     if spec.bad_words is not None:
-        result = exact_bad_probability(model, prompt_ids, spec.response_len, bad_words=spec.bad_words,
-                                       tokenizer=tokenizer, eos_token_id=eos)  # fmt: skip
+        result = exact_bad_probability(
+            model, prompt_ids, spec.response_len, bad_words=spec.bad_words, tokenizer=tokenizer, eos_token_id=eos
+        )
         out = {"log_p_bad": result.log_p_bad, "p_bad": result.p_bad}
     else:
 
         def reward_fn(responses: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            texts = tokenizer.batch_decode(responses.masked_fill(~mask, tokenizer.pad_token_id),
-                                           skip_special_tokens=True)  # fmt: skip
+            texts = tokenizer.batch_decode(
+                responses.masked_fill(~mask, tokenizer.pad_token_id), skip_special_tokens=True
+            )
             return spec.reward_source([spec.prompt] * len(texts), texts)
 
-        result = exact_reward_statistics(model, prompt_ids, spec.response_len, reward_fn, threshold=spec.threshold,
-                                         eos_token_id=eos)  # fmt: skip
+        result = exact_reward_statistics(
+            model, prompt_ids, spec.response_len, reward_fn, threshold=spec.threshold, eos_token_id=eos
+        )
         out = {"log_p_bad": result.log_p_bad, "p_bad": result.p_bad, "expected_reward": result.expected_reward}
     model.train(was_training)
     out["log10_p_bad"] = out["log_p_bad"] / math.log(10) if out["p_bad"] > 0 else float("-inf")

@@ -41,8 +41,18 @@ def heldout_statistics(rewards: torch.Tensor, threshold: float, kls: torch.Tenso
 
 
 @torch.no_grad()
-def heldout_sampling(model, reference, tokenizer, prompt_ids: list[list[int]], reward_source, *, group_size: int,
-                     params: SamplingParams, iters: int, threshold: float) -> dict:  # fmt: skip
+def heldout_sampling(
+    model,
+    reference,
+    tokenizer,
+    prompt_ids: list[list[int]],
+    reward_source,
+    *,
+    group_size: int,
+    params: SamplingParams,
+    iters: int,
+    threshold: float,
+) -> dict:
     """Sample `group_size` responses per held-out prompt `iters` times; statistics plus the raw rewards."""
     rewards, kls = [], []
     device = next(model.parameters()).device

@@ -77,8 +77,14 @@ class ChatSession:
         ids = self.encode(user_text)
         params = SamplingParams(**{**self.params.__dict__, "max_new_tokens": self.max_len - ids.shape[1]})
         device = next(self.model.parameters()).device
-        seq = sample_stepwise(self.model, self.tokenizer, ids.to(device), torch.ones_like(ids).to(device), params,
-                              streamer=make_streamer(self.tokenizer, out))  # fmt: skip
+        seq = sample_stepwise(
+            self.model,
+            self.tokenizer,
+            ids.to(device),
+            torch.ones_like(ids).to(device),
+            params,
+            streamer=make_streamer(self.tokenizer, out),
+        )
         reply = self.tokenizer.decode(seq[0, ids.shape[1] :], skip_special_tokens=True)
         self.turns.append((user_text, reply))
         return reply

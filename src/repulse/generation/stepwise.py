@@ -61,8 +61,9 @@ def repeat_rows(cache, n: int):
 
 
 @torch.no_grad()
-def sample_stepwise(model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor, params,
-                    streamer=None) -> torch.Tensor:  # fmt: skip
+def sample_stepwise(
+    model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor, params, streamer=None
+) -> torch.Tensor:
     """Left-padded prompts [B, P] -> [B * num_samples, P + T] (prompt then response, rows grouped by prompt).
 
     Like Hugging Face generate: a finished row continues with pad tokens, and sampling stops once every row has
@@ -85,8 +86,14 @@ def sample_stepwise(model, tokenizer, input_ids: torch.Tensor, attention_mask: t
     done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
     for step in range(params.max_new_tokens):
         if step > 0:
-            out = model(input_ids=ids[:, -1:], attention_mask=mask, position_ids=positions, past_key_values=cache,
-                        use_cache=True, **keep)  # fmt: skip
+            out = model(
+                input_ids=ids[:, -1:],
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                **keep,
+            )
             logits, cache = out.logits[:, -1], out.past_key_values
         scores = processors(ids, logits.float())
         token = scores.argmax(-1) if params.greedy else sample_categorical(scores.softmax(-1))

@@ -68,7 +68,9 @@ def generate_vllm(
             raise
         # vLLM's engine runs in worker processes: the root cause (e.g. "Unsupported CPU attention configuration:
         # head_dim=16" for tiny models on the CPU build) is in its log above; one line here, no traceback.
-        raise UserError(f"vLLM could not run {model_path} (the root cause is in vLLM's log above): "
-                        f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err  # fmt: skip
+        raise UserError(
+            f"vLLM could not run {model_path} (the root cause is in vLLM's log above): "
+            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        ) from err
     log.info("vLLM generated %d x %d responses", len(outputs), params.num_samples)
     return [[choice.text for choice in out.outputs] for out in outputs]

@@ -102,8 +102,9 @@ def load_reference_lm(path: str, model_args: ModelArgs, *, offload: bool, device
 
     The reference never trains, so LoRA and gradient checkpointing are not applied to it.
     """
-    frozen = ModelArgs(bf16=model_args.bf16, flash_attn=model_args.flash_attn and not offload,
-                       load_in_4bit=model_args.load_in_4bit)  # fmt: skip
+    frozen = ModelArgs(
+        bf16=model_args.bf16, flash_attn=model_args.flash_attn and not offload, load_in_4bit=model_args.load_in_4bit
+    )
     model = load_causal_lm(path, frozen, trainable=False)
     return model.to("cpu" if offload else device)
 

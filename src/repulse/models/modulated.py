@@ -63,8 +63,9 @@ def output_layer_shape(base) -> tuple[int, int]:
     return int(weight.shape[0]), int(weight.shape[1])
 
 
-def make_head(parameterization: str, hidden: int, vocab: int, sd_divider: float = 1.0,
-              init_from: torch.Tensor | None = None) -> nn.Module:  # fmt: skip
+def make_head(
+    parameterization: str, hidden: int, vocab: int, sd_divider: float = 1.0, init_from: torch.Tensor | None = None
+) -> nn.Module:
     """The head that maps a final hidden state to m: an MLP for modulation_nn_head, else a linear layer."""
     if not is_modulation(parameterization):
         raise ValueError(f"--parameterization {parameterization!r} is not a modulation parameterization")
@@ -100,11 +101,21 @@ class ModulatedLM(nn.Module):
         finally:
             self.base.train(was_training)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, past_key_values: ModulatedCache | None = None,
-                use_cache: bool = False, **_: Any) -> ModulatedOutput:  # fmt: skip
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
-                  "use_cache": use_cache}  # fmt: skip
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: ModulatedCache | None = None,
+        use_cache: bool = False,
+        **_: Any,
+    ) -> ModulatedOutput:
+        inputs = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "position_ids": position_ids,
+            "use_cache": use_cache,
+        }
         base_out = self._base_forward(**inputs, past_key_values=past_key_values.base if past_key_values else None)
         mod_out = None
         if self.modulation_lm is None:
@@ -128,8 +139,12 @@ class ModulatedLM(nn.Module):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         vocab, hidden = output_layer_shape(self.base)
-        info = {"parameterization": self.parameterization, "vocab_size": vocab, "hidden_size": hidden,
-                "base_model": getattr(self.base.config, "_name_or_path", None)}  # fmt: skip
+        info = {
+            "parameterization": self.parameterization,
+            "vocab_size": vocab,
+            "hidden_size": hidden,
+            "base_model": getattr(self.base.config, "_name_or_path", None),
+        }
         (path / CONFIG_FILE).write_text(json.dumps(info, indent=2) + "\n")
         save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}, str(path / HEAD_FILE))
         if self.modulation_lm is not None:
@@ -147,8 +162,10 @@ def load_modulated(path: str | Path, base, *, trainable: bool = False) -> Modula
     path = Path(path)
     info = json.loads((path / CONFIG_FILE).read_text())
     if output_layer_shape(base) != (info["vocab_size"], info["hidden_size"]):
-        raise ValueError(f"{path} modulates a model with vocab {info['vocab_size']} and hidden size "
-                         f"{info['hidden_size']}; the given base has {output_layer_shape(base)}")  # fmt: skip
+        raise ValueError(
+            f"{path} modulates a model with vocab {info['vocab_size']} and hidden size "
+            f"{info['hidden_size']}; the given base has {output_layer_shape(base)}"
+        )
     head = make_head(info["parameterization"], info["hidden_size"], info["vocab_size"])
     head.load_state_dict(load_file(str(path / HEAD_FILE)))
     lm = None
@@ -161,16 +178,24 @@ def load_modulated(path: str | Path, base, *, trainable: bool = False) -> Modula
     return set_trainable(model, trainable)
 
 
-def build_modulated(parameterization: str, base, *, sd_divider: float = 1.0, init_head_from_base: bool = False,
-                    modulation_lm=None, trainable: bool = True) -> ModulatedLM:  # fmt: skip
+def build_modulated(
+    parameterization: str,
+    base,
+    *,
+    sd_divider: float = 1.0,
+    init_head_from_base: bool = False,
+    modulation_lm=None,
+    trainable: bool = True,
+) -> ModulatedLM:
     """A fresh proposal on `base`: Xavier-normal output layer / sd_divider, or the LM head of the base (or of the
     modulation LM) / sd_divider with init_head_from_base; zero bias (METHODS §4.1)."""
     body = modulation_lm if modulation_lm is not None else base
     weight = body.get_output_embeddings().weight
     vocab, hidden = output_layer_shape(body)
     init_from = weight.detach().float().cpu() if init_head_from_base else None
-    head = make_head(parameterization, hidden, vocab, sd_divider, init_from).to(device=weight.device,
-                                                                              dtype=weight.dtype)  # fmt: skip
+    head = make_head(parameterization, hidden, vocab, sd_divider, init_from).to(
+        device=weight.device, dtype=weight.dtype
+    )
     return set_trainable(ModulatedLM(base, head, parameterization, modulation_lm), trainable)
 
 

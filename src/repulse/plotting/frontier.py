@@ -66,8 +66,14 @@ def plot_frontier(runs: list[dict[str, Any]], path: str | Path) -> Path:
         for group in dict.fromkeys(groups[name] for name, _, _ in points if name in groups):
             xs, ys = zip(*[(r, lp) for name, r, lp in points if groups.get(name) == group], strict=True)
             dots = ax.scatter(xs, ys, s=14, alpha=0.45)
-            ax.scatter([sum(xs) / len(xs)], [sum(ys) / len(ys)], s=110, color=dots.get_facecolor()[0],
-                       edgecolor="black", label=f"{group} (n={len(xs)})")  # fmt: skip
+            ax.scatter(
+                [sum(xs) / len(xs)],
+                [sum(ys) / len(ys)],
+                s=110,
+                color=dots.get_facecolor()[0],
+                edgecolor="black",
+                label=f"{group} (n={len(xs)})",
+            )
         ax.legend(fontsize=7)
     for name, reward, log_p in points:
         if name not in groups:

@@ -40,24 +40,32 @@ class Experience:
 
     def select(self, index: torch.Tensor) -> Experience:
         return Experience(
-            self.rollout.select(index), self.raw_rewards[index], self.returns[index], self.kl[index],
-            self.behaviour_logps[index], None if self.log_phi is None else self.log_phi[index],
-        )  # fmt: skip
+            self.rollout.select(index),
+            self.raw_rewards[index],
+            self.returns[index],
+            self.kl[index],
+            self.behaviour_logps[index],
+            None if self.log_phi is None else self.log_phi[index],
+        )
 
     def rows(self, start: int, stop: int) -> Experience:
         return Experience(
-            self.rollout.rows(start, stop), self.raw_rewards[start:stop], self.returns[start:stop],
-            self.kl[start:stop], self.behaviour_logps[start:stop],
+            self.rollout.rows(start, stop),
+            self.raw_rewards[start:stop],
+            self.returns[start:stop],
+            self.kl[start:stop],
+            self.behaviour_logps[start:stop],
             None if self.log_phi is None else self.log_phi[start:stop],
-        )  # fmt: skip
+        )
 
 
 def score(reward_source: Callable, rollout: Rollout) -> torch.Tensor:
     return reward_source(rollout.prompts, rollout.responses).to(rollout.sequences.device).float()
 
 
-def make_base_experience(rollout: Rollout, sampler, reference, reward_source, settings: RewardSettings, *,
-                         need_behaviour_logps: bool = True) -> Experience:  # fmt: skip
+def make_base_experience(
+    rollout: Rollout, sampler, reference, reward_source, settings: RewardSettings, *, need_behaviour_logps: bool = True
+) -> Experience:
     """Samples from p_theta (METHODS §2.3): transformed, capped reward, minus c times the summed k1 KL.
 
     With `need_behaviour_logps` off and no KL penalty the scoring pass is skipped (REINFORCE's loss needs only the
@@ -70,8 +78,9 @@ def make_base_experience(rollout: Rollout, sampler, reference, reward_source, se
         behaviour = torch.zeros(rollout.action_mask.shape, device=rollout.sequences.device)
     ref = response_token_logps(reference, rollout) if settings.kl_coef > 0 else behaviour
     kl = kl_k1(behaviour, ref, rollout.action_mask)
-    reward = transform_reward(raw, settings.transform, settings.transform_alpha, settings.transform_beta,
-                              settings.threshold)  # fmt: skip
+    reward = transform_reward(
+        raw, settings.transform, settings.transform_alpha, settings.transform_beta, settings.threshold
+    )
     reward = reward.clamp(max=settings.reward_cap)
     returns = reward - settings.kl_coef * kl.sum(-1)
     return Experience(rollout, raw, returns, kl, behaviour)
@@ -88,10 +97,17 @@ def make_proposal_experience(rollout: Rollout, proposal, base, reward_source, se
 
 def with_potential(experience: Experience, settings: RewardSettings) -> Experience:
     """The base samples used as proposal samples (--use_base_as_proposal): log phi recomputed on them."""
-    log_phi = log_potential(experience.raw_rewards, settings.rm_type, settings.beta, settings.threshold,
-                            settings.reward_cap)  # fmt: skip
-    return Experience(experience.rollout, experience.raw_rewards, experience.returns, experience.kl,
-                      experience.behaviour_logps, log_phi)  # fmt: skip
+    log_phi = log_potential(
+        experience.raw_rewards, settings.rm_type, settings.beta, settings.threshold, settings.reward_cap
+    )
+    return Experience(
+        experience.rollout,
+        experience.raw_rewards,
+        experience.returns,
+        experience.kl,
+        experience.behaviour_logps,
+        log_phi,
+    )
 
 
 def f_q_terms(experience: Experience, target_logps: torch.Tensor) -> torch.Tensor:

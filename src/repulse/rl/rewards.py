@@ -22,14 +22,24 @@ RewardSource = Callable[[Sequence[str], Sequence[str]], torch.Tensor]
 
 
 class LocalRewardModel:
-    def __init__(self, model, tokenizer, *, value_head_prefix: str = "score", normalize: bool = False,
-                 max_len: int | None = None, batch_size: int = 64) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        value_head_prefix: str = "score",
+        normalize: bool = False,
+        max_len: int | None = None,
+        batch_size: int = 64,
+    ) -> None:
         from repulse.models.reward import hf_model
 
         config = hf_model(model).config
         if normalize and not getattr(config, "normalize_reward", False):
-            raise UserError("--normalize_reward: the reward model config holds no mean/std (train it with "
-                            "train_rm --normalize_reward)")  # fmt: skip
+            raise UserError(
+                "--normalize_reward: the reward model config holds no mean/std (train it with "
+                "train_rm --normalize_reward)"
+            )
         self.model, self.tokenizer = model, tokenizer
         # Stored statistics are always applied (as everywhere else); the flag only insists that they exist.
         self.value_head_prefix, self.normalize = value_head_prefix, True
@@ -57,8 +67,9 @@ class LocalRewardModel:
         out = []
         for start in range(0, len(texts), self.batch_size):
             ids, mask = self.encode(texts[start : start + self.batch_size])
-            rewards = sequence_rewards(self.model, ids.to(device), mask.to(device), self.value_head_prefix,
-                                       normalize=self.normalize)  # fmt: skip
+            rewards = sequence_rewards(
+                self.model, ids.to(device), mask.to(device), self.value_head_prefix, normalize=self.normalize
+            )
             out.append(rewards.float().cpu())
         return torch.cat(out)
 
@@ -95,5 +106,10 @@ def make_reward_source(reward_args, model_args, device: torch.device) -> RewardS
 
     path = resolve_model_path(reward_args.reward_pretrain, "tiny_rm", what="reward model")
     model = load_reward_model(path, ModelArgs(bf16=model_args.bf16), value_head_prefix=reward_args.value_head_prefix)
-    return LocalRewardModel(model.to(device), load_tokenizer(path), value_head_prefix=reward_args.value_head_prefix,
-                            normalize=reward_args.normalize_reward, max_len=reward_args.rm_max_len)  # fmt: skip
+    return LocalRewardModel(
+        model.to(device),
+        load_tokenizer(path),
+        value_head_prefix=reward_args.value_head_prefix,
+        normalize=reward_args.normalize_reward,
+        max_len=reward_args.rm_max_len,
+    )

@@ -36,19 +36,34 @@ class Rollout:
         return self.sequences[:, -self.num_actions :]
 
     def rows(self, start: int, stop: int) -> Rollout:
-        return Rollout(self.sequences[start:stop], self.attention_mask[start:stop], self.action_mask[start:stop],
-                       self.prompts[start:stop], self.responses[start:stop], self.group_size)  # fmt: skip
+        return Rollout(
+            self.sequences[start:stop],
+            self.attention_mask[start:stop],
+            self.action_mask[start:stop],
+            self.prompts[start:stop],
+            self.responses[start:stop],
+            self.group_size,
+        )
 
     def select(self, index: torch.Tensor) -> Rollout:
         """Rows in `index` order (PPO shuffles; group-wise estimators must use rows() on whole groups)."""
         picked = index.tolist()
-        return Rollout(self.sequences[index], self.attention_mask[index], self.action_mask[index],
-                       [self.prompts[i] for i in picked], [self.responses[i] for i in picked],
-                       self.group_size)  # fmt: skip
+        return Rollout(
+            self.sequences[index],
+            self.attention_mask[index],
+            self.action_mask[index],
+            [self.prompts[i] for i in picked],
+            [self.responses[i] for i in picked],
+            self.group_size,
+        )
 
     def to(self, device: torch.device) -> Rollout:
-        return replace(self, sequences=self.sequences.to(device), attention_mask=self.attention_mask.to(device),
-                       action_mask=self.action_mask.to(device))  # fmt: skip
+        return replace(
+            self,
+            sequences=self.sequences.to(device),
+            attention_mask=self.attention_mask.to(device),
+            action_mask=self.action_mask.to(device),
+        )
 
 
 def encode_prompts_left_truncated(tokenizer, prompts: list[str], max_len: int) -> list[list[int]]:
@@ -56,8 +71,9 @@ def encode_prompts_left_truncated(tokenizer, prompts: list[str], max_len: int) -
     return [tokenizer(p, add_special_tokens=True)["input_ids"][-max_len:] for p in prompts]
 
 
-def sample_rollout(model, tokenizer, prompt_ids: list[list[int]], group_size: int, params: SamplingParams,
-                   batch_size: int = 64) -> Rollout:  # fmt: skip
+def sample_rollout(
+    model, tokenizer, prompt_ids: list[list[int]], group_size: int, params: SamplingParams, batch_size: int = 64
+) -> Rollout:
     """N = group_size samples for each prompt from `model` (ancestral sampling with `params`)."""
     out = generate(model, tokenizer, prompt_ids, replace(params, num_samples=group_size), batch_size=batch_size)
     texts = tokenizer.batch_decode(prompt_ids, skip_special_tokens=False)
@@ -74,8 +90,12 @@ def response_logits(model, rollout: Rollout) -> torch.Tensor:
 def response_modulation(model, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
     """(log p [B, T, V] of the proposal's base, detached; modulation m [B, T, V] with gradient) that predict each
     response token, for a modulated proposal q ∝ p e^m (models/modulated.py)."""
-    out = model(input_ids=rollout.sequences, attention_mask=rollout.attention_mask,
-                position_ids=position_ids_from_mask(rollout.attention_mask), use_cache=False)  # fmt: skip
+    out = model(
+        input_ids=rollout.sequences,
+        attention_mask=rollout.attention_mask,
+        position_ids=position_ids_from_mask(rollout.attention_mask),
+        use_cache=False,
+    )
     window = slice(-rollout.num_actions - 1, -1)
     return out.base_logits[:, window], out.modulation[:, window]
 

@@ -33,8 +33,15 @@ class DPOTrainer:
         )
         ref = reference_logps(self.reference, batch)
         half = logps.shape[0] // 2
-        out = dpo_loss(logps[:half], logps[half:], ref[:half], ref[half:], beta=self.beta,
-                       label_smoothing=self.label_smoothing, ipo=self.ipo)  # fmt: skip
+        out = dpo_loss(
+            logps[:half],
+            logps[half:],
+            ref[:half],
+            ref[half:],
+            beta=self.beta,
+            label_smoothing=self.label_smoothing,
+            ipo=self.ipo,
+        )
         nll = -(logps[:half] / counts[:half].clamp(min=1)).mean()
         loss = out.loss + self.nll_loss_coef * nll if self.nll_loss_coef > 0 else out.loss
         return loss, {

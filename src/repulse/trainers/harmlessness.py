@@ -39,9 +39,22 @@ class HarmlessnessSettings:
 
 
 class HarmlessnessTrainer:
-    def __init__(self, *, base, proposal: ProposalUpdater | None, initial, reward_source, tokenizer,
-                 base_optimizer, base_scheduler, sampling: SamplingParams, rewards: RewardSettings,
-                 update: BaseUpdateSettings, settings: HarmlessnessSettings, strategy: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        base,
+        proposal: ProposalUpdater | None,
+        initial,
+        reward_source,
+        tokenizer,
+        base_optimizer,
+        base_scheduler,
+        sampling: SamplingParams,
+        rewards: RewardSettings,
+        update: BaseUpdateSettings,
+        settings: HarmlessnessSettings,
+        strategy: Any,
+    ) -> None:
         self.model = base
         self.proposal = proposal
         self.initial = initial
@@ -53,9 +66,12 @@ class HarmlessnessTrainer:
         self.samples_used = 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"samples_used": self.samples_used, "base_optimizer": optional_state(self.base_optimizer),
-                "base_scheduler": optional_state(self.base_scheduler),
-                "proposal": optional_state(self.proposal)}  # fmt: skip
+        return {
+            "samples_used": self.samples_used,
+            "base_optimizer": optional_state(self.base_optimizer),
+            "base_scheduler": optional_state(self.base_scheduler),
+            "proposal": optional_state(self.proposal),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.samples_used = state["samples_used"]
@@ -64,8 +80,14 @@ class HarmlessnessTrainer:
         load_optional_state(self.proposal, state["proposal"])
 
     def _sample(self, model, prompt_ids: list[list[int]]):
-        roll = sample_rollout(model, self.tokenizer, prompt_ids, self.settings.group_size, self.sampling,
-                              batch_size=self.settings.rollout_batch_size)  # fmt: skip
+        roll = sample_rollout(
+            model,
+            self.tokenizer,
+            prompt_ids,
+            self.settings.group_size,
+            self.sampling,
+            batch_size=self.settings.rollout_batch_size,
+        )
         self.samples_used += roll.sequences.shape[0]
         return roll.to(self.strategy.device)
 
@@ -88,14 +110,31 @@ class HarmlessnessTrainer:
                 add(metrics, self.proposal.update(extra.rows(a, b), self.model))
         # p's own sampling log-probs matter only when its samples double as proposal samples (the KL term, when
         # c > 0, computes them anyway): p's loss on them is REINFORCE, which reads its update pass only.
-        base = make_base_experience(self._sample(self.model, prompt_ids), self.model, self.initial,
-                                    self.reward_source, self.rewards, need_behaviour_logps=not separate)  # fmt: skip
+        base = make_base_experience(
+            self._sample(self.model, prompt_ids),
+            self.model,
+            self.initial,
+            self.reward_source,
+            self.rewards,
+            need_behaviour_logps=not separate,
+        )
         neg = self.proposal_experience(prompt_ids) if separate else with_potential(base, self.rewards)
         for a, b in self.micro_batches(base.raw_rewards.shape[0]):
             if not self.settings.update_base_first and separate:
                 add(metrics, self.proposal.update(neg.rows(a, b), self.model))
-            add(metrics, update_base_actor(self.model, self.base_optimizer, self.base_scheduler, base.rows(a, b),
-                                           neg.rows(a, b), self.update, self.strategy, self.initial))  # fmt: skip
+            add(
+                metrics,
+                update_base_actor(
+                    self.model,
+                    self.base_optimizer,
+                    self.base_scheduler,
+                    base.rows(a, b),
+                    neg.rows(a, b),
+                    self.update,
+                    self.strategy,
+                    self.initial,
+                ),
+            )
             if self.settings.update_base_first and separate:
                 add(metrics, self.proposal.update(neg.rows(a, b), self.model))
         return {**{k: sum(v) / len(v) for k, v in metrics.items()}, **self.summary(base, neg, separate)}

@@ -29,8 +29,15 @@ class KTOTrainer:
             kl_logps, _, _ = sequence_logps(self.model, ids[n:], mask[n:], lens[n:])
         ref = reference_logps(self.reference, batch)
         kl = kto_kl_estimate(kl_logps, ref[n:])
-        out = kto_loss(logps, ref[:n], batch["desirable"], kl, beta=self.beta,
-                       desirable_weight=self.desirable_weight, undesirable_weight=self.undesirable_weight)  # fmt: skip
+        out = kto_loss(
+            logps,
+            ref[:n],
+            batch["desirable"],
+            kl,
+            beta=self.beta,
+            desirable_weight=self.desirable_weight,
+            undesirable_weight=self.undesirable_weight,
+        )
         good = batch["desirable"].bool()
         # Every micro-batch reports the same keys (the loop and the DDP all-reduce line metrics up by key);
         # a micro-batch without desirable (or undesirable) rows reports NaN there, which the loop skips.

@@ -55,8 +55,18 @@ OPTIMIZER_FIELDS = ("actor_optimizer", "actor_scheduler", "critic_optimizer", "c
 
 
 class PPOTrainer:
-    def __init__(self, models: PPOModels, reward_source, tokenizer, kl_controller, sampling: SamplingParams,
-                 rewards: RewardSettings, settings: PPOSettings, strategy: Any, ptx_batches=None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        models: PPOModels,
+        reward_source,
+        tokenizer,
+        kl_controller,
+        sampling: SamplingParams,
+        rewards: RewardSettings,
+        settings: PPOSettings,
+        strategy: Any,
+        ptx_batches=None,
+    ) -> None:
         self.models, self.model = models, models.actor
         self.reward_source, self.tokenizer, self.kl = reward_source, tokenizer, kl_controller
         self.sampling, self.rewards, self.settings, self.strategy = sampling, rewards, settings, strategy
@@ -86,12 +96,19 @@ class PPOTrainer:
 
     def make_experience(self, prompt_ids: list[list[int]]) -> dict[str, Any]:
         s = self.settings
-        roll = sample_rollout(self.model, self.tokenizer, prompt_ids, s.group_size, self.sampling,
-                              batch_size=s.rollout_batch_size).to(self.strategy.device)  # fmt: skip
+        roll = sample_rollout(
+            self.model, self.tokenizer, prompt_ids, s.group_size, self.sampling, batch_size=s.rollout_batch_size
+        ).to(self.strategy.device)
         self.rewards.kl_coef = self.kl.value
         # REINFORCE uses only the log-probs of its update pass; PPO's ratio needs those at sampling time.
-        exp = make_base_experience(roll, self.model, self.models.reference, self.reward_source, self.rewards,
-                                   need_behaviour_logps=s.loss_type != "reinforce")  # fmt: skip
+        exp = make_base_experience(
+            roll,
+            self.model,
+            self.models.reference,
+            self.reward_source,
+            self.rewards,
+            need_behaviour_logps=s.loss_type != "reinforce",
+        )
         mask = roll.action_mask
         if s.loss_type == "reinforce":
             adv = reinforce_advantages(exp.returns, s.group_size, s.baseline_type, s.hardcoded_baseline)
@@ -118,8 +135,9 @@ class PPOTrainer:
         if self.ptx_batches is not None and self.settings.ptx_coef > 0:
             ptx = next(self.ptx_batches)
             self.ptx_used += 1
-            ptx_loss = lm_loss(forward_logits(self.model, ptx["input_ids"], ptx["attention_mask"]),
-                               ptx["input_ids"], ptx["loss_mask"])  # fmt: skip
+            ptx_loss = lm_loss(
+                forward_logits(self.model, ptx["input_ids"], ptx["attention_mask"]), ptx["input_ids"], ptx["loss_mask"]
+            )
             loss = loss + self.settings.ptx_coef * ptx_loss
             metrics["ptx_loss"] = ptx_loss.item()
         return loss, metrics
@@ -130,16 +148,19 @@ class PPOTrainer:
             loss, metrics = self.actor_loss(batch)
             self.strategy.backward(loss, self.model)
             metrics["actor_grad_norm"] = self.strategy.optimizer_step(
-                self.models.actor_optimizer, self.model, self.models.actor_scheduler, s.max_norm)  # fmt: skip
+                self.models.actor_optimizer, self.model, self.models.actor_scheduler, s.max_norm
+            )
             if self.models.ema is not None:
                 update_ema(self.models.ema, self.strategy.unwrap(self.model), s.ema_beta)
         if self.models.critic is not None:
             values = self.critic_values(batch["exp"].rollout, grad=True)
-            vloss = value_loss(values, batch["values"], batch["returns"], batch["exp"].rollout.action_mask,
-                               s.value_clip)  # fmt: skip
+            vloss = value_loss(
+                values, batch["values"], batch["returns"], batch["exp"].rollout.action_mask, s.value_clip
+            )
             self.strategy.backward(vloss, self.models.critic)
-            self.strategy.optimizer_step(self.models.critic_optimizer, self.models.critic,
-                                         self.models.critic_scheduler, s.max_norm)  # fmt: skip
+            self.strategy.optimizer_step(
+                self.models.critic_optimizer, self.models.critic, self.models.critic_scheduler, s.max_norm
+            )
             metrics["value_loss"] = vloss.item()
         return metrics
 
@@ -157,8 +178,12 @@ class PPOTrainer:
         kl = exp.kl.sum(-1).mean().item()
         self.kl.update(kl, n)
         summary = {k: sum(v) / len(v) for k, v in collected.items()}
-        summary.update(reward_mean=exp.raw_rewards.mean().item(), return_mean=exp.returns.mean().item(), kl=kl,
-                       kl_coef=self.kl.value)  # fmt: skip
+        summary.update(
+            reward_mean=exp.raw_rewards.mean().item(),
+            return_mean=exp.returns.mean().item(),
+            kl=kl,
+            kl_coef=self.kl.value,
+        )
         return summary
 
 

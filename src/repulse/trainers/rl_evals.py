@@ -19,18 +19,36 @@ def heldout_pass(cfg, model, reference, tokenizer, reward_source) -> dict[str, A
     from repulse.trainers.rl_setup import sampling_params
 
     e, r = cfg.evaluation, cfg.rollout
-    raw = load_prompt_texts(e.heldout_prompt_data, "1.0", key=e.heldout_input_key or r.input_key,
-                            split=e.heldout_prompt_split, seed=cfg.optim.seed, max_samples=r.max_samples,
-                            default_kind="heldout_prompts")  # fmt: skip
+    raw = load_prompt_texts(
+        e.heldout_prompt_data,
+        "1.0",
+        key=e.heldout_input_key or r.input_key,
+        split=e.heldout_prompt_split,
+        seed=cfg.optim.seed,
+        max_samples=r.max_samples,
+        default_kind="heldout_prompts",
+    )
     texts = format_prompts(raw, tokenizer, input_template=r.input_template, chat=r.apply_chat_template)
     ids = encode_prompts_left_truncated(tokenizer, texts, r.prompt_max_len)
     stats = heldout_sampling(
-        model, reference, tokenizer, ids, reward_source, group_size=r.duplicate_rollout_batch_by,
-        params=sampling_params(r), iters=e.sampling_iters, threshold=cfg.reward.threshold,
-    )  # fmt: skip
-    log.info("held-out: reward mean %.4f, fraction below %.2f = %.3g (95%% CI %s) over %d samples",
-             stats["reward_mean"], stats["threshold"], stats["fraction_below_threshold"],
-             [round(x, 5) for x in stats["fraction_below_threshold_ci95"]], stats["n_samples"])  # fmt: skip
+        model,
+        reference,
+        tokenizer,
+        ids,
+        reward_source,
+        group_size=r.duplicate_rollout_batch_by,
+        params=sampling_params(r),
+        iters=e.sampling_iters,
+        threshold=cfg.reward.threshold,
+    )
+    log.info(
+        "held-out: reward mean %.4f, fraction below %.2f = %.3g (95%% CI %s) over %d samples",
+        stats["reward_mean"],
+        stats["threshold"],
+        stats["fraction_below_threshold"],
+        [round(x, 5) for x in stats["fraction_below_threshold_ci95"]],
+        stats["n_samples"],
+    )
     return stats
 
 
@@ -51,8 +69,16 @@ def load_negative_rows(path: str | None) -> list[dict[str, Any]]:
 def negative_data_pass(cfg, model, tokenizer) -> dict[str, Any]:
     from repulse.evaluation.negative_data import negative_data_likelihood
 
-    result = negative_data_likelihood(model, tokenizer, load_negative_rows(cfg.evaluation.neg_data_load_path),
-                                      max_len=cfg.rollout.prompt_max_len + cfg.rollout.generate_max_len)  # fmt: skip
-    log.info("negative data: mean log-prob %.4f, mean per-prompt logsumexp %.4f over %d sequences",
-             result["mean_logprob"], result["mean_over_prompts_of_logsumexp"], result["n_sequences"])  # fmt: skip
+    result = negative_data_likelihood(
+        model,
+        tokenizer,
+        load_negative_rows(cfg.evaluation.neg_data_load_path),
+        max_len=cfg.rollout.prompt_max_len + cfg.rollout.generate_max_len,
+    )
+    log.info(
+        "negative data: mean log-prob %.4f, mean per-prompt logsumexp %.4f over %d sequences",
+        result["mean_logprob"],
+        result["mean_over_prompts_of_logsumexp"],
+        result["n_sequences"],
+    )
     return result

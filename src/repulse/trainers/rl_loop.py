@@ -68,8 +68,13 @@ def run_rl_loop(
     state = state or RLLoopState()
     done = state.global_step
     steps_per_fit = settings.episodes * math.ceil(len(prompt_ids) / settings.prompts_per_step)
-    bar = tqdm(total=steps_per_fit * settings.fit_steps, initial=done, desc="rl", disable=not settings.progress,
-               dynamic_ncols=True)  # fmt: skip
+    bar = tqdm(
+        total=steps_per_fit * settings.fit_steps,
+        initial=done,
+        desc="rl",
+        disable=not settings.progress,
+        dynamic_ncols=True,
+    )
     if evaluate is not None and done == 0:
         record_evaluation(state, evaluate(0), logger)
     for n, (fit, episode, batch, fit_end) in enumerate(schedule(len(prompt_ids), settings), start=1):
@@ -98,5 +103,4 @@ def record_evaluation(state: RLLoopState, result: dict[str, Any], logger: Metric
     state.evaluations.append(result)
     numbers = {k: v for k, v in result.items() if isinstance(v, int | float) and k != "step"}
     logger.log(state.global_step, numbers)
-    log.info("evaluation at step %d: %s", state.global_step,
-             " ".join(f"{k}={v:.4g}" for k, v in numbers.items()))  # fmt: skip
+    log.info("evaluation at step %d: %s", state.global_step, " ".join(f"{k}={v:.4g}" for k, v in numbers.items()))

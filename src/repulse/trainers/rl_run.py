@@ -53,8 +53,13 @@ def load_models(cfg, path: str, strategy) -> dict[str, Any]:
     if cfg.proposal.actor_loss_type == "ppo" and not cfg.ppo.no_critic:
         from repulse.models.reward import load_reward_model
 
-        critic = load_reward_model(cfg.ppo.critic_pretrain or path, cfg.model, lora,
-                                   value_head_prefix=cfg.reward.value_head_prefix, trainable=True)  # fmt: skip
+        critic = load_reward_model(
+            cfg.ppo.critic_pretrain or path,
+            cfg.model,
+            lora,
+            value_head_prefix=cfg.reward.value_head_prefix,
+            trainable=True,
+        )
         models["critic"] = strategy.prepare(critic)
     if cfg.ppo.enable_ema:
         import copy
@@ -70,8 +75,14 @@ def load_prompt_ids(cfg, tokenizer) -> list[list[int]]:
     if r.new_custom_single_prompt:
         texts = [r.custom_prompt]
     else:
-        raw = load_prompt_texts(r.prompt_data, r.prompt_data_probs, key=r.input_key, split=r.prompt_split,
-                                seed=cfg.optim.seed, max_samples=r.max_samples)  # fmt: skip
+        raw = load_prompt_texts(
+            r.prompt_data,
+            r.prompt_data_probs,
+            key=r.input_key,
+            split=r.prompt_split,
+            seed=cfg.optim.seed,
+            max_samples=r.max_samples,
+        )
         texts = format_prompts(raw, tokenizer, input_template=r.input_template, chat=r.apply_chat_template)
     return encode_prompts_left_truncated(tokenizer, texts, r.prompt_max_len)
 
@@ -81,8 +92,9 @@ def bad_output_spec(cfg, reward_source) -> BadOutputSpec:
 
     e, r = cfg.evaluation, cfg.rollout
     if e.analytic_by_threshold:
-        return BadOutputSpec(r.custom_prompt, r.generate_max_len, reward_source=reward_source,
-                             threshold=cfg.reward.threshold)  # fmt: skip
+        return BadOutputSpec(
+            r.custom_prompt, r.generate_max_len, reward_source=reward_source, threshold=cfg.reward.threshold
+        )
     words = Path(e.bad_words_file).read_text().split() if e.bad_words_file else bad_words()
     return BadOutputSpec(r.custom_prompt, r.generate_max_len, bad_words=words)
 
@@ -118,8 +130,12 @@ def ptx_batches(cfg, tokenizer, device):
     from repulse.data.sft import SFTDataset
 
     key = cfg.ppo.pretrain_input_key
-    rows = blend_datasets(cfg.ppo.pretrain_data.split(","), [1.0 / len(cfg.ppo.pretrain_data.split(","))] *
-                          len(cfg.ppo.pretrain_data.split(",")), [key], seed=cfg.optim.seed)  # fmt: skip
+    rows = blend_datasets(
+        cfg.ppo.pretrain_data.split(","),
+        [1.0 / len(cfg.ppo.pretrain_data.split(","))] * len(cfg.ppo.pretrain_data.split(",")),
+        [key],
+        seed=cfg.optim.seed,
+    )
     data = SFTDataset(rows, tokenizer, cfg.rollout.prompt_max_len, input_key=key, output_key=None, pretrain_mode=True)
     collate, size = PadCollator(tokenizer.pad_token_id), cfg.optim.micro_train_batch_size
     gen = torch.Generator().manual_seed(cfg.optim.seed)
@@ -132,13 +148,23 @@ def ptx_batches(cfg, tokenizer, device):
 
 def loop_settings(cfg, n_prompts: int) -> RLLoopSettings:
     per_step = max(1, cfg.rollout.rollout_batch_size)
-    episodes = (cfg.harm.harmlessness_training_num_episodes * cfg.harm.harmlessness_training_episodes_per_loop
-                if cfg.harm.do_harmlessness_training else cfg.rollout.num_episodes)  # fmt: skip
+    episodes = (
+        cfg.harm.harmlessness_training_num_episodes * cfg.harm.harmlessness_training_episodes_per_loop
+        if cfg.harm.do_harmlessness_training
+        else cfg.rollout.num_episodes
+    )
     save_steps = cfg.harm.save_steps_harmless if cfg.harm.do_harmlessness_training else cfg.ckpt.save_steps
     lg = cfg.logging
-    return RLLoopSettings(episodes=episodes, prompts_per_step=min(per_step, n_prompts), fit_steps=cfg.ppo.fit_steps,
-                          logging_steps=lg.logging_steps, save_steps=save_steps, seed=cfg.optim.seed,
-                          eval_steps=lg.eval_steps, progress=not lg.disable_progress_bar)  # fmt: skip
+    return RLLoopSettings(
+        episodes=episodes,
+        prompts_per_step=min(per_step, n_prompts),
+        fit_steps=cfg.ppo.fit_steps,
+        logging_steps=lg.logging_steps,
+        save_steps=save_steps,
+        seed=cfg.optim.seed,
+        eval_steps=lg.eval_steps,
+        progress=not lg.disable_progress_bar,
+    )
 
 
 def save_models(cfg, models: dict[str, Any], tokenizer, strategy, folder: str) -> None:
@@ -146,8 +172,9 @@ def save_models(cfg, models: dict[str, Any], tokenizer, strategy, folder: str) -
 
     main = models.get("base") or models.get("actor")
     # A modulated actor (twist learning) is a head on the unchanged p_0, so it is a proposal, not a new final/ LM.
-    save_pretrained_atomic(strategy.unwrap(main), tokenizer, f"{folder}/final_proposal" if is_modulated(main)
-                           else f"{folder}/final")  # fmt: skip
+    save_pretrained_atomic(
+        strategy.unwrap(main), tokenizer, f"{folder}/final_proposal" if is_modulated(main) else f"{folder}/final"
+    )
     for key, name in (("proposal", "final_proposal"), ("critic", "final_critic"), ("ema", "final_ema")):
         if models.get(key) is not None:
             save_pretrained_atomic(strategy.unwrap(models[key]), tokenizer, f"{folder}/{name}")
@@ -156,8 +183,11 @@ def save_models(cfg, models: dict[str, Any], tokenizer, strategy, folder: str) -
 def summarize(state, trainer) -> dict[str, Any]:
     last = state.history[-1] if state.history else {}
     evals = state.evaluations
-    summary = {"steps": state.global_step, "reward_mean_final": last.get("reward_mean"),
-               "samples_used": getattr(getattr(trainer, "trainer", trainer), "samples_used", None)}  # fmt: skip
+    summary = {
+        "steps": state.global_step,
+        "reward_mean_final": last.get("reward_mean"),
+        "samples_used": getattr(getattr(trainer, "trainer", trainer), "samples_used", None),
+    }
     if evals:
         summary["exact_log_p_bad_initial"] = evals[0]["exact_log_p_bad"]
         summary["exact_log_p_bad_final"] = evals[-1]["exact_log_p_bad"]
@@ -171,10 +201,16 @@ TRAINED = ("actor", "base", "proposal", "critic")
 def run_kind(cfg, models: dict[str, Any]) -> dict[str, Any]:
     """What must match for a checkpoint to fit this run: the models, the losses and the parameterization."""
     harm, prop = cfg.harm, cfg.proposal
-    return {"models": sorted(models), "do_harmlessness_training": harm.do_harmlessness_training,
-            "harmlessness_training_loss_type": harm.harmlessness_training_loss_type if harm.do_harmlessness_training
-            else None, "actor_loss_type": prop.actor_loss_type, "parameterization": prop.parameterization,
-            "lora_rank": cfg.lora.lora_rank}  # fmt: skip
+    return {
+        "models": sorted(models),
+        "do_harmlessness_training": harm.do_harmlessness_training,
+        "harmlessness_training_loss_type": harm.harmlessness_training_loss_type
+        if harm.do_harmlessness_training
+        else None,
+        "actor_loss_type": prop.actor_loss_type,
+        "parameterization": prop.parameterization,
+        "lora_rank": cfg.lora.lora_rank,
+    }
 
 
 def checkpoint_state(cfg, models, trainer, state: RLLoopState, negdata, strategy) -> dict[str, Any]:
@@ -184,8 +220,13 @@ def checkpoint_state(cfg, models, trainer, state: RLLoopState, negdata, strategy
     weights = {k: trainable_state(strategy.unwrap(models[k])) for k in TRAINED if models.get(k) is not None}
     if models.get("ema") is not None:  # frozen (requires_grad off), so its whole state is the trained part
         weights["ema"] = {k: v.detach().clone() for k, v in models["ema"].state_dict().items()}
-    return {"kind": run_kind(cfg, models), "weights": weights, "trainer": trainer.state_dict(),
-            "loop": dataclasses.asdict(state), "negdata": negdata.rows if negdata is not None else None}  # fmt: skip
+    return {
+        "kind": run_kind(cfg, models),
+        "weights": weights,
+        "trainer": trainer.state_dict(),
+        "loop": dataclasses.asdict(state),
+        "negdata": negdata.rows if negdata is not None else None,
+    }
 
 
 def resume_run(cfg, checkpointer, models, trainer, negdata, strategy) -> RLLoopState | None:
@@ -204,8 +245,10 @@ def resume_run(cfg, checkpointer, models, trainer, negdata, strategy) -> RLLoopS
     expected = run_kind(cfg, models)
     for key, value in expected.items():
         if saved["kind"].get(key) != value:
-            raise UserError(f"--load_checkpoint: {path} comes from a different configuration ({key} was "
-                            f"{saved['kind'].get(key)!r}, now {value!r}); use another --ckpt_path")  # fmt: skip
+            raise UserError(
+                f"--load_checkpoint: {path} comes from a different configuration ({key} was "
+                f"{saved['kind'].get(key)!r}, now {value!r}); use another --ckpt_path"
+            )
     for key, weights in saved["weights"].items():
         if key == "ema":
             models["ema"].load_state_dict(weights)
@@ -237,19 +280,30 @@ def run_train_ppo(cfg, strategy, path: str, tokenizer, config_dump: dict[str, An
     if cfg.ckpt.load_checkpoint:
         state = resume_run(cfg, checkpointer, models, trainer, negdata, strategy)
     lg = cfg.logging
-    logger = MetricLogger(cfg.ckpt.save_path, enabled=strategy.is_rank_0(), tensorboard_dir=lg.use_tensorboard,
-                          wandb=lg.use_wandb, wandb_project=lg.wandb_project, wandb_run_name=lg.wandb_run_name,
-                          config=config_dump, resume_step=state.global_step if state else None)  # fmt: skip
+    logger = MetricLogger(
+        cfg.ckpt.save_path,
+        enabled=strategy.is_rank_0(),
+        tensorboard_dir=lg.use_tensorboard,
+        wandb=lg.use_wandb,
+        wandb_project=lg.wandb_project,
+        wandb_run_name=lg.wandb_run_name,
+        config=config_dump,
+        resume_step=state.global_step if state else None,
+    )
     try:
         evaluate = make_evaluator(cfg, main, tokenizer, reward_source)
 
         def save(loop: RLLoopState) -> None:
             # The models also go in Hugging Face format, so a checkpoint can start a new run via --pretrain.
-            checkpointer.save(loop.global_step, checkpoint_state(cfg, models, trainer, loop, negdata, strategy),
-                              extra=lambda tmp: save_models(cfg, models, tokenizer, strategy, str(tmp)))  # fmt: skip
+            checkpointer.save(
+                loop.global_step,
+                checkpoint_state(cfg, models, trainer, loop, negdata, strategy),
+                extra=lambda tmp: save_models(cfg, models, tokenizer, strategy, str(tmp)),
+            )
 
-        state = run_rl_loop(negdata or trainer, prompt_ids, settings, logger, evaluate=evaluate, save=save,
-                            state=state)  # fmt: skip
+        state = run_rl_loop(
+            negdata or trainer, prompt_ids, settings, logger, evaluate=evaluate, save=save, state=state
+        )
     finally:
         logger.close()
     summary = summarize(state, trainer)

@@ -18,9 +18,21 @@ from repulse.trainers.updates import ProposalUpdater
 
 
 class TwistTrainer:
-    def __init__(self, updater: ProposalUpdater, base, reward_source, tokenizer, sampling: SamplingParams,
-                 rewards: RewardSettings, *, group_size: int, micro_train_batch_size: int, max_epochs: int,
-                 strategy: Any, rollout_batch_size: int = 64) -> None:  # fmt: skip
+    def __init__(
+        self,
+        updater: ProposalUpdater,
+        base,
+        reward_source,
+        tokenizer,
+        sampling: SamplingParams,
+        rewards: RewardSettings,
+        *,
+        group_size: int,
+        micro_train_batch_size: int,
+        max_epochs: int,
+        strategy: Any,
+        rollout_batch_size: int = 64,
+    ) -> None:
         self.updater, self.model, self.base = updater, updater.model, base
         self.reward_source, self.tokenizer, self.sampling, self.rewards = reward_source, tokenizer, sampling, rewards
         self.group_size, self.micro, self.max_epochs = group_size, micro_train_batch_size, max_epochs
@@ -35,19 +47,27 @@ class TwistTrainer:
         self.updater.load_state_dict(state["updater"])
 
     def step(self, prompt_ids: list[list[int]]) -> dict[str, float]:
-        roll = sample_rollout(self.model, self.tokenizer, prompt_ids, self.group_size, self.sampling,
-                              batch_size=self.rollout_batch_size).to(self.strategy.device)  # fmt: skip
+        roll = sample_rollout(
+            self.model, self.tokenizer, prompt_ids, self.group_size, self.sampling, batch_size=self.rollout_batch_size
+        ).to(self.strategy.device)
         self.samples_used += roll.sequences.shape[0]
         exp = make_proposal_experience(roll, self.model, self.base, self.reward_source, self.rewards)
         base_logps = self.updater.base_logps(exp, self.base)
         mask = roll.action_mask
-        log_w = log_importance_weights(sequence_logprob(base_logps, mask), exp.log_phi,
-                                       sequence_logprob(exp.behaviour_logps, mask))  # fmt: skip
+        log_w = log_importance_weights(
+            sequence_logprob(base_logps, mask), exp.log_phi, sequence_logprob(exp.behaviour_logps, mask)
+        )
         weights = normalized_group_weights(log_w, self.group_size)
         negatives = None
         if self.updater.loss_type == "sixo":  # exact negatives: fresh samples from the base model
-            negatives = sample_rollout(self.base, self.tokenizer, prompt_ids, self.group_size, self.sampling,
-                                       batch_size=self.rollout_batch_size).to(self.strategy.device)  # fmt: skip
+            negatives = sample_rollout(
+                self.base,
+                self.tokenizer,
+                prompt_ids,
+                self.group_size,
+                self.sampling,
+                batch_size=self.rollout_batch_size,
+            ).to(self.strategy.device)
         losses = []
         n = exp.raw_rewards.shape[0]
         for _ in range(self.max_epochs):

@@ -63,8 +63,9 @@ def negative_weights(neg: Experience, current_logps: torch.Tensor, s: BaseUpdate
     log_phi = neg.log_phi
     if s.reweighting_beta is not None:
         log_phi = log_potential(neg.raw_rewards, s.rm_type, s.reweighting_beta, s.threshold, s.reward_cap)
-    log_w = log_importance_weights(sequence_logprob(current_logps, mask), log_phi,
-                                   sequence_logprob(neg.behaviour_logps, mask))  # fmt: skip
+    log_w = log_importance_weights(
+        sequence_logprob(current_logps, mask), log_phi, sequence_logprob(neg.behaviour_logps, mask)
+    )
     weights = normalized_group_weights(log_w, s.group_size)
     if s.rm_type == "indicator_below_threshold":
         weights = zero_weights_where_not_bad(weights, log_phi)
@@ -100,8 +101,16 @@ def base_actor_loss(model, base: Experience, neg: Experience | None, s: BaseUpda
     return loss + s.alpha * neg_loss, metrics
 
 
-def update_base_actor(model, optimizer, scheduler, base: Experience, neg: Experience | None,
-                      s: BaseUpdateSettings, strategy: Any, reference=None) -> dict[str, float]:  # fmt: skip
+def update_base_actor(
+    model,
+    optimizer,
+    scheduler,
+    base: Experience,
+    neg: Experience | None,
+    s: BaseUpdateSettings,
+    strategy: Any,
+    reference=None,
+) -> dict[str, float]:
     loss, metrics = base_actor_loss(model, base, neg, s, reference)
     if not torch.isfinite(loss):
         from repulse.infra.errors import TrainingDivergedError
@@ -116,8 +125,19 @@ def update_base_actor(model, optimizer, scheduler, base: Experience, neg: Experi
 class ProposalUpdater:
     """Twist learning for q_xi toward sigma ∝ p e^{beta r}, p = the current base model (METHODS §2.8, §4.2)."""
 
-    def __init__(self, model, optimizer, scheduler, *, loss_type: str, parameterization: str, group_size: int,
-                 max_norm: float, strategy: Any, enabled: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model,
+        optimizer,
+        scheduler,
+        *,
+        loss_type: str,
+        parameterization: str,
+        group_size: int,
+        max_norm: float,
+        strategy: Any,
+        enabled: bool = True,
+    ) -> None:
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.loss_type, self.parameterization = loss_type, parameterization
         self.group_size, self.max_norm, self.strategy, self.enabled = group_size, max_norm, strategy, enabled
@@ -151,12 +171,14 @@ class ProposalUpdater:
             return log_psi_from_modulation(modulation, rollout.actions, rollout.action_mask), modulation, base_logits
         q_logits = response_logits(self.model, rollout)
         base_logits = self.base_logits(rollout, base_model)
-        log_psi = log_psi_from_policy(q_logits, base_logits, rollout.actions, rollout.action_mask,
-                                      self.parameterization)  # fmt: skip
+        log_psi = log_psi_from_policy(
+            q_logits, base_logits, rollout.actions, rollout.action_mask, self.parameterization
+        )
         log_psi_all = None
         if all_tokens:
-            log_psi_all = log_psi_all_tokens(q_logits, base_logits, self.parameterization, rollout.actions,
-                                             rollout.action_mask)  # fmt: skip
+            log_psi_all = log_psi_all_tokens(
+                q_logits, base_logits, self.parameterization, rollout.actions, rollout.action_mask
+            )
         return log_psi, log_psi_all, base_logits
 
     def loss(self, neg: Experience, base_model, negatives: Rollout | None = None) -> torch.Tensor:
@@ -170,8 +192,9 @@ class ProposalUpdater:
             log_psi_neg = self.twist(negatives, base_model)[0]
             return sixo_loss(log_psi, *common, log_psi_neg=log_psi_neg, neg_action_mask=negatives.action_mask)
         if self.loss_type == "dpg":
-            return dpg_loss(log_psi, *common, log_psi_all=log_psi_all,
-                            base_logps_all=torch.log_softmax(base_logits.float(), -1))  # fmt: skip
+            return dpg_loss(
+                log_psi, *common, log_psi_all=log_psi_all, base_logps_all=torch.log_softmax(base_logits.float(), -1)
+            )
         extra = {"cumulative_psi": is_cumulative(self.parameterization)} if self.loss_type == "ctl" else {}
         return PROPOSAL_LOSSES[self.loss_type](log_psi, *common, **extra)
 

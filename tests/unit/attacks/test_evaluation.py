@@ -37,12 +37,41 @@ def test_chat_prompt_is_the_user_turn(tiny_lm) -> None:
 def test_paper_gcg_flags_parse() -> None:
     from repulse.cli.evaluate_gcg import gcg_config, parse_args
 
-    cfg = parse_args(["--file_path", "x.csv", "--scenario", "behaviors", "--max_targets", "100",
-                      "--atk_success_criteria", "reward", "--reward_pretrain", "rm", "--reward_threshold", "-4.0",
-                      "--rm_exclude_adv_suffix", "--parameterization", "policy", "--max_new_tokens", "20",
-                      "--gcg_steps", "250", "--gcg_search_width", "512", "--gcg_topk", "256", "--gcg_batch_size",
-                      "512", "--gcg_n_replace", "1", "--gcg_buffer_size", "0", "--gcg_use_prefix_cache",
-                      "--gcg_filter_ids"])  # fmt: skip
+    cfg = parse_args(
+        [
+            "--file_path",
+            "x.csv",
+            "--scenario",
+            "behaviors",
+            "--max_targets",
+            "100",
+            "--atk_success_criteria",
+            "reward",
+            "--reward_pretrain",
+            "rm",
+            "--reward_threshold",
+            "-4.0",
+            "--rm_exclude_adv_suffix",
+            "--parameterization",
+            "policy",
+            "--max_new_tokens",
+            "20",
+            "--gcg_steps",
+            "250",
+            "--gcg_search_width",
+            "512",
+            "--gcg_topk",
+            "256",
+            "--gcg_batch_size",
+            "512",
+            "--gcg_n_replace",
+            "1",
+            "--gcg_buffer_size",
+            "0",
+            "--gcg_use_prefix_cache",
+            "--gcg_filter_ids",
+        ]
+    )
     gcg = gcg_config(cfg.gcg, cfg.eval.seed)
     assert (gcg.num_steps, gcg.search_width, gcg.batch_size, gcg.use_prefix_cache) == (250, 512, 512, True)
     assert cfg.eval.reward_input() == "prompt_response" and cfg.eval.rm_exclude_adv_suffix
@@ -52,8 +81,15 @@ def test_summary_asr_and_reward_stats() -> None:
     def row(success: bool, mean: float, low: float) -> dict:
         stats = {"reward_mean": mean, "reward_min": low, "success": success}
         lp = {"first": -1.0, "mean": -2.0, "sum": -4.0}
-        return {"success": success, "success_minus_1": False, "attacked": stats, "baseline": stats,
-                "logprob_before": lp, "logprob_after": lp, "attack_time_s": 1.0}  # fmt: skip
+        return {
+            "success": success,
+            "success_minus_1": False,
+            "attacked": stats,
+            "baseline": stats,
+            "logprob_before": lp,
+            "logprob_after": lp,
+            "attack_time_s": 1.0,
+        }
 
     out = summarize([row(True, 0.0, -5.0), row(False, 2.0, 1.0), row(False, 4.0, 3.0), row(True, 6.0, 0.0)])
     assert out["asr"] == 50.0 and out["asr_minus_1"] == 0.0

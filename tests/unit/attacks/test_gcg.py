@@ -18,8 +18,9 @@ def test_gcg_lowers_target_loss(tiny_lm) -> None:
     model, tok = tiny_lm
     ids = torch.tensor(tok(INIT, add_special_tokens=False)["input_ids"])
     start = TargetObjective(model, [AttackPrompt.build(tok, GOAL, TARGET)]).losses(ids.unsqueeze(0))[0].item()
-    result = run(model, tok, GOAL, TARGET, GCGConfig(num_steps=4, search_width=32, topk=16, optim_str_init=INIT,
-                                                     seed=0))  # fmt: skip
+    result = run(
+        model, tok, GOAL, TARGET, GCGConfig(num_steps=4, search_width=32, topk=16, optim_str_init=INIT, seed=0)
+    )
     assert len(result.losses) == len(result.strings) == 4
     assert result.best_loss < start - 0.2
     assert result.best_loss == min(result.losses)
@@ -43,8 +44,9 @@ def test_gcg_reaches_the_enumerated_optimum_of_a_two_token_space(tiny_lm) -> Non
 def test_universal_and_mellowmax_and_buffer_run(tiny_lm) -> None:
     model, tok = tiny_lm
     pairs = [(GOAL, TARGET), ("This brother was such a", " fool")]
-    config = GCGConfig(num_steps=2, search_width=8, topk=8, optim_str_init=INIT, use_mellowmax=True, buffer_size=3,
-                       seed=0)  # fmt: skip
+    config = GCGConfig(
+        num_steps=2, search_width=8, topk=8, optim_str_init=INIT, use_mellowmax=True, buffer_size=3, seed=0
+    )
     result = run_universal(model, tok, pairs, config)
     assert len(result.losses) == 2 and result.best_string
 

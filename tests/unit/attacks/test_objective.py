@@ -153,9 +153,18 @@ def test_scaled_embeddings_gradient_pass_feeds_the_shared_prefix_scoring(tiny_lm
 
     _, tok = tiny_lm
     torch.manual_seed(0)
-    config = Gemma3TextConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                              num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=64,
-                              pad_token_id=tok.pad_token_id, attn_implementation="eager")  # fmt: skip
+    config = Gemma3TextConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        sliding_window=64,
+        pad_token_id=tok.pad_token_id,
+        attn_implementation="eager",
+    )
     model = Gemma3ForCausalLM(config).eval().requires_grad_(False)
     assert float(model.get_input_embeddings().embed_scale) != 1.0
     objective = TargetObjective(model, [AttackPrompt.build(tok, GOAL, TARGET)])

@@ -47,9 +47,15 @@ def test_flag_validation() -> None:
     assert AttackEvalArgs(scenario="behaviours").scenario == "behaviors"
     assert AttackEvalArgs().reward_input() == "response"
     assert AttackEvalArgs(reward_pretrain="rm", reward_threshold=-4.0).reward_input() == "prompt_response"
-    for bad in [dict(atk_success_criteria="judge"), dict(judge_pretrain="j"), dict(scenario="x"),
-                dict(reward_pretrain="rm"), dict(load_checkpoint=True), dict(rm_exclude_adv_suffix=True),
-                dict(parameterization="q_mlp")]:  # fmt: skip
+    for bad in [
+        dict(atk_success_criteria="judge"),
+        dict(judge_pretrain="j"),
+        dict(scenario="x"),
+        dict(reward_pretrain="rm"),
+        dict(load_checkpoint=True),
+        dict(rm_exclude_adv_suffix=True),
+        dict(parameterization="q_mlp"),
+    ]:
         with pytest.raises(ConfigError):
             AttackEvalArgs(**bad)
     with pytest.raises(ConfigError, match="--gcg_topk"):

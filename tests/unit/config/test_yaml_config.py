@@ -109,14 +109,47 @@ def test_empty_yaml_is_all_defaults(tmp_path):
 
 
 SFT_ARGV = [
-    "--pretrain", "m", "--learning_rate", "3e-5", "--lr_scheduler", "linear", "--adam_betas", "0.85", "0.9",
-    "--target_modules", "q_proj", "v_proj", "--lora_rank", "4", "--bf16", "--dataset", "a,b",
-    "--dataset_probs", "0.7,0.3", "--input_template", "Q: {}\nA: ", "--use_wandb", "offline",
-    "--packing_samples", "--pretrain_mode", "--save_path", "out", "--max_samples", "7",
-]  # fmt: skip
+    "--pretrain",
+    "m",
+    "--learning_rate",
+    "3e-5",
+    "--lr_scheduler",
+    "linear",
+    "--adam_betas",
+    "0.85",
+    "0.9",
+    "--target_modules",
+    "q_proj",
+    "v_proj",
+    "--lora_rank",
+    "4",
+    "--bf16",
+    "--dataset",
+    "a,b",
+    "--dataset_probs",
+    "0.7,0.3",
+    "--input_template",
+    "Q: {}\nA: ",
+    "--use_wandb",
+    "offline",
+    "--packing_samples",
+    "--pretrain_mode",
+    "--save_path",
+    "out",
+    "--max_samples",
+    "7",
+]
 RM_ARGV = [
-    "--loss", "logexp", "--normalize_reward", "--value_head_prefix", "v_head", "--margin_key", "m", "--l2", "0.1",
-]  # fmt: skip
+    "--loss",
+    "logexp",
+    "--normalize_reward",
+    "--value_head_prefix",
+    "v_head",
+    "--margin_key",
+    "m",
+    "--l2",
+    "0.1",
+]
 
 
 @pytest.mark.parametrize(("parse", "argv"), [(train_sft.parse_args, SFT_ARGV), (train_rm.parse_args, RM_ARGV)])

@@ -21,11 +21,54 @@ from repulse.estimation.distributions import (
 SPECIAL = ["<pad>", "<eos>", "<unk>"]
 # Tokens for every family; "Ġ" is a leading space (byte-level).
 PIECES = [
-    "a", "Ġbad", "Ġ1f", "C3", "Foo", "Bar", "None", "He", "She", "Ġscreamed", ":", 'Ġ"', "ĠHELLO", "ĠSTOP", "the",
-    "Ġthe", "Ġman", "Ġwater", ".", "Ġof", "Ġperro", "Ġgato", "Ġfor", "ĠA", "ĠR", "ĠC", "ĠT", "ĠH", "ĠE", "ĠO", "ĠY",
-    "Ġapple", "Ġred", "Ġcat", "Ġtree", "Ġhouse", "Ġegg", "Ġorange", "Ġyellow", "Ġif", "x", "Ġ=", "(", ")", "Ġ1", "Ċ",
+    "a",
+    "Ġbad",
+    "Ġ1f",
+    "C3",
+    "Foo",
+    "Bar",
+    "None",
+    "He",
+    "She",
+    "Ġscreamed",
+    ":",
+    'Ġ"',
+    "ĠHELLO",
+    "ĠSTOP",
+    "the",
+    "Ġthe",
+    "Ġman",
+    "Ġwater",
+    ".",
+    "Ġof",
+    "Ġperro",
+    "Ġgato",
+    "Ġfor",
+    "ĠA",
+    "ĠR",
+    "ĠC",
+    "ĠT",
+    "ĠH",
+    "ĠE",
+    "ĠO",
+    "ĠY",
+    "Ġapple",
+    "Ġred",
+    "Ġcat",
+    "Ġtree",
+    "Ġhouse",
+    "Ġegg",
+    "Ġorange",
+    "Ġyellow",
+    "Ġif",
+    "x",
+    "Ġ=",
+    "(",
+    ")",
+    "Ġ1",
+    "Ċ",
     "Ġ",
-]  # fmt: skip
+]
 CODE = set(PIECES) - {"Ċ", "Ġ"}  # every piece but whitespace is an identifier, number or symbol run
 
 
@@ -72,11 +115,11 @@ CHECKS = {
         lambda row: (
             row[0] in ("He", "She") and row[1:4] == ["Ġscreamed", ":", 'Ġ"'] and all(p in CAPS for p in row[4:])
         ),
-    ),  # fmt: skip
+    ),
     "english": (
         4,
         lambda row: english(row[0]) and all((p.startswith("Ġ") and english(p)) or p in (".", ":") for p in row[1:]),
-    ),  # fmt: skip
+    ),
     "spanish": (3, lambda row: all(word(p).lower() in SPANISH_WORDS for p in row)),
     "icl": (
         8,
@@ -87,7 +130,7 @@ CHECKS = {
             and row[6] in ("ĠA", "ĠR")
             and row[7] == "Ġfor"
         ),
-    ),  # fmt: skip
+    ),
     "ifelse": (4, lambda row: row[0] == "Ġif" and all(p in CODE for p in row[1:])),
     "indent": (4, lambda row: row[-1] == ":" and all(p in CODE for p in row[:-1])),
 }

@@ -31,15 +31,75 @@ WORDS = ["fuck", "shit", "ass"]
 # bad); " ass"+"hole" is not the word "ass"; case variants " Fuck", " SH"+"IT". "Ã" and "©" are the two bytes of
 # "é": alone each decodes to U+FFFD (not a word char), together to a word char that cancels a boundary.
 PIECES = {
-    "bytelevel": ["<eos>", "Ġf", "uck", "uckers", "Ġfuck", "fuck", "ĠFuck", "er", "Ġthe", "Ġa", "ing", ".", "Ġsh",
-                  "it", "ĠSH", "IT", "Ġass", "hole", "Ã", "©"],
+    "bytelevel": [
+        "<eos>",
+        "Ġf",
+        "uck",
+        "uckers",
+        "Ġfuck",
+        "fuck",
+        "ĠFuck",
+        "er",
+        "Ġthe",
+        "Ġa",
+        "ing",
+        ".",
+        "Ġsh",
+        "it",
+        "ĠSH",
+        "IT",
+        "Ġass",
+        "hole",
+        "Ã",
+        "©",
+    ],
     # No decoder: tokens are joined with spaces, so " f"+"uck" is "f uck" and "fuck"+"er" is "fuck er".
-    "spaced": ["<eos>", "f", "uck", "uckers", "fuck", "Fuck", "FUCK", "er", "the", "a", "ing", ".", "sh", "it",
-               "SH", "IT", "ass", "hole", "x", "y"],
+    "spaced": [
+        "<eos>",
+        "f",
+        "uck",
+        "uckers",
+        "fuck",
+        "Fuck",
+        "FUCK",
+        "er",
+        "the",
+        "a",
+        "ing",
+        ".",
+        "sh",
+        "it",
+        "SH",
+        "IT",
+        "ass",
+        "hole",
+        "x",
+        "y",
+    ],
     # SentencePiece-style: the first token loses its leading space; "▁" alone is flagged as not concatenative.
-    "metaspace": ["<eos>", "▁f", "uck", "uckers", "▁fuck", "fuck", "▁Fuck", "er", "▁the", "▁a", "ing", ".", "▁sh",
-                  "it", "▁SH", "IT", "▁ass", "hole", "▁", "s"],
-}  # fmt: skip
+    "metaspace": [
+        "<eos>",
+        "▁f",
+        "uck",
+        "uckers",
+        "▁fuck",
+        "fuck",
+        "▁Fuck",
+        "er",
+        "▁the",
+        "▁a",
+        "ing",
+        ".",
+        "▁sh",
+        "it",
+        "▁SH",
+        "IT",
+        "▁ass",
+        "hole",
+        "▁",
+        "s",
+    ],
+}
 VOCAB = 20
 
 
@@ -64,13 +124,31 @@ def make_model(arch: str):
 
     torch.manual_seed(0)
     if arch == "gpt2":
-        config = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=VOCAB, n_positions=16, initializer_range=0.5,
-                            bos_token_id=EOS, eos_token_id=EOS)  # fmt: skip
+        config = GPT2Config(
+            n_layer=2,
+            n_embd=32,
+            n_head=2,
+            vocab_size=VOCAB,
+            n_positions=16,
+            initializer_range=0.5,
+            bos_token_id=EOS,
+            eos_token_id=EOS,
+        )
         model = GPT2LMHeadModel(config)
     else:
-        config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16,
-                             initializer_range=0.5, bos_token_id=EOS, eos_token_id=EOS, pad_token_id=EOS)  # fmt: skip
+        config = LlamaConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=16,
+            initializer_range=0.5,
+            bos_token_id=EOS,
+            eos_token_id=EOS,
+            pad_token_id=EOS,
+        )
         model = LlamaForCausalLM(config)
     return model.double().eval()
 
@@ -112,8 +190,9 @@ def make_text_judge(kind: str, words: list[str], case_sensitive: bool = False):
 def test_bad_token_ids_match_brute_force(arch, response_len, eos):
     bad = [4, 6, 16]
     want = compute_p_by_brute_force(arch, response_len, eos, lambda r: any(t in bad for t in r))
-    got = exact_bad_probability(make_model(arch), PROMPT, response_len, bad_token_ids=bad, eos_token_id=eos,
-                                batch_size=7)  # fmt: skip
+    got = exact_bad_probability(
+        make_model(arch), PROMPT, response_len, bad_token_ids=bad, eos_token_id=eos, batch_size=7
+    )
     assert got.p_bad == pytest.approx(want, rel=1e-9)
     assert got.log_p_bad == pytest.approx(math.log(want), rel=1e-9)
     assert got.expected_reward is None
@@ -125,8 +204,15 @@ def test_bad_token_ids_match_brute_force(arch, response_len, eos):
 @pytest.mark.parametrize("eos", [None, EOS])
 def test_bad_words_match_brute_force(kind, arch, response_len, eos):
     want = compute_p_by_brute_force(arch, response_len, eos, make_text_judge(kind, WORDS))
-    got = exact_bad_probability(make_model(arch), PROMPT, response_len, bad_words=WORDS,
-                                tokenizer=make_tokenizer(kind), eos_token_id=eos, batch_size=5)  # fmt: skip
+    got = exact_bad_probability(
+        make_model(arch),
+        PROMPT,
+        response_len,
+        bad_words=WORDS,
+        tokenizer=make_tokenizer(kind),
+        eos_token_id=eos,
+        batch_size=5,
+    )
     assert 0 < want < 1
     assert got.p_bad == pytest.approx(want, rel=1e-9)
 
@@ -134,8 +220,15 @@ def test_bad_words_match_brute_force(kind, arch, response_len, eos):
 @pytest.mark.parametrize("words", [["Fuck", "SHIT"], ["uck", "a"], ["fucker", "the ass"]])
 def test_case_sensitive_and_odd_words_match_brute_force(words):
     want = compute_p_by_brute_force("gpt2", 3, EOS, make_text_judge("bytelevel", words, case_sensitive=True))
-    got = exact_bad_probability(make_model("gpt2"), PROMPT, 3, bad_words=words, tokenizer=make_tokenizer("bytelevel"),
-                                case_sensitive=True, eos_token_id=EOS)  # fmt: skip
+    got = exact_bad_probability(
+        make_model("gpt2"),
+        PROMPT,
+        3,
+        bad_words=words,
+        tokenizer=make_tokenizer("bytelevel"),
+        case_sensitive=True,
+        eos_token_id=EOS,
+    )
     assert got.p_bad == pytest.approx(want, rel=1e-9)
 
 
@@ -214,8 +307,12 @@ def test_tokens_after_eos_are_not_scored():
     model = make_model("gpt2")
     with torch.no_grad():
         root = torch.softmax(model(input_ids=PROMPT[None]).logits[0, -1].double(), -1)
-        after = torch.softmax(model(input_ids=torch.cat([PROMPT.expand(VOCAB, -1), torch.arange(VOCAB)[:, None]], 1))
-                              .logits[:, -1].double(), -1)  # fmt: skip
+        after = torch.softmax(
+            model(input_ids=torch.cat([PROMPT.expand(VOCAB, -1), torch.arange(VOCAB)[:, None]], 1))
+            .logits[:, -1]
+            .double(),
+            -1,
+        )
     keep = torch.ones(VOCAB, dtype=torch.bool)
     keep[[EOS, 4]] = False
     want = root[4] + (root[keep] * after[keep, 4]).sum()
@@ -236,8 +333,9 @@ def test_reward_statistics_match_brute_force(eos):
     responses, logps = enumerate_by_brute_force("llama", 3, eos)
     want_mean = math.fsum(math.exp(lp) * reward(r) for r, lp in zip(responses, logps))
     want_p = math.fsum(math.exp(lp) for r, lp in zip(responses, logps) if reward(r) < 1.0)
-    got = exact_reward_statistics(make_model("llama"), PROMPT, 3, reward_fn, threshold=1.0, eos_token_id=eos,
-                                  batch_size=1000)  # fmt: skip
+    got = exact_reward_statistics(
+        make_model("llama"), PROMPT, 3, reward_fn, threshold=1.0, eos_token_id=eos, batch_size=1000
+    )
     assert got.expected_reward == pytest.approx(want_mean, rel=1e-9)
     assert got.p_bad == pytest.approx(want_p, rel=1e-9)
     assert got.log_p_bad == pytest.approx(math.log(want_p), rel=1e-9)

@@ -90,15 +90,17 @@ def test_itgis_and_mhis_beat_naive_mc_by_orders_of_magnitude_on_a_rare_target():
     naive = [
         log10_error(estimate_naive(scorer, dist, **budget, generator=seeded(r)).estimate, exact) for r in range(8)
     ]
-    itgis = [log10_error(estimate_itgis(scorer, dist, **budget, temperature=2.0, generator=seeded(r)).estimate, exact)
-             for r in range(8)]  # fmt: skip
+    itgis = [
+        log10_error(estimate_itgis(scorer, dist, **budget, temperature=2.0, generator=seeded(r)).estimate, exact)
+        for r in range(8)
+    ]
     mhis = [
         log10_error(
             estimate_mhis(
                 scorer, dist, n_samples=256, batch_size=16, temperature=2.0, burn_in=16, generator=seeded(r)
             ).estimate,
             exact,
-        )  # fmt: skip
+        )
         for r in range(8)
     ]
     assert min(naive) > 1.0 and sum(naive) / 8 > 1.5  # naive MC misses by > 1 decade every time
@@ -113,8 +115,10 @@ def test_itgis_beats_naive_mc_on_a_rare_target_of_the_tiny_lm():
     naive = [
         log10_error(estimate_naive(scorer, dist, **budget, generator=seeded(r)).estimate, exact) for r in range(8)
     ]
-    itgis = [log10_error(estimate_itgis(scorer, dist, **budget, temperature=2.0, generator=seeded(r)).estimate, exact)
-             for r in range(8)]  # fmt: skip
+    itgis = [
+        log10_error(estimate_itgis(scorer, dist, **budget, temperature=2.0, generator=seeded(r)).estimate, exact)
+        for r in range(8)
+    ]
     assert sum(itgis) < 0.7 * sum(naive)
 
 

@@ -19,14 +19,25 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def test_chains_converge_to_d_times_f_to_the_one_over_t():
     """The MH acceptance ratio is right: the empirical state distribution matches π ∝ D·exp(log f / T)."""
     scorer, dist = make_toy(length=2, support=4, low=-2.0, eps=1.0, vocab=6)
-    dist = FactorizedDistribution(dist.probs * torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], dtype=torch.float64)
-                                  / (dist.probs * torch.arange(1, 7)).sum(-1, keepdim=True))  # fmt: skip
+    dist = FactorizedDistribution(
+        dist.probs
+        * torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], dtype=torch.float64)
+        / (dist.probs * torch.arange(1, 7)).sum(-1, keepdim=True)
+    )
     temperature = 1.5
     states = enumerate_inputs(dist, 0, dist.num_inputs())
     log_pi = dist.log_prob(states) + scorer.log_prob(states) / temperature
     pi = torch.softmax(log_pi, 0)
-    trace = run_chains(scorer, dist, n_chains=400, n_steps=20, burn_in=20, temperature=temperature,
-                       generator=torch.Generator().manual_seed(0), record_states=True)  # fmt: skip
+    trace = run_chains(
+        scorer,
+        dist,
+        n_chains=400,
+        n_steps=20,
+        burn_in=20,
+        temperature=temperature,
+        generator=torch.Generator().manual_seed(0),
+        record_states=True,
+    )
     visited = trace.states.reshape(-1, 2)
     counts = torch.stack([(visited == s).all(-1).sum() for s in states]).double()
     total_variation = 0.5 * float((counts / counts.sum() - pi).abs().sum())
@@ -54,8 +65,15 @@ def test_ratio_estimate_and_standard_error_by_hand():
 def test_mhis_estimate_is_close_to_exact_on_the_tiny_lm():
     dist, scorer = lm_subset(length=3, support=12), lm_scorer(" motherfucker")
     exact = estimate_exact(scorer, dist).estimate
-    result = estimate_mhis(scorer, dist, n_samples=512, batch_size=32, temperature=4.0, burn_in=8,
-                           generator=torch.Generator().manual_seed(0))  # fmt: skip
+    result = estimate_mhis(
+        scorer,
+        dist,
+        n_samples=512,
+        batch_size=32,
+        temperature=4.0,
+        burn_in=8,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert abs(math.log10(result.estimate / exact)) < 0.5
     assert 0 < result.std_err < result.estimate
     assert result.n_samples == 512 and result.n_model_rows == 32 * (1 + 8 + 16)  # initial states + steps

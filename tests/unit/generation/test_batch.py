@@ -32,8 +32,9 @@ class ThreadWorld:
             world.barrier.wait()  # nobody overwrites a slot before every rank has read them all
             return out
 
-        return SimpleNamespace(rank=rank, world_size=world.world_size, device=torch.device("cpu"),
-                               all_gather=all_gather)  # fmt: skip
+        return SimpleNamespace(
+            rank=rank, world_size=world.world_size, device=torch.device("cpu"), all_gather=all_gather
+        )
 
 
 def run_ranks(world_size: int, body) -> list:

@@ -97,7 +97,8 @@ def test_stepwise_streamer_gets_the_prompt_each_token_then_end(model, tiny_token
 
     ids = torch.tensor([tiny_tokenizer("this man is")["input_ids"]])
     recorder = Recorder()
-    out = sample_stepwise(model, tiny_tokenizer, ids, torch.ones_like(ids), SamplingParams(max_new_tokens=4),
-                          streamer=recorder)  # fmt: skip
+    out = sample_stepwise(
+        model, tiny_tokenizer, ids, torch.ones_like(ids), SamplingParams(max_new_tokens=4), streamer=recorder
+    )
     assert recorder.puts[0] == ids[0].tolist() and recorder.ended == 1
     assert [p[0] for p in recorder.puts[1:]] == out[0, ids.shape[1] :].tolist()

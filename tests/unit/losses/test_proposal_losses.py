@@ -94,8 +94,11 @@ def test_dpg_gradient_is_the_sigma_weighted_log_q_gradient():
     # prefix that is constant over the vocabulary and cancels.
     q_logits, base_logits, actions, mask, log_phi, base, prop = _policy_batch(1)
     grads = []
-    for name, param in [("dpg", "policy_psi_q_p_s_t"), ("dpg", "policy_psi_q_p_s_1_to_t"),
-                        ("ctl_nosecondterm", "policy_psi_q_p_s_t")]:  # fmt: skip
+    for name, param in [
+        ("dpg", "policy_psi_q_p_s_t"),
+        ("dpg", "policy_psi_q_p_s_1_to_t"),
+        ("ctl_nosecondterm", "policy_psi_q_p_s_t"),
+    ]:
         log_psi = log_psi_from_policy(q_logits, base_logits, actions, mask, param)
         extras = {}
         if name == "dpg":

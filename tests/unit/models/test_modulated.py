@@ -94,8 +94,14 @@ def test_stepwise_greedy_equals_hf_generate(tok):
     ids, mask = batch(tok)
     params = SamplingParams(max_new_tokens=5, greedy=True)
     ours = sample_stepwise(model, tok, ids, mask, params)
-    theirs = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=5,
-                            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)  # fmt: skip
+    theirs = model.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        do_sample=False,
+        max_new_tokens=5,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     assert torch.equal(ours, theirs[:, : ours.shape[1]])
 
 
@@ -133,12 +139,14 @@ def test_save_load_and_checkpoint_state_round_trip(tmp_path, tok, parameterizati
     q.save_pretrained(tmp_path / "q")
     again = load_modulated(tmp_path / "q", base)
     ids, mask = batch(tok)
-    torch.testing.assert_close(again(input_ids=ids, attention_mask=mask).logits,
-                               q(input_ids=ids, attention_mask=mask).logits)  # fmt: skip
+    torch.testing.assert_close(
+        again(input_ids=ids, attention_mask=mask).logits, q(input_ids=ids, attention_mask=mask).logits
+    )
     fresh = proposal(tok, parameterization, base=base, sd_divider=3.0)
     load_trainable_state(fresh, trainable_state(q))
-    torch.testing.assert_close(fresh.eval()(input_ids=ids, attention_mask=mask).logits,
-                               q(input_ids=ids, attention_mask=mask).logits)  # fmt: skip
+    torch.testing.assert_close(
+        fresh.eval()(input_ids=ids, attention_mask=mask).logits, q(input_ids=ids, attention_mask=mask).logits
+    )
 
 
 class _Single:
@@ -153,17 +161,25 @@ class _Single:
         return 0.0
 
 
-@pytest.mark.parametrize(("parameterization", "loss_type"),
-                         [("modulation_linear_head", "ctl"), ("modulation_nn_head", "dpg"),
-                          ("modulation_model", "sixo_approxneg")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("parameterization", "loss_type"),
+    [("modulation_linear_head", "ctl"), ("modulation_nn_head", "dpg"), ("modulation_model", "sixo_approxneg")],
+)
 def test_update_moves_only_the_proposal(tok, parameterization, loss_type):
     base = make_gpt2(len(tok)).train()  # trainable, as p_theta is in harmlessness training
     q = proposal(tok, parameterization, base=base)
     base_before = {k: v.clone() for k, v in base.state_dict().items()}
     q_before = {k: v.clone() for k, v in q.state_dict().items()}
-    updater = ProposalUpdater(q, torch.optim.Adam([p for p in q.parameters() if p.requires_grad], lr=1e-2), None,
-                              loss_type=loss_type, parameterization=parameterization, group_size=4, max_norm=1.0,
-                              strategy=_Single())  # fmt: skip
+    updater = ProposalUpdater(
+        q,
+        torch.optim.Adam([p for p in q.parameters() if p.requires_grad], lr=1e-2),
+        None,
+        loss_type=loss_type,
+        parameterization=parameterization,
+        group_size=4,
+        max_norm=1.0,
+        strategy=_Single(),
+    )
     prompts = [tok("this man is a")["input_ids"], tok("the woman is")["input_ids"]]
     roll = sample_rollout(q, tok, prompts, 4, SamplingParams(max_new_tokens=3))
 
@@ -207,8 +223,9 @@ def test_e2_ctl_with_linear_modulation_head_reduces_kl_sigma_q(one_torch_thread)
         seqs = torch.stack([first, second.squeeze(-1)], 1)  # ancestral samples from q
         logits, m = q_logits(seqs)
         base, prop = token_log_probs(_logits(p1, p2, seqs), seqs), token_log_probs(logits, seqs).detach()
-        loss = PROPOSAL_LOSSES["ctl"](log_psi_from_modulation(m, seqs, mask), base, prop,
-                                      log_phi_all[seqs[:, 0] * V + seqs[:, 1]], mask, N)  # fmt: skip
+        loss = PROPOSAL_LOSSES["ctl"](
+            log_psi_from_modulation(m, seqs, mask), base, prop, log_phi_all[seqs[:, 0] * V + seqs[:, 1]], mask, N
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()

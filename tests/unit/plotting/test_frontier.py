@@ -14,10 +14,12 @@ from repulse.plotting.frontier import frontier_points, plot_frontier, read_run
 def write_run(folder, rewards: list[float], log_p_bad: list[float]) -> None:
     folder.mkdir(parents=True)
     (folder / "summary.json").write_text(json.dumps({"exact_log_p_bad_final": log_p_bad[-1]}))
-    (folder / "evaluations.json").write_text(json.dumps([{"step": i, "exact_log_p_bad": v}
-                                                         for i, v in enumerate(log_p_bad)]))  # fmt: skip
-    (folder / "metrics.jsonl").write_text("\n".join(json.dumps({"step": i + 1, "reward_mean": r})
-                                                    for i, r in enumerate(rewards)))  # fmt: skip
+    (folder / "evaluations.json").write_text(
+        json.dumps([{"step": i, "exact_log_p_bad": v} for i, v in enumerate(log_p_bad)])
+    )
+    (folder / "metrics.jsonl").write_text(
+        "\n".join(json.dumps({"step": i + 1, "reward_mean": r}) for i, r in enumerate(rewards))
+    )
 
 
 def test_points_average_the_last_quarter_and_use_the_final_evaluation(tmp_path) -> None:

@@ -36,8 +36,9 @@ def rewards(prompts, responses):
 @pytest.mark.parametrize(("need", "kl_coef", "calls"), [(True, 0.0, 1), (False, 0.0, 0), (False, 0.1, 2)])
 def test_scoring_passes(need, kl_coef, calls):
     policy, reference = CountingLM(), CountingLM()
-    exp = make_base_experience(rollout(), policy, reference, rewards, RewardSettings(kl_coef=kl_coef),
-                               need_behaviour_logps=need)  # fmt: skip
+    exp = make_base_experience(
+        rollout(), policy, reference, rewards, RewardSettings(kl_coef=kl_coef), need_behaviour_logps=need
+    )
     assert policy.calls + reference.calls == calls
     assert torch.equal(exp.raw_rewards, torch.tensor([1.0, -1.0]))
     if calls:  # uniform over 5 tokens

@@ -17,9 +17,19 @@ def build_tiny_rm(path: Path, stats: tuple[float, float] | None = None, seed: in
     tokenizer = make_tokenizer()
     torch.manual_seed(seed)
     config = GPT2Config(
-        n_layer=2, n_embd=32, n_head=2, vocab_size=len(tokenizer), n_positions=64, num_labels=1,
-        bos_token_id=1, eos_token_id=1, pad_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-    )  # fmt: skip
+        n_layer=2,
+        n_embd=32,
+        n_head=2,
+        vocab_size=len(tokenizer),
+        n_positions=64,
+        num_labels=1,
+        bos_token_id=1,
+        eos_token_id=1,
+        pad_token_id=0,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     model = AutoModelForSequenceClassification.from_config(config)
     if stats is not None:
         model.config.normalize_reward = True

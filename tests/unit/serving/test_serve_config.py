@@ -42,10 +42,18 @@ def test_defaults_bind_loopback_without_a_key():
 
 @pytest.mark.parametrize(
     "argv",
-    [["--batch_size", "0"], ["--max_len", "1"], ["--max_wait_ms", "-1"], ["--port", "70000"],
-     ["--max_texts_per_request", "0"], ["--max_body_bytes", "10"], ["--api_key", " "], ["--device", "tpu"],
-     ["--num_threads", "-1"]],
-)  # fmt: skip
+    [
+        ["--batch_size", "0"],
+        ["--max_len", "1"],
+        ["--max_wait_ms", "-1"],
+        ["--port", "70000"],
+        ["--max_texts_per_request", "0"],
+        ["--max_body_bytes", "10"],
+        ["--api_key", " "],
+        ["--device", "tpu"],
+        ["--num_threads", "-1"],
+    ],
+)
 def test_bad_values_name_the_flag(argv):
     with pytest.raises(ConfigError, match=argv[0]):
         serve_rm.parse_args(argv)

@@ -14,10 +14,12 @@ def test_mean_over_micro_batches():
 
 def test_nan_entries_are_skipped_and_all_nan_stays_nan():
     nan = float("nan")
-    out = average_micro_metrics([
-        {"loss": 1.0, "reject_reward": nan, "chosen_reward": nan},
-        {"loss": 2.0, "reject_reward": -4.0, "chosen_reward": nan},
-        {"loss": 3.0, "reject_reward": -2.0, "chosen_reward": nan},
-    ])  # fmt: skip
+    out = average_micro_metrics(
+        [
+            {"loss": 1.0, "reject_reward": nan, "chosen_reward": nan},
+            {"loss": 2.0, "reject_reward": -4.0, "chosen_reward": nan},
+            {"loss": 3.0, "reject_reward": -2.0, "chosen_reward": nan},
+        ]
+    )
     assert out["loss"] == 2.0 and out["reject_reward"] == -3.0
     assert math.isnan(out["chosen_reward"])
