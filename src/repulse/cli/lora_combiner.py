@@ -3,7 +3,7 @@
 The base is a causal LM, or a reward model with --is_rm (its trained head and normalization are kept). Before
 the output folder appears, the saved model is reloaded and checked against base + adapter on a probe batch; a
 mismatch is an error (exit 2) and nothing is written. The tokenizer comes from the adapter folder when it
-holds one (train_sft saves it there), else from the base.
+holds one (the training commands save it there), else from the base.
 
     repulse lora_combiner --model_path HuggingFaceTB/SmolLM2-135M-Instruct --lora_path runs/sft/final \\
         --output_path runs/sft/merged

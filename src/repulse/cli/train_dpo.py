@@ -18,6 +18,7 @@ from typing import NamedTuple
 from repulse.cli.runner import run_cli
 from repulse.config.common import CheckpointArgs, DataArgs, LoggingArgs, LoraArgs, ModelArgs, OptimArgs, StrategyArgs
 from repulse.config.dpo import DPOArgs, ReferenceArgs
+from repulse.config.fields import require
 from repulse.config.parser import parse_groups
 from repulse.config.preference import PreferenceKeys
 
@@ -50,7 +51,9 @@ GROUPS = (
 
 
 def parse_args(argv: Sequence[str] | None = None) -> DPOConfig:
-    return DPOConfig(*parse_groups(GROUPS, argv, description=__doc__))
+    cfg = DPOConfig(*parse_groups(GROUPS, argv, description=__doc__))
+    require(cfg.keys.margin_key is None, "--margin_key: the DPO loss has no margin term (it is a reward-model flag)")
+    return cfg
 
 
 def train(cfg: DPOConfig):
