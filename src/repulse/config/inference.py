@@ -126,7 +126,8 @@ class MergeArgs:
 
     model_path: str | None = arg(
         None,
-        "Base model folder (what the adapter was trained on). Default: the embedded tiny LM (RM with --is_rm).",
+        "Base model folder or hub name. Default: the base the adapter records (base_model_name_or_path in its "
+        "adapter_config.json).",
         aliases=["--pretrain"],
     )
     lora_path: str | None = arg(None, "LoRA adapter folder (adapter_config.json + weights), e.g. runs/sft/final.")
