@@ -40,27 +40,12 @@ def parse_args(argv: Sequence[str] | None = None) -> SFTConfig:
 
 
 def build_datasets(cfg: SFTConfig, tokenizer):
-    from repulse.data.loading import load_rows
-    from repulse.data.sft import SFTDataset
+    from repulse.data.sft import build_sft_datasets
 
-    d = cfg.data
-    # --pretrain_mode trains on input + output when the data has an output column, else on input alone.
-    keys = [d.input_key] + ([d.output_key] if d.output_key and not cfg.sft.pretrain_mode else [])
-    optional = [d.output_key] if d.output_key else []
     default = "pretrain" if cfg.sft.pretrain_mode else "sft"
-    kwargs = dict(
-        input_key=d.input_key,
-        output_key=d.output_key,
-        input_template=d.input_template,
-        apply_chat_template=d.apply_chat_template,
-        pretrain_mode=cfg.sft.pretrain_mode,
+    return build_sft_datasets(
+        cfg.data, tokenizer, pretrain_mode=cfg.sft.pretrain_mode, default=default, seed=cfg.optim.seed
     )
-    train = SFTDataset(
-        load_rows(d, keys, default, seed=cfg.optim.seed, optional=optional), tokenizer, d.max_len, **kwargs
-    )
-    eval_rows = load_rows(d, keys, None, seed=cfg.optim.seed, eval_split=True, optional=optional)
-    evaluation = SFTDataset(eval_rows, tokenizer, d.max_len, **kwargs) if eval_rows is not None else None
-    return train, evaluation
 
 
 def train(cfg: SFTConfig):

@@ -11,7 +11,9 @@ from repulse.config.fields import arg
 class PreferenceKeys:
     _argument_group_name = "preference data keys"
 
-    prompt_key: str | None = arg("prompt", "JSON key of the prompt ('none': chosen/rejected hold the whole text).")
+    prompt_key: str | None = arg(
+        "prompt", "JSON key of the prompt ('none', or a key the data lacks: chosen/rejected hold whole conversations)."
+    )
     chosen_key: str = arg("chosen", "JSON key of the preferred response.")
     rejected_key: str = arg("rejected", "JSON key of the dispreferred response.")
     margin_key: str | None = arg(
