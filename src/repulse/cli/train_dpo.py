@@ -5,7 +5,8 @@ same model; --ref_offload keeps it on the CPU) on prompt/chosen/rejected pairs; 
 through the policy in one concatenated forward. Log-probabilities are summed over response tokens, as in
 OpenRLHF (IPO included). --nll_loss_coef adds the token-averaged NLL of the chosen responses.
 
-    repulse train_dpo --save_path runs/dpo --beta 0.1                       # embedded tiny LM + pairs
+    repulse train_dpo --save_path runs/dpo --beta 0.1 --learning_rate 5e-4 --train_batch_size 32 \\
+        --micro_train_batch_size 16                                       # embedded tiny LM + pairs
     repulse train_dpo --pretrain runs/sft/final --dataset pairs.jsonl --prompt_key prompt \\
         --chosen_key chosen --rejected_key rejected --beta 0.1 --lora_rank 8 --save_path runs/dpo
 """

@@ -4,7 +4,9 @@ Loss: mean next-token NLL over response tokens (prompt tokens masked), or over e
 --pretrain_mode. --packing_samples packs a micro-batch into one row with block-diagonal attention, which
 gives the same loss as padding. Runs on one CPU/GPU, or data-parallel under torchrun.
 
-    repulse train_sft --save_path runs/sft --max_epochs 1            # embedded tiny LM + data
+    repulse train_sft --save_path runs/sft --train_batch_size 32 --micro_train_batch_size 16 \\
+        --learning_rate 1e-3                                          # embedded tiny LM + data (300 rows)
+    repulse train_sft --dataset chat.jsonl --save_path runs/chat      # TRL's {"messages": [...]} rows
     repulse train_sft --pretrain HuggingFaceTB/SmolLM2-135M-Instruct --dataset data.jsonl \\
         --input_key prompt --output_key response --apply_chat_template --lora_rank 8 --save_path runs/sft
     torchrun --nproc_per_node 2 -m repulse.cli.train_sft --train_batch_size 16 --micro_train_batch_size 4
