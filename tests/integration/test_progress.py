@@ -23,8 +23,9 @@ def test_batch_inference_bars_count_prompts_then_texts(tmp_path, capsys):
     argv = [*GEN, "--best_of_n", "2", "--reward_pretrain", str(TINY_RM_DIR), "--output_path", str(tmp_path / "o")]
     assert batch_inference.main(argv) == 0
     err = capsys.readouterr().err
-    assert bar_totals(err, "generate", "prompt") == ["6/6"]
-    assert bar_totals(err, "score", "text") == ["12/12"]  # 2 samples per prompt
+    # tqdm may print its final state twice (last refresh and close): the counts, not the lines, are checked
+    assert set(bar_totals(err, "generate", "prompt")) == {"6/6"}
+    assert set(bar_totals(err, "score", "text")) == {"12/12"}  # 2 samples per prompt
     assert "--zero_stage" not in err  # inference: no ZeRO notice
 
 
@@ -35,10 +36,10 @@ def test_batch_inference_progress_bar_can_be_hidden(tmp_path, capsys):
 
 @pytest.mark.parametrize("flag", [["--use_wandb", "offline"], ["--logging_steps", "5"], ["--use_tensorboard", "tb"]])
 def test_batch_inference_refuses_the_training_logging_flags(flag, tmp_path, capsys):
-    assert batch_inference.main([*GEN, "--output_path", str(tmp_path / "o.jsonl"), *flag]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    message = f"{flag[0]} applies to training runs; batch_inference logs no metrics"
-    assert err == [f"repulse batch_inference: error: {message}"]
+    with pytest.raises(SystemExit) as stop:  # not flags of batch_inference: it logs no metrics
+        batch_inference.main([*GEN, "--output_path", str(tmp_path / "o.jsonl"), *flag])
+    assert stop.value.code == 2
+    assert f"unrecognized arguments: {flag[0]}" in capsys.readouterr().err
 
 
 def test_training_says_that_zero_stage_has_no_effect(tmp_path, capsys):

@@ -36,12 +36,12 @@ class InferenceConfig(NamedTuple):
 
 
 GROUPS = (ModelArgs, DataArgs, StrategyArgs, LoggingArgs, InferenceArgs)
+PROGRESS_ONLY = {LoggingArgs: ["disable_progress_bar"]}  # nothing is logged: no metric flags
 
 
 def parse_args(argv: Sequence[str] | None = None) -> InferenceConfig:
-    cfg = InferenceConfig(*parse_groups(GROUPS, argv, description=__doc__))
+    cfg = InferenceConfig(*parse_groups(GROUPS, argv, description=__doc__, only=PROGRESS_ONLY))
     check_batch_inference(cfg.model, cfg.data, cfg.inference)
-    cfg.logging.check_progress_only("batch_inference")
     return cfg
 
 

@@ -30,9 +30,8 @@ class ForecastConfig(NamedTuple):
 
 
 def parse_args(argv: Sequence[str] | None = None) -> ForecastConfig:
-    cfg = ForecastConfig(*parse_groups((ForecastArgs, LoggingArgs), argv, description=__doc__))
-    cfg.logging.check_progress_only("forecast_rare_outputs")
-    return cfg
+    only = {LoggingArgs: ["disable_progress_bar"]}  # nothing is logged: no metric flags
+    return ForecastConfig(*parse_groups((ForecastArgs, LoggingArgs), argv, description=__doc__, only=only))
 
 
 def query_texts(values: list, key: str, source: str) -> list[str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from repulse.config.fields import arg, require
 
@@ -176,9 +176,3 @@ class LoggingArgs:
 
     def __post_init__(self) -> None:
         require(self.logging_steps >= 1, f"--logging_steps must be >= 1, got {self.logging_steps}")
-
-    def check_progress_only(self, command: str) -> None:
-        """Commands that write no metrics use only --disable_progress_bar; the other flags here are errors there."""
-        for spec in fields(self):
-            if spec.name != "disable_progress_bar" and getattr(self, spec.name) != spec.default:
-                require(False, f"--{spec.name} applies to training runs; {command} logs no metrics")

@@ -14,7 +14,7 @@ import shutil
 import sys
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +114,15 @@ def add_field(section: Any, field: dataclasses.Field, kind: Any) -> None:
         section.add_argument(f"--no_{field.name}", action="store_false", dest=field.name, help=argparse.SUPPRESS)
 
 
-def make_parser(groups: Sequence[type], description: str | None = None) -> argparse.ArgumentParser:
+def group_fields(group: type, only: Mapping[type, Sequence[str]] | None = None) -> list[dataclasses.Field]:
+    """The fields of a group that are flags of this command: all, or the ones `only` names for it."""
+    keep = (only or {}).get(group)
+    return [f for f in dataclasses.fields(group) if f.init and (keep is None or f.name in keep)]
+
+
+def make_parser(
+    groups: Sequence[type], description: str | None = None, only: Mapping[type, Sequence[str]] | None = None
+) -> argparse.ArgumentParser:
     name = command_name(description)
     prog = f"repulse {name}" if name else Path(sys.argv[0]).name
     parser = argparse.ArgumentParser(
@@ -130,9 +138,8 @@ def make_parser(groups: Sequence[type], description: str | None = None) -> argpa
     for group in groups:
         section = parser.add_argument_group(group_title(group))
         hints = typing.get_type_hints(group)
-        for field in dataclasses.fields(group):
-            if field.init:
-                add_field(section, field, hints[field.name])
+        for field in group_fields(group, only):
+            add_field(section, field, hints[field.name])
     return parser
 
 
@@ -189,20 +196,29 @@ def reject_unknown(parser: argparse.ArgumentParser, argv: Sequence[str] | None, 
         parser.error(f"unrecognized arguments: {' '.join(extra)}" + (f"; {described}" if described else ""))
 
 
-def parse_groups(groups: Sequence[type], argv: Sequence[str] | None, description: str | None = None) -> tuple:
-    """Return one instance per group, in order. Raises ConfigError (a ValueError) naming the bad flag."""
-    parser = make_parser(groups, description)
+def parse_groups(
+    groups: Sequence[type],
+    argv: Sequence[str] | None,
+    description: str | None = None,
+    only: Mapping[type, Sequence[str]] | None = None,
+) -> tuple:
+    """Return one instance per group, in order. Raises ConfigError (a ValueError) naming the bad flag.
+
+    `only` limits a shared group to the flags that mean something to this command (e.g. just
+    --disable_progress_bar of the logging group); its other fields keep their defaults and are not flags here.
+    """
+    parser = make_parser(groups, description, only)
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config", default=None)
     known_args, _ = pre.parse_known_args(argv)
-    fields = {f.name for g in groups for f in dataclasses.fields(g)}
+    fields = {f.name for g in groups for f in group_fields(g, only)}
     if known_args.config:
         parser.set_defaults(**convert_like_cli(parser, load_yaml_defaults(known_args.config, fields)))
     reject_unknown(parser, argv, fields)
     namespace = parser.parse_args(argv)
     instances = []
     for group in groups:
-        names = {f.name for f in dataclasses.fields(group) if f.init}
+        names = {f.name for f in group_fields(group, only)}
         instances.append(group(**{k: v for k, v in vars(namespace).items() if k in names}))
     return tuple(instances)
 
