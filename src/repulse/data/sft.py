@@ -52,7 +52,7 @@ def sft_format(columns: list[str] | None, input_key: str, output_key: str | None
         )
         return recognised
     raise DataError(
-        f"SFT data: no key {input_key!r} (the data has {columns}); set --input_key/--output_key, or use one of "
+        f"SFT data: missing key(s) {[input_key]} (it has {columns}); set --input_key/--output_key, or use one of "
         "TRL's formats: 'messages' (lists of {role, content}), 'prompt' + 'completion', 'text' with --pretrain_mode"
     )
 

@@ -30,9 +30,9 @@ def test_sft_format_recognises_trl_datasets(columns, pretrain_mode, expected):
 
 
 def test_a_missing_key_names_the_formats_it_would_read():
-    with pytest.raises(DataError, match=r"no key 'input' .*'messages' \(lists of \{role, content\}\)"):
+    with pytest.raises(DataError, match=r"missing key\(s\) \['input'\] .*'messages' \(lists of \{role, content\}\)"):
         sft_format(["question", "answer"], "input", "output", False)
-    with pytest.raises(DataError, match="no key 'query'"):  # an explicit --input_key is never second-guessed
+    with pytest.raises(DataError, match=r"missing key\(s\) \['query'\]"):  # an explicit --input_key is never guessed
         sft_format(["messages"], "query", "output", False)
 
 
