@@ -209,3 +209,14 @@ def test_hint_names_only_flags_the_command_has():
     assert flag_hint("max_completion_length", {"max_new_tokens"}) == "TRL's name for --max_new_tokens"
     assert flag_hint("output_dir", {"output_path"}) == ""  # not ours under another name, and not close enough
     assert flag_hint("zzz", {"save_path"}) == ""
+
+
+def test_a_group_limited_to_some_flags_offers_only_those(tmp_path):
+    from repulse.cli import forecast_rare_outputs
+
+    cfg = forecast_rare_outputs.parse_args(["--disable_progress_bar"])
+    assert cfg.logging.disable_progress_bar is True and cfg.logging.use_wandb is None
+    with pytest.raises(ConfigError, match=r"unknown keys: use_wandb"):
+        forecast_rare_outputs.parse_args(["--config", write_yaml(tmp_path, "use_wandb: offline\n")])
+    with pytest.raises(SystemExit):
+        forecast_rare_outputs.parse_args(["--logging_steps", "3"])
