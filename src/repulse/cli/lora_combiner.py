@@ -1,10 +1,12 @@
 """lora_combiner: merge a LoRA adapter into its base model and save a standalone Hugging Face folder.
 
-The base is a causal LM, or a reward model with --is_rm (its trained head and normalization are kept). Before
-the output folder appears, the saved model is reloaded and checked against base + adapter on a probe batch; a
-mismatch is an error (exit 2) and nothing is written. The tokenizer comes from the adapter folder when it
-holds one (train_sft saves it there), else from the base.
+The base is the model the adapter records in its adapter_config.json (--model_path overrides it): a causal LM,
+or a reward model with --is_rm (its trained head and normalization are kept). Before the output folder
+appears, the saved model is reloaded and checked against base + adapter on a probe batch; a mismatch is an
+error (exit 2) and nothing is written. The tokenizer comes from the adapter folder when it holds one (the
+training commands save it there; it must be the base's vocabulary), else from the base.
 
+    repulse lora_combiner --lora_path runs/sft_lora/final --output_path runs/sft_merged     # base as recorded
     repulse lora_combiner --model_path HuggingFaceTB/SmolLM2-135M-Instruct --lora_path runs/sft/final \\
         --output_path runs/sft/merged
     repulse lora_combiner --is_rm --model_path runs/rm_base --lora_path runs/rm/final --output_path runs/rm/merged
@@ -25,12 +27,10 @@ def parse_args(argv: Sequence[str] | None = None) -> MergeArgs:
 
 
 def combine(cfg: MergeArgs):
-    from repulse.models.load import resolve_model_path
-    from repulse.models.merge import check_adapter_dir, merge_lora
+    from repulse.models.merge import check_adapter_dir, choose_base, merge_lora
 
-    check_adapter_dir(cfg.lora_path, cfg.is_rm)  # before any loading, so a wrong path fails at once
-    default = "tiny_rm" if cfg.is_rm else "tiny_lm"
-    base = resolve_model_path(cfg.model_path, default, what="reward model" if cfg.is_rm else "model")
+    adapter = check_adapter_dir(cfg.lora_path, cfg.is_rm)  # before any loading, so a wrong path fails at once
+    base = choose_base(cfg.model_path, adapter)
     report = merge_lora(base, cfg.lora_path, cfg.output_path, is_rm=cfg.is_rm, bf16=cfg.bf16)
     print(
         f"lora_combiner: merged {report.merged_modules} LoRA modules of {cfg.lora_path} into {base}; probe outputs "

@@ -5,7 +5,8 @@ same model; --ref_offload keeps it on the CPU) on prompt/chosen/rejected pairs; 
 through the policy in one concatenated forward. Log-probabilities are summed over response tokens, as in
 OpenRLHF (IPO included). --nll_loss_coef adds the token-averaged NLL of the chosen responses.
 
-    repulse train_dpo --save_path runs/dpo --beta 0.1                       # embedded tiny LM + pairs
+    repulse train_dpo --save_path runs/dpo --beta 0.1 --learning_rate 5e-4 --train_batch_size 32 \\
+        --micro_train_batch_size 16                                       # embedded tiny LM + pairs
     repulse train_dpo --pretrain runs/sft/final --dataset pairs.jsonl --prompt_key prompt \\
         --chosen_key chosen --rejected_key rejected --beta 0.1 --lora_rank 8 --save_path runs/dpo
 """
@@ -18,6 +19,7 @@ from typing import NamedTuple
 from repulse.cli.runner import run_cli
 from repulse.config.common import CheckpointArgs, DataArgs, LoggingArgs, LoraArgs, ModelArgs, OptimArgs, StrategyArgs
 from repulse.config.dpo import DPOArgs, ReferenceArgs
+from repulse.config.fields import require
 from repulse.config.parser import parse_groups
 from repulse.config.preference import PreferenceKeys
 
@@ -50,7 +52,9 @@ GROUPS = (
 
 
 def parse_args(argv: Sequence[str] | None = None) -> DPOConfig:
-    return DPOConfig(*parse_groups(GROUPS, argv, description=__doc__))
+    cfg = DPOConfig(*parse_groups(GROUPS, argv, description=__doc__))
+    require(cfg.keys.margin_key is None, "--margin_key: the DPO loss has no margin term (it is a reward-model flag)")
+    return cfg
 
 
 def train(cfg: DPOConfig):

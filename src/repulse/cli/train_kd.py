@@ -50,8 +50,7 @@ def check_vocabularies(student, teacher, student_path: str, teacher_path: str) -
 def train(cfg: KDConfig):
     from repulse.cli.training import start_run, train_and_save
     from repulse.data.collate import PadCollator
-    from repulse.data.loading import load_rows
-    from repulse.data.sft import SFTDataset
+    from repulse.data.sft import build_sft_datasets
     from repulse.models.load import load_causal_lm, load_reference_lm, resolve_model_path
     from repulse.trainers.kd import KDTrainer
 
@@ -60,22 +59,12 @@ def train(cfg: KDConfig):
     teacher_path = resolve_model_path(cfg.kd.teacher_model, what="teacher model")
     teacher = load_reference_lm(teacher_path, cfg.model, offload=cfg.kd.teacher_offload, device=strategy.device)
     check_vocabularies(student, teacher, path, teacher_path)
-    d = cfg.data
-    keys = [d.input_key] + ([d.output_key] if d.output_key and not cfg.kd.pretrain_mode else [])
-    rows = load_rows(d, keys, "distill", seed=cfg.optim.seed, optional=[d.output_key] if d.output_key else [])
-    train_set = SFTDataset(
-        rows,
-        tokenizer,
-        d.max_len,
-        input_key=d.input_key,
-        output_key=d.output_key,
-        input_template=d.input_template,
-        apply_chat_template=d.apply_chat_template,
-        pretrain_mode=cfg.kd.pretrain_mode,
+    train_set, eval_set = build_sft_datasets(
+        cfg.data, tokenizer, pretrain_mode=cfg.kd.pretrain_mode, default="distill", seed=cfg.optim.seed
     )
     trainer = KDTrainer(strategy.prepare(student), teacher, cfg.kd.kd_coef)
     collate = PadCollator(tokenizer.pad_token_id)
-    return train_and_save(cfg, strategy, trainer, tokenizer, train_set, collate, name="train_kd")
+    return train_and_save(cfg, strategy, trainer, tokenizer, train_set, collate, name="train_kd", eval_set=eval_set)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

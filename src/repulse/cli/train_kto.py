@@ -5,7 +5,8 @@ lambda_D (1 - sigmoid(beta (r - z0))), undesirable lambda_U (1 - sigmoid(beta (z
 point z0 = max(0, mean log pi/ref) is estimated without gradient on mismatched (prompt_i, response_{i+1}) pairs
 of the same micro-batch, as in the KTO paper. Under torchrun z0 is per process (not all-reduced).
 
-    repulse train_kto --save_path runs/kto --beta 0.1                     # embedded tiny LM + labelled data
+    repulse train_kto --save_path runs/kto --beta 0.1 --learning_rate 5e-4 --train_batch_size 32 \\
+        --micro_train_batch_size 16                                       # embedded tiny LM + labelled data
     repulse train_kto --pretrain runs/sft/final --dataset unpaired.jsonl --input_key prompt \\
         --output_key completion --label_key label --desirable_loss_weight 1 --undesirable_loss_weight 1.33
 """

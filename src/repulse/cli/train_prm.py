@@ -5,7 +5,8 @@ per step: a reward token (hard, e.g. "+"/"-") or the probability of the first re
 the cross-entropy over the reward tokens at the marker positions only; `repulse.trainers.prm.step_rewards`
 scores new texts.
 
-    repulse train_prm --save_path runs/prm                                  # embedded tiny LM + step data
+    repulse train_prm --save_path runs/prm --learning_rate 1e-3 --train_batch_size 32 \\
+        --micro_train_batch_size 16                                       # embedded tiny LM + step data
     repulse train_prm --pretrain model --dataset steps.jsonl --input_key input --label_key value \\
         --placeholder_token "ки" --reward_tokens + - --save_path runs/prm
 """

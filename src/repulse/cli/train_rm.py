@@ -2,9 +2,12 @@
 
 The model is a transformers sequence-regression model (one output) whose head (`--value_head_prefix`) is read
 at each text's last token; from a causal-LM folder the head starts new. With --normalize_reward the mean and
-std of the training rewards are stored in the saved config and applied by every consumer.
+std of the training rewards are stored in the saved config and applied by every consumer. In plain transformers
+a text scores as trained only with the tokenizer's EOS appended and (with --normalize_reward) after
+(r - mean) / std; `repulse.models.reward.score_texts(path, texts)` does both.
 
-    repulse train_rm --save_path runs/rm                                 # embedded tiny LM + pairs
+    repulse train_rm --save_path runs/rm --train_batch_size 32 --micro_train_batch_size 16 \\
+        --learning_rate 1e-3 --normalize_reward                           # embedded tiny LM + pairs
     repulse train_rm --pretrain runs/sft/final --dataset pairs.jsonl --prompt_key prompt \\
         --chosen_key chosen --rejected_key rejected --loss sigmoid --normalize_reward --save_path runs/rm
 """

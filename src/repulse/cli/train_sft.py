@@ -4,7 +4,9 @@ Loss: mean next-token NLL over response tokens (prompt tokens masked), or over e
 --pretrain_mode. --packing_samples packs a micro-batch into one row with block-diagonal attention, which
 gives the same loss as padding. Runs on one CPU/GPU, or data-parallel under torchrun.
 
-    repulse train_sft --save_path runs/sft --max_epochs 1            # embedded tiny LM + data
+    repulse train_sft --save_path runs/sft --train_batch_size 32 --micro_train_batch_size 16 \\
+        --learning_rate 1e-3                                          # embedded tiny LM + data (300 rows)
+    repulse train_sft --dataset chat.jsonl --save_path runs/chat      # TRL's {"messages": [...]} rows
     repulse train_sft --pretrain HuggingFaceTB/SmolLM2-135M-Instruct --dataset data.jsonl \\
         --input_key prompt --output_key response --apply_chat_template --lora_rank 8 --save_path runs/sft
     torchrun --nproc_per_node 2 -m repulse.cli.train_sft --train_batch_size 16 --micro_train_batch_size 4
@@ -40,27 +42,12 @@ def parse_args(argv: Sequence[str] | None = None) -> SFTConfig:
 
 
 def build_datasets(cfg: SFTConfig, tokenizer):
-    from repulse.data.loading import load_rows
-    from repulse.data.sft import SFTDataset
+    from repulse.data.sft import build_sft_datasets
 
-    d = cfg.data
-    # --pretrain_mode trains on input + output when the data has an output column, else on input alone.
-    keys = [d.input_key] + ([d.output_key] if d.output_key and not cfg.sft.pretrain_mode else [])
-    optional = [d.output_key] if d.output_key else []
     default = "pretrain" if cfg.sft.pretrain_mode else "sft"
-    kwargs = dict(
-        input_key=d.input_key,
-        output_key=d.output_key,
-        input_template=d.input_template,
-        apply_chat_template=d.apply_chat_template,
-        pretrain_mode=cfg.sft.pretrain_mode,
+    return build_sft_datasets(
+        cfg.data, tokenizer, pretrain_mode=cfg.sft.pretrain_mode, default=default, seed=cfg.optim.seed
     )
-    train = SFTDataset(
-        load_rows(d, keys, default, seed=cfg.optim.seed, optional=optional), tokenizer, d.max_len, **kwargs
-    )
-    eval_rows = load_rows(d, keys, None, seed=cfg.optim.seed, eval_split=True, optional=optional)
-    evaluation = SFTDataset(eval_rows, tokenizer, d.max_len, **kwargs) if eval_rows is not None else None
-    return train, evaluation
 
 
 def train(cfg: SFTConfig):

@@ -13,6 +13,8 @@ RM_INPUTS = ("prompt_response", "response")
 
 @dataclass
 class AttackEvalArgs:
+    _argument_group_name = "attack evaluation"
+
     file_path: str | None = arg(None, "CSV of targets (goal,target; strings: target). Default: embedded CSV.")
     scenario: str = arg("behaviors", "behaviors: goal and target columns; strings: target only (empty goal).")
     max_targets: int | None = arg(None, "Attack only the first k rows of the CSV.")
@@ -94,6 +96,8 @@ class AttackEvalArgs:
 
 @dataclass
 class GCGArgs:
+    _argument_group_name = "GCG attack"
+
     gcg_steps: int = arg(250, "GCG iterations (nanoGCG num_steps).")
     gcg_optim_str_init: str = arg("x x x x x x x x x x", "Initial suffix (the reference used 10 'x' tokens).")
     gcg_search_width: int = arg(512, "Candidates per step (search_width).")
@@ -120,6 +124,8 @@ class GCGArgs:
 
 @dataclass
 class BEASTArgs:
+    _argument_group_name = "BEAST attack"
+
     beast_k1: int = arg(15, "Beam width k1.")
     beast_k2: int = arg(15, "Candidate tokens sampled per beam element k2.")
     beast_length: int = arg(40, "Adversarial suffix length in tokens.")

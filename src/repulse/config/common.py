@@ -12,7 +12,9 @@ LR_SCHEDULERS = ("linear", "cosine", "cosine_with_min_lr", "constant", "constant
 
 @dataclass
 class ModelArgs:
-    pretrain: str | None = arg(None, "Model folder or hub name. Default: the embedded tiny LM (or RM for train_rm).")
+    _argument_group_name = "model"
+
+    pretrain: str | None = arg(None, "Model folder or hub name. Default: the embedded tiny LM.")
     bf16: bool = arg(False, "Load and train in bfloat16 (CPUs with AVX512-BF16 and any recent GPU).")
     flash_attn: bool = arg(False, "Use FlashAttention-2 (needs a CUDA GPU and the flash-attn package).")
     load_in_4bit: bool = arg(False, "Load the base weights in 4-bit NF4 (bitsandbytes, [gpu] extra); needs LoRA.")
@@ -22,6 +24,8 @@ class ModelArgs:
 
 @dataclass
 class LoraArgs:
+    _argument_group_name = "LoRA"
+
     lora_rank: int = arg(0, "LoRA rank; 0 trains all weights.")
     lora_alpha: int = arg(16, "LoRA scaling alpha.")
     lora_dropout: float = arg(0.0, "Dropout on the LoRA branch.")
@@ -34,13 +38,17 @@ class LoraArgs:
 
 @dataclass
 class DataArgs:
+    _argument_group_name = "data"
+
     dataset: str | None = arg(None, "Comma-separated data files, folders or hub names. Default: embedded tiny data.")
     dataset_probs: str = arg("1.0", "Comma-separated sampling probabilities for blending --dataset entries.")
     dataset_split: str = arg("train", "Split to read from each dataset.")
     eval_dataset: str | None = arg(None, "Comma-separated evaluation datasets (same format as --dataset).")
     eval_split: str = arg("train", "Split to read from each eval dataset.")
     input_key: str = arg("input", "JSON key of the prompt / input text.")
-    output_key: str | None = arg("output", "JSON key of the response (SFT); unset in --pretrain_mode corpora.")
+    output_key: str | None = arg(
+        "output", "JSON key of the response in prompt/response rows (empty: rows hold whole conversations or text)."
+    )
     input_template: str | None = arg(None, "Template with one '{}' for the prompt, e.g. 'User: {}\\nAssistant: '.")
     apply_chat_template: bool = arg(False, "Format prompts with the tokenizer's chat template.")
     tokenizer_chat_template: str | None = arg(None, "Override the tokenizer's chat template (a Jinja string).")
@@ -76,6 +84,8 @@ def raise_probs(value: str, why: str) -> None:
 @dataclass
 class ScheduleArgs:
     """Optimizer settings other than the learning rate (PPO has one learning rate per model)."""
+
+    _argument_group_name = "optimisation"
 
     lr_scheduler: str = arg("cosine_with_min_lr", f"Learning-rate schedule: one of {', '.join(LR_SCHEDULERS)}.")
     lr_warmup_ratio: float = arg(0.03, "Fraction of the optimizer steps used for linear warm-up.")
@@ -117,6 +127,8 @@ class OptimArgs(ScheduleArgs):
 
 @dataclass
 class StrategyArgs:
+    _argument_group_name = "strategy (processes and devices)"
+
     zero_stage: int = arg(
         2,
         "DeepSpeed ZeRO stage (0-3). Accepted so the fork's commands parse; it has no effect until the "
@@ -135,6 +147,8 @@ class StrategyArgs:
 
 @dataclass
 class CheckpointArgs:
+    _argument_group_name = "checkpoints and outputs"
+
     save_path: str = arg("./ckpt", "Output folder: config.yaml, metrics.jsonl and final/ (Hugging Face format).")
     ckpt_path: str | None = arg(None, "Folder for resumable training checkpoints. Default: <save_path>/checkpoints.")
     load_checkpoint: bool = arg(False, "Resume from the newest checkpoint in --ckpt_path.")
@@ -150,6 +164,8 @@ class CheckpointArgs:
 
 @dataclass
 class LoggingArgs:
+    _argument_group_name = "logging and progress"
+
     logging_steps: int = arg(1, "Log metrics every N optimizer steps.")
     eval_steps: int = arg(-1, "Evaluate every N optimizer steps (-1: once per epoch, when an eval set exists).")
     use_wandb: str | None = arg(None, "Log to Weights & Biases: 'offline', or 'True'/an API key for online runs.")

@@ -9,12 +9,16 @@ from repulse.config.fields import arg, require
 
 @dataclass
 class ReferenceArgs:
+    _argument_group_name = "reference model"
+
     ref_pretrain: str | None = arg(None, "Frozen reference model (default: the same as --pretrain).")
     ref_offload: bool = arg(False, "Keep the reference model on the CPU (its forward runs there).")
 
 
 @dataclass
 class DPOArgs:
+    _argument_group_name = "DPO"
+
     beta: float = arg(0.1, "KL strength beta: larger keeps the policy closer to the reference.")
     ipo: bool = arg(False, "Use the IPO loss (Azar et al. 2023) instead of sigmoid DPO.")
     label_smoothing: float = arg(0.0, "cDPO: probability that a preference label is flipped, in [0, 0.5).")

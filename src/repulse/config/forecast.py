@@ -11,6 +11,8 @@ ELICITATION_METHODS = ("logprob_keyword", "logprob_specific", "repeated_sampling
 
 @dataclass
 class ForecastArgs:
+    _argument_group_name = "forecast"
+
     pretrain: str | None = arg(None, "Model folder(s) or hub name(s), comma-separated. Default: the embedded tiny LM.")
     bf16: bool = arg(False, "Load the models in bfloat16.")
     dataset: str | None = arg(

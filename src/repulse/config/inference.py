@@ -13,6 +13,8 @@ DEFAULT_REWARD_TEMPLATE = "{input} <rm_score>: {reward} "
 
 @dataclass
 class SamplingArgs:
+    _argument_group_name = "sampling"
+
     temperature: float = arg(1.0, "Sampling temperature (ignored with --greedy_sampling).")
     top_p: float = arg(1.0, "Nucleus sampling: keep the smallest token set with this much probability.")
     repetition_penalty: float = arg(1.0, "Divide the logits of tokens already in the text by this (1 = off).")
@@ -26,6 +28,8 @@ class SamplingArgs:
 
 @dataclass
 class InferenceArgs(SamplingArgs):
+    _argument_group_name = "batch inference (and sampling)"
+
     eval_task: str = arg("generate", f"What to do: one of {', '.join(EVAL_TASKS)}.")
     vllm: bool = arg(False, "Same as --eval_task generate_vllm (the fork's flag).")
     tp_size: int = arg(1, "generate_vllm: tensor-parallel GPUs for vLLM.")
@@ -99,6 +103,8 @@ def check_batch_inference(model, data, inference: InferenceArgs) -> None:
 
 @dataclass
 class ChatArgs(SamplingArgs):
+    _argument_group_name = "chat (and sampling)"
+
     max_len: int = arg(2048, "Most tokens of prompt + reply (capped by the model's context length).")
     input_template: str = arg("User: {}\nAssistant: ", "Template of one user turn (without --apply_chat_template).")
     apply_chat_template: bool = arg(False, "Format the conversation with the tokenizer's chat template.")
@@ -116,9 +122,12 @@ class ChatArgs(SamplingArgs):
 
 @dataclass
 class MergeArgs:
+    _argument_group_name = "LoRA merge"
+
     model_path: str | None = arg(
         None,
-        "Base model folder (what the adapter was trained on). Default: the embedded tiny LM (RM with --is_rm).",
+        "Base model folder or hub name. Default: the base the adapter records (base_model_name_or_path in its "
+        "adapter_config.json).",
         aliases=["--pretrain"],
     )
     lora_path: str | None = arg(None, "LoRA adapter folder (adapter_config.json + weights), e.g. runs/sft/final.")

@@ -9,6 +9,8 @@ from repulse.config.fields import arg, require
 
 @dataclass
 class KDArgs:
+    _argument_group_name = "distillation"
+
     teacher_model: str | None = arg(
         None, "Frozen teacher (same vocabulary as the student). Default: embedded tiny LM."
     )

@@ -9,6 +9,8 @@ from repulse.config.fields import arg, require
 
 @dataclass
 class KTOArgs:
+    _argument_group_name = "KTO"
+
     beta: float = arg(0.1, "KTO temperature beta.")
     desirable_loss_weight: float = arg(1.0, "Weight of the loss on desirable examples (lambda_D).")
     undesirable_loss_weight: float = arg(1.0, "Weight of the loss on undesirable examples (lambda_U).")

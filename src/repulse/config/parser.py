@@ -1,39 +1,160 @@
 """Parse the flat OpenRLHF-style flags of a command into its typed flag groups.
 
-`--config run.yaml` supplies defaults (flat keys = flag names); flags on the command line win.
+`--config run.yaml` supplies defaults (flat keys = flag names); flags on the command line win. `--help` lists the
+flags group by group (one section per dataclass), names the command as `repulse NAME`, and keeps the command's
+docstring (its examples) as written.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Sequence
+import re
+import shutil
+import sys
+import types
+import typing
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from repulse.config.fields import ConfigError
+from repulse.config.hints import describe_unknown
+
+TRUE_WORDS = ("yes", "true", "t", "y", "1")
+FALSE_WORDS = ("no", "false", "f", "n", "0")
+METAVARS = {int: "INT", float: "FLOAT", str: "STR"}
 
 
-def make_parser(groups: Sequence[type], description: str | None = None) -> argparse.ArgumentParser:
-    # HfArgumentParser gives `--flag` booleans, `--no_flag`, Optional types and nargs for lists.
-    from transformers import HfArgumentParser
+def to_bool(value: str | bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value.lower() in TRUE_WORDS:
+        return True
+    if value.lower() in FALSE_WORDS:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
-    parser = HfArgumentParser(
-        list(groups),
+
+to_bool.__name__ = "bool"  # argparse names the type in "invalid bool value: ..."
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The docstring verbatim (its examples keep their lines), defaults shown, one spelling per flag."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=34, width=min(shutil.get_terminal_size().columns - 2, 117))
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        # "(default: None)" and "(default: False)" say nothing the flag's text does not.
+        if action.default is None or action.default is False:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if not action.option_strings:
+            return super()._format_action_invocation(action)
+        # The hyphenated twin (--flash-attn) still parses; listing it beside --flash_attn only doubles the text.
+        names = [s for s in action.option_strings if "-" not in s[2:]]
+        shown = ", ".join(names or action.option_strings)
+        if action.nargs == 0 or action.const is True:  # switches: --bf16 (or --bf16 false)
+            return shown
+        return f"{shown} {self._format_args(action, action.metavar or action.dest.upper())}"
+
+
+def command_name(description: str | None) -> str | None:
+    """The command a CLI docstring describes: every command's docstring starts with 'NAME: ...'."""
+    match = re.match(r"\s*([a-z_]+):", description or "")
+    return match.group(1) if match else None
+
+
+def group_title(group: type) -> str:
+    """A group's section title: its `_argument_group_name` (the transformers convention), else its class name
+    in words (PPOArgs -> 'PPO', RolloutArgs -> 'rollout')."""
+    title = getattr(group, "_argument_group_name", None)
+    if title:
+        return title
+    words = re.findall(r"[A-Z]+(?![a-z])|[A-Z][a-z0-9]*", re.sub(r"Args$", "", group.__name__))
+    return " ".join(w if w.isupper() else w.lower() for w in words)
+
+
+def unwrap_optional(kind: Any) -> Any:
+    """X for `X | None` / Optional[X]; the type itself otherwise."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        if len(args) != 1:
+            raise TypeError(f"a flag has one type, got {kind}")
+        return args[0]
+    return kind
+
+
+def add_field(section: Any, field: dataclasses.Field, kind: Any) -> None:
+    """One dataclass field as a flag: `--name` (and the hyphenated spelling), typed as the field is."""
+    metadata = dict(field.metadata)
+    names = [f"--{field.name}", *metadata.pop("aliases", [])]
+    if "_" in field.name:
+        names.append(f"--{field.name.replace('_', '-')}")
+    default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+    kwargs: dict[str, Any] = {"default": default, "help": metadata.pop("help", ""), "dest": field.name}
+    kind = unwrap_optional(kind)
+    if kind is bool:
+        kwargs.update(type=to_bool, nargs="?", const=True, metavar="BOOL")
+        if default is True and not field.name.startswith("no_"):
+            kwargs["help"] += f" Off: --no_{field.name}."
+    elif typing.get_origin(kind) is list:
+        (item,) = typing.get_args(kind)
+        kwargs.update(type=item, nargs="+", metavar=METAVARS.get(item, "STR"))
+    else:
+        kwargs.update(type=kind, metavar=METAVARS.get(kind, "STR"))
+    section.add_argument(*names, **kwargs)
+    if kind is bool and default is True and not field.name.startswith("no_"):
+        # `--no_flag` turns a default-on switch off (the transformers spelling); a flag named no_* needs no twin.
+        section.add_argument(f"--no_{field.name}", action="store_false", dest=field.name, help=argparse.SUPPRESS)
+
+
+def group_fields(group: type, only: Mapping[type, Sequence[str]] | None = None) -> list[dataclasses.Field]:
+    """The fields of a group that are flags of this command: all, or the ones `only` names for it."""
+    keep = (only or {}).get(group)
+    return [f for f in dataclasses.fields(group) if f.init and (keep is None or f.name in keep)]
+
+
+def make_parser(
+    groups: Sequence[type], description: str | None = None, only: Mapping[type, Sequence[str]] | None = None
+) -> argparse.ArgumentParser:
+    name = command_name(description)
+    prog = f"repulse {name}" if name else Path(sys.argv[0]).name
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        usage=f"{prog} [--flag VALUE ...] [--config FILE.yaml]",
         description=description,
         allow_abbrev=False,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument("--config", type=str, default=None, help="YAML file of flag defaults (flat keys).")
+    parser.add_argument(
+        "--config", type=str, default=None, metavar="FILE", help="YAML file of flag defaults (flat keys = flag names)."
+    )
+    for group in groups:
+        section = parser.add_argument_group(group_title(group))
+        hints = typing.get_type_hints(group)
+        for field in group_fields(group, only):
+            add_field(section, field, hints[field.name])
     return parser
+
+
+def primary_actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """dest -> the action that declared the flag (not its `--no_` twin)."""
+    actions: dict[str, argparse.Action] = {}
+    for action in parser._actions:
+        actions.setdefault(action.dest, action)
+    return actions
 
 
 def convert_like_cli(parser: argparse.ArgumentParser, values: dict[str, Any]) -> dict[str, Any]:
     """Give YAML values the types the command line would: argparse converts only string defaults, so
     `dataset_probs: 1.0` would stay a float and `use_wandb: true` a bool."""
-    actions = {a.dest: a for a in parser._actions}
+    actions = primary_actions(parser)
     out = {}
     for key, value in values.items():
         convert = actions[key].type if key in actions else None
@@ -44,7 +165,7 @@ def convert_like_cli(parser: argparse.ArgumentParser, values: dict[str, Any]) ->
         else:
             try:
                 out[key] = convert(str(value))
-            except (TypeError, ValueError) as err:
+            except (TypeError, ValueError, argparse.ArgumentTypeError) as err:
                 raise ConfigError(f"--config: {key}: {value!r} is not a valid value ({err})") from err
     return out
 
@@ -61,23 +182,43 @@ def load_yaml_defaults(path: str, known: set[str]) -> dict[str, Any]:
         raise ConfigError(f"--config {path}: expected a mapping of flag names to values")
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ConfigError(f"--config {path}: unknown flags {unknown}")
+        raise ConfigError(f"--config {path}: unknown keys: {describe_unknown(unknown, known, prefix='')}")
     return values
 
 
-def parse_groups(groups: Sequence[type], argv: Sequence[str] | None, description: str | None = None) -> tuple:
-    """Return one instance per group, in order. Raises ConfigError (a ValueError) naming the bad flag."""
-    parser = make_parser(groups, description)
+def reject_unknown(parser: argparse.ArgumentParser, argv: Sequence[str] | None, known: set[str]) -> None:
+    """Unknown flags stop the parse with a hint (TRL's name for ours, or the closest flag) in argparse's format."""
+    _, extra = parser.parse_known_args(argv)
+    if extra:
+        names = [a[2:].split("=", 1)[0] for a in extra if a.startswith("--")]
+        flags = [n.replace("-", "_") for n in names]
+        described = describe_unknown(flags, known) if flags else ""
+        parser.error(f"unrecognized arguments: {' '.join(extra)}" + (f"; {described}" if described else ""))
+
+
+def parse_groups(
+    groups: Sequence[type],
+    argv: Sequence[str] | None,
+    description: str | None = None,
+    only: Mapping[type, Sequence[str]] | None = None,
+) -> tuple:
+    """Return one instance per group, in order. Raises ConfigError (a ValueError) naming the bad flag.
+
+    `only` limits a shared group to the flags that mean something to this command (e.g. just
+    --disable_progress_bar of the logging group); its other fields keep their defaults and are not flags here.
+    """
+    parser = make_parser(groups, description, only)
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config", default=None)
     known_args, _ = pre.parse_known_args(argv)
+    fields = {f.name for g in groups for f in group_fields(g, only)}
     if known_args.config:
-        fields = {f.name for g in groups for f in dataclasses.fields(g)}
         parser.set_defaults(**convert_like_cli(parser, load_yaml_defaults(known_args.config, fields)))
+    reject_unknown(parser, argv, fields)
     namespace = parser.parse_args(argv)
     instances = []
     for group in groups:
-        names = {f.name for f in dataclasses.fields(group) if f.init}
+        names = {f.name for f in group_fields(group, only)}
         instances.append(group(**{k: v for k, v in vars(namespace).items() if k in names}))
     return tuple(instances)
 

@@ -9,11 +9,15 @@ from repulse.config.fields import arg
 
 @dataclass
 class PreferenceKeys:
-    prompt_key: str | None = arg("prompt", "JSON key of the prompt ('none': chosen/rejected hold the whole text).")
+    _argument_group_name = "preference data keys"
+
+    prompt_key: str | None = arg(
+        "prompt", "JSON key of the prompt ('none', or a key the data lacks: chosen/rejected hold whole conversations)."
+    )
     chosen_key: str = arg("chosen", "JSON key of the preferred response.")
     rejected_key: str = arg("rejected", "JSON key of the dispreferred response.")
     margin_key: str | None = arg(
-        None, "Optional JSON key of a per-pair margin (train_rm: -log sigmoid(r_c - r_r - m))."
+        None, "Optional JSON key of a per-pair margin m of the reward-model loss -log sigmoid(r_c - r_r - m)."
     )
 
     def __post_init__(self) -> None:

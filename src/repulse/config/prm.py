@@ -9,6 +9,8 @@ from repulse.config.fields import arg, require
 
 @dataclass
 class PRMArgs:
+    _argument_group_name = "process reward model"
+
     placeholder_token: str = arg("ки", "The step-marker token placed after every step of the input text.")
     reward_tokens: list[str] = arg(["+", "-"], "Label tokens predicted at each marker, first = good step.")
     label_key: str = arg("value", "JSON key of the per-step labels: reward tokens (hard) or probabilities (soft).")

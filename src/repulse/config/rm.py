@@ -11,6 +11,8 @@ RM_LOSSES = ("sigmoid", "logexp")
 
 @dataclass
 class RMArgs:
+    _argument_group_name = "reward model"
+
     loss: str = arg("sigmoid", "Pairwise loss: sigmoid (Bradley-Terry, -log sigmoid(r_c - r_r)) or logexp.")
     value_head_prefix: str = arg("score", "Name of the reward head module in the saved model (HF uses 'score').")
     normalize_reward: bool = arg(False, "Store the mean/std of training rewards in the config; scores are normalised.")

@@ -9,4 +9,6 @@ from repulse.config.fields import arg
 
 @dataclass
 class SFTArgs:
+    _argument_group_name = "SFT"
+
     pretrain_mode: bool = arg(False, "Loss on every token (continued pre-training) instead of the response only.")

@@ -53,6 +53,14 @@ def load_folder(path: Path, split: str):
     return datasets.load_dataset(str(path), split=split)
 
 
+def source_columns(data_args) -> list[str] | None:
+    """The keys of the first --dataset source, to recognise a data format before loading; None without --dataset
+    (the embedded defaults have fixed keys)."""
+    if not data_args.dataset:
+        return None
+    return list(load_source(data_args.dataset.split(",")[0], data_args.dataset_split).column_names)
+
+
 def require_columns(dataset, columns: Sequence[str], source: str) -> None:
     missing = [c for c in columns if c not in dataset.column_names]
     if missing:

@@ -1,14 +1,20 @@
-"""Preference pairs (prompt, chosen, rejected) for reward models and DPO."""
+"""Preference pairs (prompt, chosen, rejected) for reward models and DPO.
+
+Besides explicit prompts, TRL's implicit-prompt format is read: without a prompt key, chosen and rejected hold
+whole conversations (their shared turns are the prompt) or whole texts (trained as they are; a shared start
+cancels in every pairwise loss).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import torch
 from torch.utils.data import Dataset
 
 from repulse.data.collate import pad_sequences
-from repulse.data.templates import format_pair
+from repulse.data.templates import format_pair, split_implicit_prompt
 from repulse.data.tokenize import encode_pair
 from repulse.infra.errors import DataError
 
@@ -33,15 +39,15 @@ class PreferenceDataset(Dataset):
     ) -> None:
         self.items: list[dict] = []
         for row in rows:
-            prompt = row[prompt_key] if prompt_key else ""
-            if apply_chat_template and not prompt_key:
+            prompt, chosen, rejected = row[prompt_key] if prompt_key else "", row[chosen_key], row[rejected_key]
+            # Conversations ({role, content} lists) become text through the chat template, as in TRL.
+            chat = apply_chat_template or not isinstance(chosen, str)
+            if not prompt_key and not isinstance(chosen, str):
+                prompt, chosen, rejected = split_implicit_prompt(chosen, rejected)
+            elif chat and not prompt_key:
                 raise DataError("--apply_chat_template on preference data needs --prompt_key")
-            chosen_p, chosen_r = format_pair(
-                prompt, row[chosen_key], tokenizer, input_template=input_template, chat=apply_chat_template
-            )
-            _, rejected_r = format_pair(
-                prompt, row[rejected_key], tokenizer, input_template=input_template, chat=apply_chat_template
-            )
+            chosen_p, chosen_r = format_pair(prompt, chosen, tokenizer, input_template=input_template, chat=chat)
+            _, rejected_r = format_pair(prompt, rejected, tokenizer, input_template=input_template, chat=chat)
             chosen_ids, prompt_len = encode_pair(tokenizer, chosen_p, chosen_r, max_len)
             rejected_ids, _ = encode_pair(tokenizer, chosen_p, rejected_r, max_len)
             margin = float(row[margin_key]) if margin_key else 0.0
@@ -82,8 +88,12 @@ class PairCollator:
 
 def build_preference_datasets(data_args, keys, tokenizer, *, seed: int):
     """(train, eval or None) PreferenceDatasets from DataArgs and PreferenceKeys; embedded pairs by default."""
-    from repulse.data.loading import load_rows
+    from repulse.data.loading import load_rows, source_columns
 
+    columns = source_columns(data_args)
+    if columns is not None and keys.prompt_key == "prompt" and "prompt" not in columns:
+        log.info("preference data: no 'prompt' key: chosen/rejected hold whole conversations (TRL's implicit prompt)")
+        keys = dataclasses.replace(keys, prompt_key=None)
     kwargs = dict(
         **keys.dataset_kwargs(),
         input_template=data_args.input_template,

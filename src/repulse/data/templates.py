@@ -50,3 +50,19 @@ def split_conversation(messages: Any) -> tuple[list[dict[str, str]], str]:
     if len(msgs) < 2 or msgs[-1]["role"] != "assistant":
         raise DataError("a conversation must end with an assistant message")
     return msgs[:-1], msgs[-1]["content"]
+
+
+def split_implicit_prompt(chosen: Any, rejected: Any) -> tuple[list[dict[str, str]], str, str]:
+    """TRL's implicit-prompt pair (chosen and rejected as whole conversations) -> (the turns they share, the chosen
+    reply, the rejected reply). After the shared turns each must hold exactly one assistant message."""
+    chosen, rejected = as_messages(chosen), as_messages(rejected)
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    rest = (chosen[shared:], rejected[shared:])
+    if shared == 0 or any(len(r) != 1 or r[0]["role"] != "assistant" for r in rest):
+        raise DataError(
+            "implicit-prompt preference pair: chosen and rejected must share their first turns and then hold one "
+            f"assistant message each (got {len(rest[0])} and {len(rest[1])} turns after {shared} shared)"
+        )
+    return chosen[:shared], rest[0][0]["content"], rest[1][0]["content"]

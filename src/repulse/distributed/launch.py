@@ -13,7 +13,8 @@ log = logging.getLogger("repulse")
 
 
 def make_strategy(backend: str = "auto", zero_stage: int = 0, adam_offload: bool = False) -> Any:
-    """The strategy for this launch: DDP when torchrun set WORLD_SIZE > 1, else a single process."""
+    """The strategy for this launch: DDP when torchrun set WORLD_SIZE > 1, else a single process. Training commands
+    pass --zero_stage, and only they are told that it changes nothing yet (inference has no state to partition)."""
     if adam_offload:
         raise UserError("--adam_offload needs the DeepSpeed strategy, which this version does not ship yet")
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1

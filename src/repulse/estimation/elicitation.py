@@ -11,7 +11,8 @@ Three estimators, all returning log p per query (float64):
   which `behaviour` holds; p = hits / k. Every query really gets k draws (the reference drew one and divided by k,
   §12.6), and the draws per query are returned so callers can check.
 
-The model is any causal LM module called as model(input_ids, attention_mask, position_ids) -> .logits.
+The model is any causal LM module called as model(input_ids, attention_mask, position_ids) -> .logits. Each
+estimator takes an optional `progress(n)` callback, called as rows are done (a progress bar's update).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 LOG_P_FLOOR = -700.0
+Progress = Callable[[int], object] | None
 
 
 def prefix_free(sequences: Sequence[Sequence[int]]) -> list[list[int]]:
@@ -38,9 +40,14 @@ def prefix_free(sequences: Sequence[Sequence[int]]) -> list[list[int]]:
 
 @torch.no_grad()
 def continuation_log_probs(
-    model, prefixes: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], batch_size: int = 32
+    model,
+    prefixes: Sequence[Sequence[int]],
+    continuations: Sequence[Sequence[int]],
+    batch_size: int = 32,
+    progress: Progress = None,
 ) -> torch.Tensor:
-    """log M(continuation_i | prefix_i) for each pair -> [N] float64 (right padding, masked, eval mode)."""
+    """log M(continuation_i | prefix_i) for each pair -> [N] float64 (right padding, masked, eval mode);
+    `progress(rows)` after each model call."""
     if len(prefixes) != len(continuations):
         raise ValueError("prefixes and continuations must pair up")
     device = next(model.parameters()).device
@@ -64,32 +71,43 @@ def continuation_log_probs(
         index = torch.arange(1, width, device=device)[None]
         keep = (index >= torch.tensor(starts, device=device)[:, None]) & mask[:, 1:].bool()
         out.append((logp * keep).sum(-1).cpu())
+        if progress is not None:
+            progress(len(rows))
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
 
 def target_log_probs(
-    model, query_ids: Sequence[Sequence[int]], target_ids: Sequence[int], batch_size: int = 32
+    model,
+    query_ids: Sequence[Sequence[int]],
+    target_ids: Sequence[int],
+    batch_size: int = 32,
+    progress: Progress = None,
 ) -> torch.Tensor:
     """log M(target | query) per query, clamped at -700 -> [m] float64."""
     if not target_ids:
         raise ValueError("the target sequence must have at least one token")
     if any(len(q) == 0 for q in query_ids):
         raise ValueError("every query needs at least one token (add a BOS token to empty queries)")
-    logp = continuation_log_probs(model, query_ids, [list(target_ids)] * len(query_ids), batch_size)
+    logp = continuation_log_probs(model, query_ids, [list(target_ids)] * len(query_ids), batch_size, progress)
     return logp.clamp(min=LOG_P_FLOOR)
 
 
 def keyword_log_probs(
-    model, query_ids: Sequence[Sequence[int]], keyword_ids: Sequence[Sequence[int]], batch_size: int = 32
+    model,
+    query_ids: Sequence[Sequence[int]],
+    keyword_ids: Sequence[Sequence[int]],
+    batch_size: int = 32,
+    progress: Progress = None,
 ) -> torch.Tensor:
-    """log P(the response starts with one of the keywords) per query -> [m] float64, clamped at -700."""
+    """log P(the response starts with one of the keywords) per query -> [m] float64, clamped at -700; progress
+    counts (query, keyword) continuations."""
     keywords = prefix_free(keyword_ids)
     if not keywords:
         raise ValueError("no keyword token sequences given")
     prefixes = [q for q in query_ids for _ in keywords]
     conts = [k for _ in query_ids for k in keywords]
-    logp = continuation_log_probs(model, prefixes, conts, batch_size).view(len(query_ids), len(keywords))
+    logp = continuation_log_probs(model, prefixes, conts, batch_size, progress).view(len(query_ids), len(keywords))
     return torch.logsumexp(logp, dim=-1).clamp(min=LOG_P_FLOOR)
 
 
@@ -115,8 +133,10 @@ def sampled_log_probs(
     sample_fn: Callable[[list[str], int], list[list[str]]],
     behaviour: Callable[[str], bool],
     batch_size: int = 8,
+    progress: Progress = None,
 ) -> SampledElicitation:
-    """p = (responses showing the behaviour) / k, with `sample_fn(queries, k)` returning k responses per query."""
+    """p = (responses showing the behaviour) / k, with `sample_fn(queries, k)` returning k responses per query;
+    progress counts responses."""
     if k < 1:
         raise ValueError(f"--k_samples must be >= 1, got {k}")
     hits, draws = [], []
@@ -128,6 +148,8 @@ def sampled_log_probs(
         for texts in responses:
             draws.append(len(texts))
             hits.append(sum(bool(behaviour(t)) for t in texts))
+        if progress is not None:
+            progress(sum(len(texts) for texts in responses))
     hits_t, draws_t = torch.tensor(hits, dtype=torch.long), torch.tensor(draws, dtype=torch.long)
     if bool((draws_t != k).any()):
         raise ValueError(f"sample_fn must return exactly k = {k} responses per query, got {sorted(set(draws))}")

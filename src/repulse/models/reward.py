@@ -2,12 +2,14 @@
 
 The head is looked up by `--value_head_prefix` (transformers names it `score` for GPT-2, Llama, Qwen ...).
 Normalization statistics live in the model config (`normalize_reward`, `mean`, `std`) so that the saved folder
-carries them to every consumer (train_ppo, serve_rm, batch_inference).
+carries them to every consumer (train_ppo, serve_rm, batch_inference). `score_texts(path, texts)` /
+`TextRewards.from_pretrained(path)` score texts from Python the same way.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import torch
 
@@ -111,3 +113,61 @@ def store_reward_normalization(model, mean: float, std: float) -> None:
     config.mean = float(mean)
     config.std = float(max(std, 1e-8))
     log.info("reward normalization stored in the config: mean %.4f std %.4f", config.mean, config.std)
+
+
+def encode_for_reward(tokenizer, texts: Sequence[str], max_len: int | None = None) -> list[list[int]]:
+    """Token ids of each text + EOS, as train_rm encodes its pairs (`data.tokenize.encode_pair`), keeping the last
+    `max_len` tokens: the reward is read at the final EOS, so truncation must not cut it off."""
+    eos = tokenizer.eos_token_id
+    encoded = tokenizer(list(texts), add_special_tokens=True)["input_ids"] if texts else []
+    out = []
+    for ids in encoded:
+        if eos is not None and (not ids or ids[-1] != eos):
+            ids = [*ids, eos]
+        out.append(list(ids[-max_len:]) if max_len else list(ids))
+    return out
+
+
+class TextRewards:
+    """A reward model as one callable: texts (prompt + response, already formatted) -> one reward each.
+
+    Scores exactly as train_rm trained and train_ppo / batch_inference / serve_rm use the model: EOS appended,
+    the reward read at that last token, and the mean/std stored by `train_rm --normalize_reward` applied. A
+    plain transformers forward without the EOS, or without the normalization, gives other numbers.
+    """
+
+    def __init__(self, model, tokenizer, *, value_head_prefix: str = "score", batch_size: int = 32) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.value_head_prefix, self.batch_size = value_head_prefix, batch_size
+        config = hf_model(model).config
+        self.max_len = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str, *, device: str | None = None, bf16: bool = False, value_head_prefix: str = "score"
+    ) -> TextRewards:
+        from repulse.models.load import load_tokenizer
+
+        model = load_reward_model(path, ModelArgs(bf16=bf16), value_head_prefix=value_head_prefix)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return cls(model.to(device), load_tokenizer(path), value_head_prefix=value_head_prefix)
+
+    @torch.no_grad()
+    def __call__(self, texts: Sequence[str]) -> torch.Tensor:
+        from repulse.data.collate import pad_sequences
+
+        device = next(self.model.parameters()).device
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        out = []
+        seqs = encode_for_reward(self.tokenizer, texts, self.max_len)
+        for start in range(0, len(seqs), self.batch_size):
+            chunk = [torch.tensor(s, dtype=torch.long) for s in seqs[start : start + self.batch_size]]
+            ids = pad_sequences(chunk, pad).to(device)
+            mask = pad_sequences([torch.ones(len(s), dtype=torch.long) for s in chunk], 0).to(device)
+            out.append(sequence_rewards(self.model, ids, mask, self.value_head_prefix).float().cpu())
+        return torch.cat(out) if out else torch.zeros(0)
+
+
+def score_texts(path: str, texts: Sequence[str], **kwargs) -> list[float]:
+    """One call: the rewards a saved reward model (e.g. `runs/rm/final`) gives `texts`; see TextRewards."""
+    return TextRewards.from_pretrained(path, **kwargs)(texts).tolist()

@@ -177,3 +177,46 @@ def test_flat_dict_is_flat_and_complete():
 def test_yaml_number_for_string_flag(tmp_path):
     cfg = train_sft.parse_args(["--config", write_yaml(tmp_path, "dataset_probs: 1.0\n")])
     assert cfg.data.probabilities() == [1.0]
+
+
+def test_trl_yaml_keys_point_to_our_flags(tmp_path):
+    text = "output_dir: runs/x\nper_device_train_batch_size: 4\nlearning_rate: 1.0e-4\nnum_train_epochs: 2\n"
+    with pytest.raises(ConfigError) as exc:
+        train_sft.parse_args(["--config", write_yaml(tmp_path, text)])
+    message = str(exc.value)
+    assert "\n" not in message
+    assert "output_dir (TRL's name for --save_path)" in message
+    assert "per_device_train_batch_size (TRL's name for --micro_train_batch_size)" in message
+    assert "num_train_epochs (TRL's name for --max_epochs)" in message
+    assert "learning_rate" not in message  # the same name here: accepted
+
+
+def test_trl_flags_on_the_command_line_get_the_same_hint(capsys):
+    with pytest.raises(SystemExit) as exc:
+        train_sft.parse_args(["--output_dir", "x", "--gradient-accumulation-steps", "4", "--learning_rat", "1"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--output_dir (TRL's name for --save_path)" in err
+    assert "--gradient_accumulation_steps (TRL's; here: --train_batch_size" in err
+    assert "--learning_rat (did you mean --learning_rate?)" in err
+    assert "Traceback" not in err
+
+
+def test_hint_names_only_flags_the_command_has():
+    from repulse.config.hints import flag_hint
+
+    assert flag_hint("max_completion_length", {"generate_max_len"}) == "TRL's name for --generate_max_len"
+    assert flag_hint("max_completion_length", {"max_new_tokens"}) == "TRL's name for --max_new_tokens"
+    assert flag_hint("output_dir", {"output_path"}) == ""  # not ours under another name, and not close enough
+    assert flag_hint("zzz", {"save_path"}) == ""
+
+
+def test_a_group_limited_to_some_flags_offers_only_those(tmp_path):
+    from repulse.cli import forecast_rare_outputs
+
+    cfg = forecast_rare_outputs.parse_args(["--disable_progress_bar"])
+    assert cfg.logging.disable_progress_bar is True and cfg.logging.use_wandb is None
+    with pytest.raises(ConfigError, match=r"unknown keys: use_wandb"):
+        forecast_rare_outputs.parse_args(["--config", write_yaml(tmp_path, "use_wandb: offline\n")])
+    with pytest.raises(SystemExit):
+        forecast_rare_outputs.parse_args(["--logging_steps", "3"])

@@ -175,10 +175,12 @@ def test_pretrain_mode_single_token_is_skipped(tiny_tokenizer):
     assert len(ds) == 1
 
 
-def test_chat_prompt_requires_apply_chat_template(tiny_tokenizer):
-    messages = [{"role": "user", "content": "this man is"}]
-    with pytest.raises(DataError, match="--apply_chat_template"):
-        SFTDataset([{"input": messages, "output": " good ."}], tiny_tokenizer, 64)
+def test_chat_prompt_is_formatted_with_the_chat_template_as_if_asked(tiny_tokenizer):
+    # A list of messages only becomes text through the chat template (as in TRL), flag or not.
+    rows = [{"input": [{"role": "user", "content": "this man is"}], "output": " good ."}]
+    auto = SFTDataset(rows, tiny_tokenizer, 64)[0]
+    asked = SFTDataset(rows, tiny_tokenizer, 64, apply_chat_template=True)[0]
+    assert auto["input_ids"].tolist() == asked["input_ids"].tolist() and auto["prompt_len"] == asked["prompt_len"]
 
 
 def test_tokenizer_without_chat_template():
