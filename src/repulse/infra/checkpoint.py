@@ -188,7 +188,8 @@ class Checkpointer:
         if self.fingerprint is None:
             return
         saved = saved or {}
-        for key in sorted(set(self.fingerprint) | set(saved)):
+        # The command first: another command's checkpoint differs in many flags, and that is the news.
+        for key in sorted(set(self.fingerprint) | set(saved), key=lambda k: (k != "command", k)):
             then, now = saved.get(key, "(unset)"), self.fingerprint.get(key, "(unset)")
             if then != now:
                 what = "by the command" if key == "command" else f"with --{key}"

@@ -84,7 +84,8 @@ def resume(run: TrainingRun) -> None:
         log.info("--load_checkpoint: no checkpoint found, starting from scratch")
         return
     saved = run.checkpointer.load(path)
-    missing = [k for k in SAVED_KEYS if k not in saved] or [k for k in LOOP_KEYS if k not in (saved["loop"] or {})]
+    loop = saved.get("loop") if isinstance(saved.get("loop"), dict) else {}
+    missing = [k for k in SAVED_KEYS if k not in saved] + [f"loop.{k}" for k in LOOP_KEYS if k not in loop]
     if missing:
         raise UserError(f"--load_checkpoint: {path} is not a checkpoint of this command (it lacks {missing})")
     load_trainable_state(run.strategy.unwrap(run.trainer.model), saved["model"], source=f"--load_checkpoint {path}")
@@ -94,7 +95,7 @@ def resume(run: TrainingRun) -> None:
             run.scheduler.load_state_dict(saved["scheduler"])
     except (ValueError, KeyError, TypeError) as err:
         raise UserError(f"--load_checkpoint: {path}: optimizer or scheduler state does not fit ({err})") from err
-    run.state = LoopState(**{k: saved["loop"][k] for k in LOOP_KEYS})
+    run.state = LoopState(**{k: loop[k] for k in LOOP_KEYS})
     run.state.last_checkpoint = str(path)
     log.info("resumed from %s (step %d, epoch %d)", path, run.state.global_step, run.state.epoch + 1)
 
