@@ -84,6 +84,11 @@ def model_positions(path: str) -> int | None:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError):
         return None
+    return config_positions(config)
+
+
+def config_positions(config) -> int | None:
+    """The position limit a model config declares (max_position_embeddings / n_positions), or None."""
     text_config = getattr(config, "text_config", None) or config
     for name in ("max_position_embeddings", "n_positions"):
         value = getattr(text_config, name, None)
