@@ -237,11 +237,30 @@ def test_user_errors_are_one_line(tmp_path, tiny_model_dir, sft_file, capsys, fl
 @pytest.mark.parametrize(
     "flags", [["--bf16"], ["--gradient_checkpointing"], ["--packing_samples", "--lora_rank", "2"]]
 )
-def test_memory_and_precision_options_train(tmp_path, tiny_model_dir, sft_file, flags):
+def test_memory_and_precision_options_train(tmp_path, tiny_model_dir, sft_file, flags, monkeypatch):
+    seen = count_steps_and_capture_start(monkeypatch)
+    from repulse.trainers.sft import SFTTrainer
+
+    counting, state = SFTTrainer.training_step, {}
+
+    def observe(self, batch):  # what the flag must have changed on the model being trained
+        state["checkpointing"] = getattr(self.model, "is_gradient_checkpointing", False)
+        state["dtype"] = next(self.model.parameters()).dtype
+        state["packed"] = batch["input_ids"].shape[0] == 1
+        return counting(self, batch)
+
+    monkeypatch.setattr(SFTTrainer, "training_step", observe)
     code, save = run(tmp_path, tiny_model_dir, sft_file, "--max_samples", "16", *flags)
-    assert code == 0
+    assert code == 0 and seen["calls"] == 4
     losses = [r["loss"] for r in metrics(save)]
     assert all(0 < loss < 10 for loss in losses)
+    assert state["dtype"] == (torch.bfloat16 if "--bf16" in flags else torch.float32)
+    assert state["checkpointing"] == ("--gradient_checkpointing" in flags)
+    assert state["packed"] == ("--packing_samples" in flags)
+    if "--bf16" in flags:
+        assert all(v.dtype == torch.bfloat16 for v in load_weights(save / "final").values())
+    if "--lora_rank" in flags:
+        assert (save / "final" / "adapter_config.json").exists()
 
 
 def test_config_yaml_reproduces_the_run(tmp_path, tiny_model_dir, sft_file):
