@@ -171,7 +171,11 @@ class CheckpointArgs:
 class LoggingArgs:
     logging_steps: int = arg(1, "Log metrics every N optimizer steps.")
     eval_steps: int = arg(-1, "Evaluate every N optimizer steps (-1: once per epoch, when an eval set exists).")
-    use_wandb: str | None = arg(None, "Log to Weights & Biases: 'offline', or 'True'/an API key for online runs.")
+    use_wandb: str | None = arg(
+        None,
+        "Log to Weights & Biases: 'offline', or 'True'/an API key for online runs (a key is not written to "
+        "config.yaml or the run; 'True' with WANDB_API_KEY keeps it off the command line too).",
+    )
     wandb_project: str = arg("repulse", "Weights & Biases project.")
     wandb_run_name: str | None = arg(None, "Weights & Biases run name (default: the save_path folder name).")
     use_tensorboard: str | None = arg(None, "Write TensorBoard event files to this folder.")
