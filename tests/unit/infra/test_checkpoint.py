@@ -160,7 +160,7 @@ def test_a_crafted_pickle_is_refused_and_never_runs(ckpt, tmp_path, capsys, fmt,
     if fmt == "torch.save":
         torch.save(payload, path / victim)
     else:
-        (path / victim).write_bytes(pickle.dumps(payload))
+        (path / victim).write_bytes(pickle.dumps(payload, protocol=2))
     with pytest.raises(CheckpointFileError) as err:
         ckpt.load(path)
     message = str(err.value)
