@@ -79,8 +79,9 @@ def build_run(
 
 
 # Flags that may change between a run and its resume: where things go, how often they are logged or saved,
-# and how the same global batch is laid out on the hardware (the sampler makes micro-batching and process
-# count invisible to the result). Every other flag is part of the run's fingerprint.
+# and how the same computation is laid out on the hardware (the sampler makes micro-batching and process
+# count invisible to the result; recomputation, the attention kernel and offloading change no formula).
+# Every other flag is part of the run's fingerprint.
 RUN_NEUTRAL = frozenset(
     {
         "config",
@@ -101,6 +102,9 @@ RUN_NEUTRAL = frozenset(
         "eval_split",
         "micro_train_batch_size",
         "gradient_checkpointing",
+        "flash_attn",
+        "ref_offload",
+        "teacher_offload",
         "zero_stage",
         "local_rank",
         "dist_backend",
