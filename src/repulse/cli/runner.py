@@ -39,28 +39,30 @@ SECRET_OPTIONS = ("--use_wandb", "--api_key")
 
 
 def hide_secret_arguments(argv: Sequence[str] | None) -> list[str]:
-    """The arguments to parse. Keys given with --use_wandb / --api_key are registered for redaction and, when
-    the arguments come from sys.argv, replaced there: libraries that record the command line (wandb stores
-    it with the run) see no key. (The process's own command line, visible in `ps`, cannot be changed: pass
-    keys through the environment instead.)"""
-    from repulse.infra.secrets import REDACTED, is_wandb_key
+    """The arguments to parse. Keys given with --use_wandb / --api_key are registered for redaction and
+    replaced in sys.argv (however the command was started: `repulse NAME`, `python -m repulse.cli.NAME`):
+    libraries that record the command line (wandb stores it with the run) see no key. (The process's own
+    command line, visible in `ps`, cannot be changed: pass keys through the environment instead.)"""
+    from repulse.infra.secrets import REDACTED, is_wandb_key, redact_text
 
     args = list(sys.argv[1:] if argv is None else argv)
-    hidden = list(args)
+    found = set()
     for i, arg in enumerate(args):
         option, eq, inline = arg.partition("=")
         if option not in SECRET_OPTIONS:
             continue
         value = inline if eq else (args[i + 1] if i + 1 < len(args) else None)
-        if value is None or (option == "--use_wandb" and not is_wandb_key(value)):
-            continue
-        register_secret(value)
-        if eq:
-            hidden[i] = f"{option}={REDACTED}"
-        else:
-            hidden[i + 1] = REDACTED
-    if argv is None:
-        sys.argv[1:] = hidden
+        if value and (option != "--use_wandb" or is_wandb_key(value)):
+            register_secret(value)
+            found.add(value)
+
+    def hidden(arg: str) -> str:
+        option, eq, value = arg.partition("=")
+        if arg in found or (eq and option in SECRET_OPTIONS and value in found):
+            return f"{option}={REDACTED}" if eq else REDACTED
+        return redact_text(arg)
+
+    sys.argv[1:] = [hidden(arg) for arg in sys.argv[1:]]
     return args
 
 

@@ -44,6 +44,25 @@ def test_keys_on_the_command_line_are_hidden_from_sys_argv(monkeypatch, form):
     assert REDACTED in sys.argv[-1]
 
 
+def test_keys_are_hidden_from_sys_argv_when_started_as_repulse_name(monkeypatch):
+    """`repulse train_sft ...` hands the command its arguments as a list; sys.argv still holds the key."""
+    from repulse.cli.__main__ import main
+
+    seen = {}
+    monkeypatch.setattr(sys, "argv", ["repulse", "train_sft", "--use_wandb", KEY])
+    monkeypatch.setattr(
+        "repulse.cli.train_sft.train", lambda cfg: seen.update(key=cfg.logging.use_wandb, argv=list(sys.argv))
+    )
+    assert main() == 0
+    assert seen["key"] == KEY and KEY not in " ".join(seen["argv"]) and seen["argv"][-1] == REDACTED
+
+
+def test_short_keys_are_hidden_from_sys_argv_too(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["repulse", "--api_key", "abc", "--port", "5000", "--api_key=xyz"])
+    hide_secret_arguments(None)
+    assert sys.argv == ["repulse", "--api_key", REDACTED, "--port", "5000", f"--api_key={REDACTED}"]
+
+
 def test_mode_words_stay_on_the_command_line(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["repulse", "--use_wandb", "offline"])
     hide_secret_arguments(None)
