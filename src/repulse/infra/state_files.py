@@ -31,29 +31,35 @@ class CheckpointFileError(UserError):
     """A checkpoint file that is missing, corrupt, or not plain data."""
 
 
-def split_tensors(obj: Any, tensors: dict[str, torch.Tensor], where: str = "state") -> Any:
-    """`obj` with each tensor moved into `tensors` (CPU, contiguous, own storage) and replaced by a reference.
+def split_tensors(obj: Any, tensors: dict[str, torch.Tensor], where: str = "state", seen: set | None = None) -> Any:
+    """`obj` with each tensor put into `tensors` (CPU, contiguous, own storage) and replaced by a reference.
 
     Anything but containers, tensors and plain values is a bug in the code that built the state (it could not
     be loaded back without code), so it raises TypeError naming where it sits.
     """
+    seen = set() if seen is None else seen
     if isinstance(obj, torch.Tensor):
         key = f"t{len(tensors)}"
-        tensors[key] = obj.detach().to("cpu").contiguous().clone()
+        tensor = obj.detach().to("cpu").contiguous()
+        # safetensors refuses tensors that share memory: copy only a tensor whose storage is already in.
+        if tensor.untyped_storage().data_ptr() in seen:
+            tensor = tensor.clone()
+        seen.add(tensor.untyped_storage().data_ptr())
+        tensors[key] = tensor
         return {TENSOR_REF: key}
     if isinstance(obj, np.generic):  # numpy scalars (float64 is also a float, int64 is not an int)
         return obj.item()
     if isinstance(obj, PLAIN):
         return obj
     if isinstance(obj, list | tuple):
-        items = [split_tensors(v, tensors, f"{where}[{i}]") for i, v in enumerate(obj)]
+        items = [split_tensors(v, tensors, f"{where}[{i}]", seen) for i, v in enumerate(obj)]
         return items if isinstance(obj, list) else tuple(items)
     if isinstance(obj, dict):
         out = {}
         for key, value in obj.items():
             if not isinstance(key, PLAIN):
                 raise TypeError(f"checkpoint state: key {key!r} of {where} is a {type(key).__name__}")
-            out[key] = split_tensors(value, tensors, f"{where}[{key!r}]")
+            out[key] = split_tensors(value, tensors, f"{where}[{key!r}]", seen)
         return out
     raise TypeError(
         f"checkpoint state: {where} is a {type(obj).__name__}; only tensors, numbers, strings, bools, None, "

@@ -122,6 +122,15 @@ def test_rl_shaped_state_round_trips_exactly(ckpt):
     assert_same(state, loaded)
 
 
+def test_tensors_sharing_memory_are_saved_as_copies(ckpt):
+    base = torch.arange(6.0).reshape(2, 3)
+    loaded = ckpt.load(ckpt.save(1, {"a": base, "same": base, "row": base[1], "tied": [base]}))
+    assert (
+        torch.equal(loaded["a"], base) and torch.equal(loaded["same"], base) and torch.equal(loaded["tied"][0], base)
+    )
+    assert torch.equal(loaded["row"], torch.tensor([3.0, 4.0, 5.0]))
+
+
 def test_numpy_scalars_are_saved_as_numbers(ckpt):
     loaded = ckpt.load(ckpt.save(1, {"a": np.float64(0.25), "b": np.int64(7), "c": np.float32(1.5)}))
     assert loaded == {"a": 0.25, "b": 7, "c": 1.5}
