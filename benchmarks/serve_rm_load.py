@@ -101,9 +101,11 @@ def pick_model(model: str, work: Path) -> tuple[Path, str]:
 
 
 def make_requests(n: int, seed: int) -> list[dict[str, list[str]]]:
+    """Requests as OpenRLHF clients send them: the full text in `query`, its prompt beside it."""
     rng = random.Random(seed)
+    prompt = "this man is a"
     return [
-        {"prompts": ["this man is a"], "query": [" " + " ".join(rng.choices(WORDS, k=rng.randint(2, 12))) + " ."]}
+        {"prompts": [prompt], "query": [prompt + " " + " ".join(rng.choices(WORDS, k=rng.randint(2, 12))) + " ."]}
         for _ in range(n)
     ]
 

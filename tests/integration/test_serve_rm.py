@@ -41,10 +41,10 @@ def start_server(rm_dir, port: int, log_file) -> subprocess.Popen:
         "2000",
         "--max_len",
         "32",
-        "--api_key",
-        KEY,
     ]
+    # The key from the environment, not the command line (where other local users would see it in `ps`).
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    env["REPULSE_RM_API_KEY"] = KEY
     return subprocess.Popen(
         [sys.executable, "-m", "repulse.cli.serve_rm", *argv], stdout=log_file, stderr=subprocess.STDOUT, env=env
     )
@@ -63,9 +63,10 @@ def wait_healthy(url: str, proc: subprocess.Popen, log_path) -> dict:
 
 
 def texts_for(i: int) -> tuple[list[str], list[str]]:
+    """(full texts, prompts): what an OpenRLHF client sends as `query` and `prompts`."""
     n = 1 + i % 3
-    queries = [" " + " ".join(WORDS[(i + j + k) % len(WORDS)] for k in range(3)) for j in range(n)]
-    return queries, ["this man is"] * n
+    responses = [" " + " ".join(WORDS[(i + j + k) % len(WORDS)] for k in range(3)) for j in range(n)]
+    return ["this man is" + r for r in responses], ["this man is"] * n
 
 
 def post(url: str, i: int) -> tuple[int, list[float] | str]:
@@ -102,14 +103,14 @@ def test_real_server_serves_concurrent_clients_and_stops_gracefully(tmp_path):
                 answers = list(pool.map(lambda i: post(url, i), range(20)))
             for i, (status, rewards) in enumerate(answers):
                 assert status == 200, rewards
-                want = reference_rewards(model, tokenizer, *texts_for(i), max_len=32)
+                want = reference_rewards(model, tokenizer, texts_for(i)[0], max_len=32)
                 torch.testing.assert_close(torch.tensor(rewards), want, atol=1e-4, rtol=1e-4)
             assert httpx.get(f"{url}/health").json()["model_calls"] < 20
 
             queries = [f" {w} ." for w in WORDS[:8]]  # a full batch: no waiting for the window
             with RemoteRewardModel(url, api_key=KEY, timeout=30) as remote:
-                got = remote(queries, prompts=["this man is a"] * 8)
-            want = reference_rewards(model, tokenizer, queries, ["this man is a"] * 8, max_len=32)
+                got = remote(queries, prompts=["this man is a"] * 8)  # responses + prompts, as --remote_rm_url
+            want = reference_rewards(model, tokenizer, ["this man is a" + q for q in queries], max_len=32)
             torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
             with pytest.raises(UserError, match="HTTP 401: wrong API key"), RemoteRewardModel(url, api_key="x") as bad:
                 bad(queries)
@@ -123,6 +124,7 @@ def test_real_server_serves_concurrent_clients_and_stops_gracefully(tmp_path):
                 late = [f.result(timeout=30) for f in pending]
             assert [status for status, _ in late] == [200] * 5
             assert proc.wait(timeout=10) == 0, log_path.read_text()[-3000:]
+            assert "API key required" in log_path.read_text() and KEY not in log_path.read_text()
         finally:
             if proc.poll() is None:
                 proc.kill()

@@ -23,27 +23,46 @@ def run(module, tmp_path: Path, model_dir: Path, data: Path, *extra: str, name: 
 
 
 @pytest.mark.parametrize(
-    ("module", "fixture", "extra"),
+    ("module", "fixture", "extra", "loss_kwargs"),
     [
-        (train_dpo, "pref_file", ["--beta", "0.5"]),
-        (train_dpo, "pref_file", ["--ipo", "--beta", "0.5", "--ref_offload"]),
-        (train_dpo, "pref_file", ["--label_smoothing", "0.1", "--nll_loss_coef", "0.5"]),
-        (train_kto, "unpaired_file", ["--beta", "0.5"]),
+        (train_dpo, "pref_file", ["--beta", "0.5"], {"beta": 0.5, "ipo": False, "label_smoothing": 0.0}),
+        (train_dpo, "pref_file", ["--ipo", "--beta", "0.5", "--ref_offload"], {"beta": 0.5, "ipo": True}),
+        (
+            train_dpo,
+            "pref_file",
+            ["--label_smoothing", "0.1", "--nll_loss_coef", "0.5"],
+            {"ipo": False, "label_smoothing": 0.1},
+        ),
+        (train_kto, "unpaired_file", ["--beta", "0.5"], {"beta": 0.5}),
     ],
     ids=["dpo", "ipo", "cdpo_nll", "kto"],
 )
-def test_policy_changes_and_reference_does_not(request, tmp_path, tiny_model_dir, module, fixture, extra):
+def test_policy_changes_and_reference_does_not(
+    request, tmp_path, tiny_model_dir, monkeypatch, module, fixture, extra, loss_kwargs
+):
+    import repulse.trainers.dpo as dpo_trainer
+    import repulse.trainers.kto as kto_trainer
+
+    # The variants differ in the loss's arguments: record what the loss was called with.
+    seen = []
+    owner = dpo_trainer if module is train_dpo else kto_trainer
+    name = "dpo_loss" if module is train_dpo else "kto_loss"
+    real = getattr(owner, name)
+    monkeypatch.setattr(owner, name, lambda *a, **kw: seen.append(kw) or real(*a, **kw))
     data = request.getfixturevalue(fixture)
     before = load_weights(tiny_model_dir)
     code, save = run(module, tmp_path, tiny_model_dir, data, "--max_samples", "16", *extra)
     assert code == 0
+    assert seen and all(kw[k] == v for kw in seen for k, v in loss_kwargs.items())
     changed, unchanged = changed_and_unchanged(before, load_weights(save / "final"))
     assert unchanged == [] and changed
     assert load_weights(tiny_model_dir).keys() == before.keys()
     assert all(torch.equal(v, before[k]) for k, v in load_weights(tiny_model_dir).items())  # reference untouched
     first = rows(save)[0]
-    if module is train_dpo and "--ipo" not in extra and "--label_smoothing" not in extra:
-        assert first["loss"] == pytest.approx(0.693147, abs=1e-5)  # policy = reference at step 1
+    if module is train_dpo:  # policy = reference at step 1: h = 0
+        assert first["preference_loss"] == pytest.approx(1.0 if "--ipo" in extra else 0.693147, abs=1e-5)
+        nll_coef = 0.5 if "--nll_loss_coef" in extra else 0.0
+        assert first["loss"] == pytest.approx(first["preference_loss"] + nll_coef * first["nll_loss"], rel=1e-5)
 
 
 def test_dpo_learns_the_preference(tmp_path, tiny_model_dir, pref_file):

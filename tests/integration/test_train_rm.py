@@ -85,9 +85,17 @@ def test_scores_match_transformers_sequence_classification(tmp_path, tiny_model_
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_logexp_and_sigmoid_give_the_same_first_step(tmp_path, tiny_model_dir, pref_file):
+def test_logexp_and_sigmoid_give_the_same_first_step(tmp_path, tiny_model_dir, pref_file, monkeypatch):
+    from repulse.losses import preference
+
+    used = []  # the two losses are equal by construction: record which one each run calls
+    for name, fn in list(preference.PAIRWISE_LOSSES.items()):
+        monkeypatch.setitem(preference.PAIRWISE_LOSSES, name, lambda *a, _n=name, _f=fn: used.append(_n) or _f(*a))
     _, a = run(tmp_path, tiny_model_dir, pref_file, "--max_samples", "8", name="sigmoid")
+    assert set(used) == {"sigmoid"}
+    used.clear()
     _, b = run(tmp_path, tiny_model_dir, pref_file, "--max_samples", "8", "--loss", "logexp", name="logexp")
+    assert set(used) == {"logexp"}
     first = [json.loads((p / "metrics.jsonl").read_text().splitlines()[0]) for p in (a, b)]
     assert first[0]["loss"] == pytest.approx(first[1]["loss"], rel=1e-6)
 

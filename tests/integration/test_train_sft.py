@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from repulse.cli import train_sft
+from repulse.infra.state_files import load_state
 from tests.integration.helpers import TRAIN_FLAGS, changed_and_unchanged, load_weights
 
 
@@ -93,16 +94,35 @@ def make_dropout_model(tmp_path: Path, tokenizer) -> Path:
     return path
 
 
-def test_resume_equals_uninterrupted_run(tmp_path, tiny_tokenizer, sft_file, monkeypatch):
-    model_dir = make_dropout_model(tmp_path, tiny_tokenizer)  # dropout: resume must also restore the RNG
-    flags = ["--max_samples", "32", "--save_steps", "2", "--max_epochs", "2"]
-    _, full = run(tmp_path, model_dir, sft_file, *flags, name="full")
-
-    calls = {"n": 0}
-    original = train_sft.SFTTrainer.training_step if hasattr(train_sft, "SFTTrainer") else None
+def count_steps_and_capture_start(monkeypatch) -> dict:
+    """Patch SFTTrainer.training_step to count its calls and keep a copy of the trainable weights it first saw."""
     from repulse.trainers.sft import SFTTrainer
 
     original = SFTTrainer.training_step
+    seen: dict = {"calls": 0, "first_weights": None}
+
+    def counting(self, batch):
+        seen["calls"] += 1
+        if seen["first_weights"] is None:
+            seen["first_weights"] = {n: p.detach().clone() for n, p in self.model.named_parameters()}
+        return original(self, batch)
+
+    monkeypatch.setattr(SFTTrainer, "training_step", counting)
+    return seen
+
+
+def test_resume_continues_from_the_checkpoint(tmp_path, tiny_tokenizer, sft_file, monkeypatch, capsys):
+    """The resumed process runs only the steps after the checkpoint, starting from the checkpoint's weights and
+    keeping the interrupted process's metrics, and ends where an uninterrupted run ends."""
+    from repulse.trainers.sft import SFTTrainer
+
+    model_dir = make_dropout_model(tmp_path, tiny_tokenizer)  # dropout: resume must also restore the RNG
+    # 32 examples / global batch 8 = 4 steps per epoch, 2 epochs = 8 steps of 2 micro-batches each.
+    flags = ["--max_samples", "32", "--save_steps", "2", "--max_epochs", "2"]
+    _, full = run(tmp_path, model_dir, sft_file, *flags, name="full")
+
+    original = SFTTrainer.training_step
+    calls = {"n": 0}
 
     def interrupted(self, batch):
         calls["n"] += 1
@@ -114,13 +134,33 @@ def test_resume_equals_uninterrupted_run(tmp_path, tiny_tokenizer, sft_file, mon
     code, resumed = run(tmp_path, model_dir, sft_file, *flags, name="resumed")
     assert code == 130
     assert not (resumed / "final").exists()
+    checkpoint = resumed / "checkpoints" / "global_step4"  # step 6 was never reached, 4 is the newest
+    assert sorted(p.name for p in (resumed / "checkpoints").iterdir()) == ["global_step2", "global_step4"]
+    # Mark what the interrupted process wrote: a process that rewrote its history would lose the mark.
+    rows = metrics(resumed)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    rows[2]["written_by"] = "first process"
+    (resumed / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
     monkeypatch.setattr(SFTTrainer, "training_step", original)
+    seen = count_steps_and_capture_start(monkeypatch)
+    capsys.readouterr()
     code, resumed = run(tmp_path, model_dir, sft_file, *flags, "--load_checkpoint", name="resumed")
     assert code == 0
+    assert f"resumed from {checkpoint} (step 4, epoch 1)" in capsys.readouterr().err
+    assert seen["calls"] == (8 - 4) * 2  # only steps 5-8 ran
+    saved = load_state(checkpoint, "training_state")["model"]
+    initial = load_weights(model_dir)
+    for name, weights in seen["first_weights"].items():  # the first step started from the checkpoint
+        assert torch.equal(weights, saved[name]), name
+    assert any(not torch.equal(saved[n], initial[n]) for n in saved if n in initial)  # ...not from --pretrain
+    rows = metrics(resumed)
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert rows[2]["written_by"] == "first process" and "written_by" not in rows[5]
     a, b = load_weights(full / "final"), load_weights(resumed / "final")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
-    assert [r["loss"] for r in metrics(full)] == pytest.approx([r["loss"] for r in metrics(resumed)], rel=1e-5)
+    assert [r["loss"] for r in metrics(full)] == pytest.approx([r["loss"] for r in rows], rel=1e-5)
     kept = sorted(p.name for p in (resumed / "checkpoints").iterdir())
     assert kept == ["global_step4", "global_step6", "global_step8"]  # --max_ckpt_num 3
 
@@ -143,7 +183,7 @@ def test_nan_loss_stops_with_last_checkpoint_intact(tmp_path, tiny_model_dir, sf
     assert "loss is nan at optimizer step 3" in err
     assert "global_step2" in err
     assert not (save / "final").exists()
-    state = torch.load(save / "checkpoints" / "global_step2" / "training_state.pt", weights_only=False)
+    state = load_state(save / "checkpoints" / "global_step2", "training_state")
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
@@ -197,11 +237,30 @@ def test_user_errors_are_one_line(tmp_path, tiny_model_dir, sft_file, capsys, fl
 @pytest.mark.parametrize(
     "flags", [["--bf16"], ["--gradient_checkpointing"], ["--packing_samples", "--lora_rank", "2"]]
 )
-def test_memory_and_precision_options_train(tmp_path, tiny_model_dir, sft_file, flags):
+def test_memory_and_precision_options_train(tmp_path, tiny_model_dir, sft_file, flags, monkeypatch):
+    seen = count_steps_and_capture_start(monkeypatch)
+    from repulse.trainers.sft import SFTTrainer
+
+    counting, state = SFTTrainer.training_step, {}
+
+    def observe(self, batch):  # what the flag must have changed on the model being trained
+        state["checkpointing"] = getattr(self.model, "is_gradient_checkpointing", False)
+        state["dtype"] = next(self.model.parameters()).dtype
+        state["packed"] = batch["input_ids"].shape[0] == 1
+        return counting(self, batch)
+
+    monkeypatch.setattr(SFTTrainer, "training_step", observe)
     code, save = run(tmp_path, tiny_model_dir, sft_file, "--max_samples", "16", *flags)
-    assert code == 0
+    assert code == 0 and seen["calls"] == 4
     losses = [r["loss"] for r in metrics(save)]
     assert all(0 < loss < 10 for loss in losses)
+    assert state["dtype"] == (torch.bfloat16 if "--bf16" in flags else torch.float32)
+    assert state["checkpointing"] == ("--gradient_checkpointing" in flags)
+    assert state["packed"] == ("--packing_samples" in flags)
+    if "--bf16" in flags:
+        assert all(v.dtype == torch.bfloat16 for v in load_weights(save / "final").values())
+    if "--lora_rank" in flags:
+        assert (save / "final" / "adapter_config.json").exists()
 
 
 def test_config_yaml_reproduces_the_run(tmp_path, tiny_model_dir, sft_file):

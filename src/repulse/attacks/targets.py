@@ -25,7 +25,34 @@ def load_targets(file_path: str | None, scenario: str = "behaviors", max_targets
     if not path.is_file():
         raise DataError(f"--file_path {path}: no such file")
     needed = ("target",) if scenario == "strings" else ("goal", "target")
-    with path.open(newline="", encoding="utf-8") as handle:
+    try:
+        rows = read_rows(path, needed, scenario, max_targets)
+    except UnicodeDecodeError as err:
+        raise DataError(f"--file_path {path}: not UTF-8 text ({where_not_utf8(path)}); save the CSV as UTF-8") from err
+    except csv.Error as err:
+        raise DataError(f"--file_path {path}: not a readable CSV ({err})") from err
+    if not rows:
+        raise DataError(f"--file_path {path}: no rows")
+    empty = [i for i, (_, target) in enumerate(rows) if not target.strip()]
+    if empty:
+        raise DataError(f"--file_path {path}: empty 'target' in data row {empty[0] + 1}")
+    return rows
+
+
+def where_not_utf8(path: Path) -> str:
+    """'byte 0xe9 on line 3': the first byte that is not UTF-8 (the decoder's own position is per chunk)."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        return f"byte 0x{data[err.start]:02x} on line {line}"
+    return "undecodable bytes"
+
+
+def read_rows(path: Path, needed: tuple[str, ...], scenario: str, max_targets: int | None) -> list[tuple[str, str]]:
+    # utf-8-sig: a CSV saved by a spreadsheet program often starts with a byte-order mark.
+    with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         columns = [c.strip() for c in reader.fieldnames or []]
         missing = [c for c in needed if c not in columns]
@@ -40,9 +67,4 @@ def load_targets(file_path: str | None, scenario: str = "behaviors", max_targets
             rows.append((goal, row.get("target") or ""))
             if max_targets is not None and len(rows) >= max_targets:
                 break
-    if not rows:
-        raise DataError(f"--file_path {path}: no rows")
-    empty = [i for i, (_, target) in enumerate(rows) if not target.strip()]
-    if empty:
-        raise DataError(f"--file_path {path}: empty 'target' in data row {empty[0] + 1}")
     return rows

@@ -1,15 +1,16 @@
 """serve_rm: a reward model behind HTTP, with dynamic batching across clients.
 
-POST /get_reward {"query": [texts], "prompts": [...] (optional)} -> {"rewards": [...]}; with prompts each scored
-text is prompt + query, as train_rm builds it. GET /health reports the model, device and queue depth; /docs holds
-the OpenAPI page. Texts longer than --max_len lose tokens from the left (the reward is read at the last token),
-EOS is appended as in training, and the model config's normalization applies (--normalize_reward forces it).
-Binds 127.0.0.1 unless --host says otherwise; SIGINT/SIGTERM finish the requests in flight and exit 0.
+POST /get_reward {"query": [full texts], "prompts": [...] (optional, not used)} -> {"rewards": [...]}: the fork's
+protocol, where each query is the whole text (prompt + response). GET /health reports the model, device and queue
+depth; /docs holds the OpenAPI page. Each text gets EOS appended and is cut to --max_len tokens (at most the
+model's positions), as train_rm tokenizes it; the model config's normalization applies (--normalize_reward
+forces it). Binds 127.0.0.1 unless --host says otherwise; SIGINT/SIGTERM finish the requests in flight and
+exit 0. The API key comes from REPULSE_RM_API_KEY (or --api_key, which other local users can read in `ps`).
 
     repulse serve_rm                                              # the embedded tiny reward model on :5000
-    repulse serve_rm --reward_pretrain runs/rm/final --port 5000 --batch_size 32 --max_wait_ms 5 --api_key KEY
+    REPULSE_RM_API_KEY=KEY repulse serve_rm --reward_pretrain runs/rm/final --batch_size 32 --max_wait_ms 5
     curl -s 127.0.0.1:5000/get_reward -H 'Content-Type: application/json' \\
-        -H 'Authorization: Bearer KEY' -d '{"query": [" a kind man ."], "prompts": ["This man is"]}'
+        -H 'Authorization: Bearer KEY' -d '{"query": ["This man is a kind man ."]}'
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 
 from repulse.cli.runner import run_cli
 from repulse.config.parser import parse_groups
-from repulse.config.serve import ServeArgs
+from repulse.config.serve import API_KEY_ENV, ServeArgs
 
 log = logging.getLogger("repulse")
 
@@ -39,6 +40,7 @@ def serve(cfg: ServeArgs) -> None:
     from repulse.serving.scorer import load_scorer
     from repulse.serving.server import serve_forever
 
+    cfg = with_api_key(cfg)
     scorer = load_scorer(cfg)
     app = create_app(scorer, cfg)
     mode = "off (one request per model call)" if cfg.disable_batching else f"up to {cfg.batch_size} texts"
@@ -51,6 +53,23 @@ def serve(cfg: ServeArgs) -> None:
         "required" if cfg.api_key else "off",
     )
     serve_forever(app, cfg)
+
+
+def with_api_key(cfg: ServeArgs) -> ServeArgs:
+    """The settings with the key from REPULSE_RM_API_KEY when --api_key is not given; the key is kept out of
+    the log either way."""
+    import dataclasses
+    import os
+
+    from repulse.infra.secrets import register_secret
+
+    if cfg.api_key:
+        log.warning("--api_key on the command line is visible to other local users (ps); prefer %s", API_KEY_ENV)
+    else:
+        key = os.environ.get(API_KEY_ENV, "").strip()
+        cfg = dataclasses.replace(cfg, api_key=key or None)
+    register_secret(cfg.api_key)
+    return cfg
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,25 +6,67 @@ model, data, optim, strategy, ckpt and logging.
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 from repulse.cli.runner import write_resolved_config
 from repulse.config.parser import to_flat_dict
 
+log = logging.getLogger("repulse")
+
 
 def start_run(cfg: Any, default_model: str = "tiny_lm") -> tuple[Any, str, Any]:
-    """(strategy, model path, tokenizer) with the seed set; the model path falls back to the embedded one."""
+    """(strategy, model path, tokenizer) with the seed set; the model path falls back to the embedded one.
+
+    Checks first what a run needs from the user's input: output folders it can write, a model folder with a
+    tokenizer and readable weights, and a --max_len within the model's positions (capped, with a warning).
+    """
     from repulse.distributed.launch import make_strategy
     from repulse.infra.seed import set_seed
     from repulse.models.load import load_tokenizer, resolve_model_path
 
+    check_output_folders(cfg)
     strategy = make_strategy(cfg.strategy.dist_backend, cfg.strategy.zero_stage, cfg.strategy.adam_offload)
     set_seed(cfg.optim.seed)
     path = resolve_model_path(cfg.model.pretrain, default_model)
     tokenizer = load_tokenizer(
         path, use_fast=not cfg.model.disable_fast_tokenizer, chat_template=cfg.data.tokenizer_chat_template
     )
+    cap_max_len(cfg, path)
     return strategy, path, tokenizer
+
+
+def check_output_folders(cfg: Any) -> None:
+    from repulse.infra.files import check_output_folder
+
+    ckpt = getattr(cfg, "ckpt", None)
+    if ckpt is not None:
+        check_output_folder(ckpt.save_path, "--save_path")
+        if ckpt.ckpt_path:
+            check_output_folder(ckpt.ckpt_path, "--ckpt_path")
+
+
+def cap_max_len(cfg: Any, path: str) -> None:
+    """Examples are truncated to --max_len tokens; a model with fewer positions cannot take that many (an
+    index error deep in the embedding), so --max_len is lowered to the model's positions, and the log says so.
+    The capped value is what config.yaml records."""
+    from repulse.config.common import DataArgs
+    from repulse.models.load import model_positions
+
+    data = cfg.data
+    if not isinstance(data, DataArgs):
+        return
+    limit = model_positions(path)
+    if limit is not None and data.max_len > limit:
+        log.warning(
+            "--max_len %d is more than the %d positions of the model %s: examples are truncated to %d tokens",
+            data.max_len,
+            limit,
+            path,
+            limit,
+        )
+        data.max_len = limit
 
 
 def train_and_save(
@@ -43,9 +85,10 @@ def train_and_save(
     from repulse.models.load import save_pretrained_atomic
     from repulse.trainers.session import build_run, fit
 
+    def hf_copy(folder: Path) -> None:  # --save_hf_ckpt: each checkpoint also holds the model as final/ would
+        save_pretrained_atomic(strategy.unwrap(trainer.model), tokenizer, folder / "final")
+
     flat = to_flat_dict(*cfg)
-    if strategy.is_rank_0():
-        write_resolved_config(cfg.ckpt.save_path, flat)
     run = build_run(
         trainer,
         strategy,
@@ -56,6 +99,9 @@ def train_and_save(
         logging_args=cfg.logging,
         eval_set=eval_set,
         config=flat,
+        command=name,
+        checkpoint_extra=hf_copy if cfg.ckpt.save_hf_ckpt else None,
+        write_config=lambda: write_resolved_config(cfg.ckpt.save_path, flat) if strategy.is_rank_0() else None,
     )
     fit(run)
     if before_save is not None:

@@ -33,6 +33,7 @@ class LoraArgs:
 
     def __post_init__(self) -> None:
         require(self.lora_rank >= 0, f"--lora_rank must be >= 0, got {self.lora_rank}")
+        require(self.lora_alpha > 0, f"--lora_alpha must be > 0, got {self.lora_alpha}")
         require(0.0 <= self.lora_dropout < 1.0, f"--lora_dropout must be in [0, 1), got {self.lora_dropout}")
 
 
@@ -101,8 +102,15 @@ class ScheduleArgs:
     def __post_init__(self) -> None:
         require(self.lr_scheduler in LR_SCHEDULERS, f"--lr_scheduler must be one of {LR_SCHEDULERS}")
         require(0 <= self.lr_warmup_ratio < 1, f"--lr_warmup_ratio must be in [0, 1), got {self.lr_warmup_ratio}")
+        require(0 <= self.min_lr_ratio <= 1, f"--min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         require(len(self.adam_betas) == 2, f"--adam_betas takes two floats, got {self.adam_betas}")
+        require(
+            all(0 <= b < 1 for b in self.adam_betas), f"--adam_betas must each be in [0, 1), got {self.adam_betas}"
+        )
+        require(math.isfinite(self.l2) and self.l2 >= 0, f"--l2 must be >= 0, got {self.l2}")
+        require(math.isfinite(self.max_norm) and self.max_norm >= 0, f"--max_norm must be >= 0, got {self.max_norm}")
         require(self.micro_train_batch_size >= 1, "--micro_train_batch_size must be >= 1")
+        require(self.train_batch_size >= 1, f"--train_batch_size must be >= 1, got {self.train_batch_size}")
         require(self.max_epochs >= 1, f"--max_epochs must be >= 1, got {self.max_epochs}")
 
     def accumulation_steps(self, world_size: int) -> int:
@@ -122,7 +130,10 @@ class OptimArgs(ScheduleArgs):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(self.learning_rate > 0, f"--learning_rate must be > 0, got {self.learning_rate}")
+        require(
+            math.isfinite(self.learning_rate) and self.learning_rate > 0,
+            f"--learning_rate must be a finite number > 0, got {self.learning_rate}",
+        )
 
 
 @dataclass
@@ -154,9 +165,17 @@ class CheckpointArgs:
     load_checkpoint: bool = arg(False, "Resume from the newest checkpoint in --ckpt_path.")
     max_ckpt_num: int = arg(3, "Keep at most this many checkpoints (oldest deleted first).")
     save_steps: int = arg(-1, "Save a resumable checkpoint every N optimizer steps (-1: only at the end).")
+    save_hf_ckpt: bool = arg(
+        False,
+        "Also write each checkpoint's model in Hugging Face format (global_stepN/final, loadable by transformers; "
+        "a reward model's without the --normalize_reward statistics, computed at the end). train_ppo's "
+        "checkpoints always hold them.",
+    )
 
     def __post_init__(self) -> None:
         require(self.max_ckpt_num >= 1, f"--max_ckpt_num must be >= 1, got {self.max_ckpt_num}")
+        require(bool(self.save_path.strip()), "--save_path must not be empty")
+        require(self.ckpt_path is None or bool(self.ckpt_path.strip()), "--ckpt_path must not be empty")
 
     def checkpoint_dir(self) -> str:
         return self.ckpt_path or f"{self.save_path}/checkpoints"
@@ -168,7 +187,11 @@ class LoggingArgs:
 
     logging_steps: int = arg(1, "Log metrics every N optimizer steps.")
     eval_steps: int = arg(-1, "Evaluate every N optimizer steps (-1: once per epoch, when an eval set exists).")
-    use_wandb: str | None = arg(None, "Log to Weights & Biases: 'offline', or 'True'/an API key for online runs.")
+    use_wandb: str | None = arg(
+        None,
+        "Log to Weights & Biases: 'offline', or 'True'/an API key for online runs (a key is not written to "
+        "config.yaml or the run; 'True' with WANDB_API_KEY keeps it off the command line too).",
+    )
     wandb_project: str = arg("repulse", "Weights & Biases project.")
     wandb_run_name: str | None = arg(None, "Weights & Biases run name (default: the save_path folder name).")
     use_tensorboard: str | None = arg(None, "Write TensorBoard event files to this folder.")

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from repulse.config.fields import arg, require
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+# The API key's environment variable, read by the server when --api_key is not given and by the client
+# (--remote_rm_url has no key flag in the fork). A key on the command line is visible to local users in `ps`.
+API_KEY_ENV = "REPULSE_RM_API_KEY"
 
 
 @dataclass
@@ -15,7 +18,11 @@ class ServeArgs:
         None, "Reward model folder or hub name (what train_rm saves under --save_path/final). Default: the tiny RM."
     )
     value_head_prefix: str = arg("score", "Name of the reward head module in the model (HF uses 'score').")
-    max_len: int = arg(2048, "Tokens per scored text; longer texts lose tokens from the LEFT (the last is kept).")
+    max_len: int = arg(
+        2048,
+        "Tokens per scored text (at most the model's positions); longer texts are cut at the end, as train_rm "
+        "truncates them.",
+    )
     batch_size: int = arg(16, "Most texts in one model call; requests from many clients are merged up to this.")
     max_wait_ms: float = arg(5.0, "How long the first queued text waits for others to fill a batch (milliseconds).")
     disable_batching: bool = arg(False, "One request per model call, no merging (the benchmark's baseline).")
@@ -36,7 +43,10 @@ class ServeArgs:
     host: str = arg("127.0.0.1", "Address to bind. Anything but a loopback address exposes the server: set --api_key.")
     port: int = arg(5000, "TCP port to listen on.")
     api_key: str | None = arg(
-        None, "Require 'Authorization: Bearer KEY' or 'X-API-Key: KEY' on every request but /health and the docs."
+        None,
+        "Require 'Authorization: Bearer KEY' or 'X-API-Key: KEY' on every request but /health and the docs. "
+        f"Prefer the {API_KEY_ENV} environment variable, read when this flag is not given (a key on the command "
+        "line is visible to other local users).",
     )
     max_texts_per_request: int = arg(1024, "Most texts in one request (more: HTTP 413).")
     max_body_bytes: int = arg(16 * 1024 * 1024, "Largest request body in bytes (more: HTTP 413).")

@@ -99,10 +99,17 @@ class SingleProcessStrategy:
         return None
 
     def save_ckpt(self, state: dict[str, Any], path: Path) -> None:
-        torch.save(state, path)
+        """`state` as data only in the folder `path` (infra/state_files.py: safetensors + a weights-only file)."""
+        from repulse.infra.state_files import save_state
+
+        Path(path).mkdir(parents=True, exist_ok=True)
+        save_state(Path(path), "state", state)
 
     def load_ckpt(self, path: Path) -> dict[str, Any]:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        """What save_ckpt wrote; a file that does not load as plain data is refused (CheckpointFileError)."""
+        from repulse.infra.state_files import load_state
+
+        return load_state(Path(path), "state")
 
     def cleanup(self) -> None:
         return None

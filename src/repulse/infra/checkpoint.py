@@ -1,13 +1,21 @@
 """Resumable training checkpoints: trainable weights, optimizer, scheduler, counters and per-rank RNG.
 
-Each checkpoint is a folder `global_step{N}` that appears only once complete (written to a temporary
-folder, then renamed); the oldest are deleted beyond `max_keep`.
+Each checkpoint is a folder `global_step{N}` that appears only once complete (written to a temporary folder,
+then renamed); the oldest are deleted beyond `max_keep`. Inside:
+
+    checkpoint.json                  format version, step, world size and the run's fingerprint (JSON)
+    training_state.{safetensors,pt}  the state (infra/state_files.py: tensors + plain data, no code)
+    rng_rank{R}.{safetensors,pt}     each rank's RNG streams, the same way
+
+A checkpoint folder belongs to one run. A run that does not resume refuses to start in a folder that holds
+another run's checkpoints (its pruning would delete its own newer-numbered ones, and a later resume would pick
+up the other run's); a resume refuses a checkpoint whose fingerprint (the flags that shape training) differs.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import os
 import re
 import shutil
 from collections.abc import Callable
@@ -16,11 +24,17 @@ from typing import Any
 
 import torch
 
-from repulse.infra.files import write_dir_atomic
+from repulse.infra.errors import UserError
+from repulse.infra.files import remove_stale_temporaries, staging_dir, write_dir_atomic
 from repulse.infra.seed import get_rng_state, set_rng_state
+from repulse.infra.state_files import CheckpointFileError, encode_state, load_state, save_state
 
 log = logging.getLogger("repulse")
 STEP_DIR = re.compile(r"^global_step(\d+)$")
+FORMAT = "repulse.checkpoint"
+VERSION = 2
+MANIFEST = "checkpoint.json"
+STATE = "training_state"
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -38,21 +52,40 @@ def load_optional_state(obj: Any, state: Any) -> None:
         obj.load_state_dict(state)
 
 
-def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+def load_trainable_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Copy saved weights into the model's trainable parameters; a UserError when they do not fit (another
+    model, LoRA setting or size)."""
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in state]
-    if missing:
-        raise RuntimeError(f"checkpoint lacks trainable parameters {missing[:3]}... (different model or LoRA?)")
+    unknown = [n for n in state if n not in params]
+    if missing or unknown:
+        which = f"lacks {missing[:3]}" if missing else f"has parameters this model lacks: {unknown[:3]}"
+        raise UserError(f"{source} does not fit this model: it {which} (another model or LoRA setting?)")
+    wrong = [n for n, v in state.items() if tuple(v.shape) != tuple(params[n].shape)]
+    if wrong:
+        name = wrong[0]
+        raise UserError(
+            f"{source} does not fit this model: {name} has shape {tuple(state[name].shape)} there, "
+            f"{tuple(params[name].shape)} here (another model size?)"
+        )
     with torch.no_grad():
         for name, value in state.items():
             params[name].copy_(value)
 
 
 class Checkpointer:
-    def __init__(self, ckpt_dir: str | Path, max_keep: int, strategy: Any) -> None:
+    def __init__(
+        self, ckpt_dir: str | Path, max_keep: int, strategy: Any, fingerprint: dict[str, Any] | None = None
+    ) -> None:
         self.dir = Path(ckpt_dir)
         self.max_keep = max_keep
         self.strategy = strategy
+        self.fingerprint = fingerprint
+        # Set once this run owns the folder: it checked it at start, resumed from it, or found it empty.
+        self._owned = False
+        if strategy.is_rank_0():
+            for line in remove_stale_temporaries(self.dir):
+                log.info("%s", line)
 
     def checkpoints(self) -> list[Path]:
         if not self.dir.is_dir():
@@ -64,42 +97,123 @@ class Checkpointer:
         found = self.checkpoints()
         return found[-1] if found else None
 
+    def start(self, resume: bool) -> None:
+        """Claim the folder for this run: a run that does not resume must find no checkpoints there."""
+        if not resume:
+            self._refuse_foreign()
+        self._owned = True
+
+    def _refuse_foreign(self) -> None:
+        found = self.checkpoints()
+        if found:
+            shown = ", ".join(p.name for p in found[-3:])
+            raise UserError(
+                f"{self.dir} already holds checkpoints of an earlier run ({shown}): add --load_checkpoint to "
+                "resume it, or give this run another --save_path (or --ckpt_path), or delete that folder"
+            )
+
     def save(self, global_step: int, state: dict[str, Any], extra: Callable[[Path], None] | None = None) -> Path:
         """Every rank calls this; rank 0 assembles the folder. `extra(folder)` adds more files (e.g. the models
         in Hugging Face format) inside the same atomic write."""
+        if not self._owned:  # a caller that never called start(): the first save makes the same check
+            self._refuse_foreign()
+            self._owned = True
+        encoded = encode_state(state) if self.strategy.is_rank_0() else None  # fails before any file is written
         self.dir.mkdir(parents=True, exist_ok=True)
-        rank = self.strategy.rank
-        staged = self.dir / f".rng_step{global_step}_rank{rank}.pt"
-        torch.save(get_rng_state(), staged)
+        save_state(self._rng_dir(global_step, self.strategy.rank, create=True), "rng", get_rng_state())
         self.strategy.barrier()
         target = self.dir / f"global_step{global_step}"
         if self.strategy.is_rank_0():
 
             def write(tmp: Path) -> None:
-                torch.save(state, tmp / "training_state.pt")
+                save_state(tmp, STATE, state, encoded)
                 for r in range(self.strategy.world_size):
-                    os.replace(self.dir / f".rng_step{global_step}_rank{r}.pt", tmp / f"rng_rank{r}.pt")
+                    for suffix in (".safetensors", ".pt"):
+                        (self._rng_dir(global_step, r) / f"rng{suffix}").replace(tmp / f"rng_rank{r}{suffix}")
+                manifest = {
+                    "format": FORMAT,
+                    "version": VERSION,
+                    "global_step": global_step,
+                    "world_size": self.strategy.world_size,
+                    "fingerprint": self.fingerprint,
+                }
+                (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
                 if extra is not None:
                     extra(tmp)
 
-            write_dir_atomic(target, write)
-            self._prune()
+            try:
+                write_dir_atomic(target, write)
+            finally:
+                for r in range(self.strategy.world_size):
+                    shutil.rmtree(self._rng_dir(global_step, r), ignore_errors=True)
+            self._prune(keep=target)
             log.info("checkpoint saved: %s", target)
         self.strategy.barrier()
         return target
 
-    def _prune(self) -> None:
+    def _rng_dir(self, global_step: int, rank: int, create: bool = False) -> Path:
+        """Where each rank stages its RNG state for rank 0 to move into the checkpoint."""
+        return staging_dir(self.dir, f"rng_step{global_step}_rank{rank}", create=create)
+
+    def _prune(self, keep: Path) -> None:
         for old in self.checkpoints()[: -self.max_keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            if old != keep:
+                shutil.rmtree(old, ignore_errors=True)
 
     def load(self, path: Path) -> dict[str, Any]:
-        """The saved state; this rank's RNG state is restored as a side effect."""
-        state = torch.load(path / "training_state.pt", map_location="cpu", weights_only=False)
-        rng_file = path / f"rng_rank{self.strategy.rank}.pt"
-        if rng_file.exists():
-            set_rng_state(torch.load(rng_file, weights_only=False))
+        """The saved state; this rank's RNG state is restored as a side effect. A checkpoint of another format
+        or another configuration, or files that do not load as plain data, raise a one-line UserError."""
+        path = Path(path)
+        manifest = read_manifest(path)
+        self.check_fingerprint(path, manifest.get("fingerprint"))
+        state = load_state(path, STATE)
+        if not isinstance(state, dict):
+            raise CheckpointFileError(f"{path / (STATE + '.pt')}: holds a {type(state).__name__}, not a state")
+        if (path / f"rng_rank{self.strategy.rank}.pt").exists():
+            rng = load_state(path, f"rng_rank{self.strategy.rank}")
+            try:
+                set_rng_state(rng)
+            except (KeyError, TypeError, ValueError, RuntimeError) as err:
+                raise CheckpointFileError(f"{path}/rng_rank{self.strategy.rank}.pt: not an RNG state ({err})") from err
         else:
             log.warning(
                 "checkpoint %s has no RNG state for rank %d (saved with fewer processes)", path, self.strategy.rank
             )
+        if path.parent.resolve() == self.dir.resolve():
+            self._owned = True
         return state
+
+    def check_fingerprint(self, path: Path, saved: dict[str, Any] | None) -> None:
+        """Refuse a checkpoint written with other values of the flags that shape training."""
+        if self.fingerprint is None:
+            return
+        saved = saved or {}
+        # The command first: another command's checkpoint differs in many flags, and that is the news.
+        for key in sorted(set(self.fingerprint) | set(saved), key=lambda k: (k != "command", k)):
+            then, now = saved.get(key, "(unset)"), self.fingerprint.get(key, "(unset)")
+            if then != now:
+                what = "by the command" if key == "command" else f"with --{key}"
+                raise UserError(
+                    f"--load_checkpoint: {path} was written {what} {then!r}, this run has {now!r}; resume "
+                    "with that run's flags (its config.yaml) or start afresh with another --save_path"
+                )
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    file = path / MANIFEST
+    if not file.is_file():
+        raise CheckpointFileError(
+            f"{path}: not a checkpoint this version can load (no {MANIFEST}: written by an older version, or "
+            "not a checkpoint folder)"
+        )
+    try:
+        manifest = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointFileError(f"{file}: unreadable ({err})") from err
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise CheckpointFileError(f"{file}: not a repulse checkpoint manifest")
+    if manifest.get("version") != VERSION:
+        raise CheckpointFileError(
+            f"{file}: checkpoint format version {manifest.get('version')!r}; this version reads {VERSION}"
+        )
+    return manifest

@@ -11,6 +11,7 @@ from typing import Any
 
 from repulse.infra.errors import require_package
 from repulse.infra.files import write_jsonl_atomic
+from repulse.infra.secrets import is_wandb_key, redact_flags, register_secret
 
 log = logging.getLogger("repulse")
 
@@ -53,8 +54,7 @@ class MetricLogger:
         if resume_step is None:
             self.path.unlink()
             return
-        rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-        write_jsonl_atomic(self.path, [r for r in rows if r.get("step", 0) <= resume_step])
+        write_jsonl_atomic(self.path, [r for r in read_rows(self.path) if r.get("step", 0) <= resume_step])
 
     def log(self, step: int, metrics: dict[str, float], prefix: str = "") -> None:
         if not self.enabled:
@@ -76,6 +76,24 @@ class MetricLogger:
             self._wandb.finish()
 
 
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a metrics.jsonl; a line that does not parse (the torn last line of a run killed mid-write,
+    on a full disk or at a power cut) is dropped with a warning instead of blocking the resume."""
+    rows = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict):
+            log.warning("%s: line %d is not a JSON object (cut off by an interrupted run?); dropped", path, number)
+            continue
+        rows.append(row)
+    return rows
+
+
 def clean_number(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
@@ -86,8 +104,12 @@ def start_wandb(setting: str, project: str, run_name: str, config: dict[str, Any
     require_package("wandb", "logging", "--use_wandb")
     import wandb
 
+    if is_wandb_key(setting):
+        register_secret(setting)
     mode = "offline" if setting.lower() in ("offline", "disabled") else "online"
     if mode == "online" and setting.lower() not in ("true", "1", "online"):
         wandb.login(key=setting)
     os.environ.setdefault("WANDB_SILENT", "true")
-    return wandb.init(project=project, name=run_name, config=config, mode=mode, reinit="finish_previous")
+    # The run config is uploaded and stored next to the run: never with the key in it.
+    safe = redact_flags(config)
+    return wandb.init(project=project, name=run_name, config=safe, mode=mode, reinit="finish_previous")

@@ -27,18 +27,81 @@ def resolve_model_path(pretrain: str | None, default: str = "tiny_lm", what: str
     return str(default_dir)
 
 
+# Any one of these makes a folder a tokenizer folder (fast, BPE, WordPiece or SentencePiece tokenizers).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "vocab.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
 def check_loadable(path: str) -> None:
-    """A clear error for a path that is neither a folder nor a plausible hub name."""
+    """A clear error for a path that is neither a folder nor a plausible hub name, and for a local folder
+    whose weight files are empty or not readable (an interrupted copy or download)."""
     p = Path(path)
     looks_local = path.startswith((".", "/", "~")) or p.exists() or path.count("/") > 1
     if looks_local and not p.is_dir():
         raise ModelLoadError(f"model path {path!r} is not a folder")
+    if p.is_dir():
+        for weights in sorted(f for f in p.iterdir() if f.suffix in WEIGHT_SUFFIXES and f.is_file()):
+            check_weight_file(weights)
+
+
+def check_weight_file(path: Path) -> None:
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"model file {path} is empty (0 bytes): an interrupted copy or download?")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                f.keys()
+        except (SafetensorError, OSError) as err:
+            raise ModelLoadError(f"model file {path} is not a readable safetensors file ({first_line(err)})") from err
+
+
+def check_tokenizer_folder(path: str) -> None:
+    """A local model folder must hold its tokenizer: without one transformers falls back to something unusable."""
+    p = Path(path)
+    if p.is_dir() and not any((p / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelLoadError(
+            f"model folder {path} has no tokenizer (none of {', '.join(TOKENIZER_FILES[:3])}, ...): save the "
+            "tokenizer next to the model (tokenizer.save_pretrained(folder))"
+        )
+
+
+def model_positions(path: str) -> int | None:
+    """The most tokens the model at `path` can attend over (its position embeddings), when its config says
+    (None when it has no readable config: loading the model then gives the error)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError):
+        return None
+    return config_positions(config)
+
+
+def config_positions(config) -> int | None:
+    """The position limit a model config declares (max_position_embeddings / n_positions), or None."""
+    text_config = getattr(config, "text_config", None) or config
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(text_config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def load_tokenizer(path: str, *, use_fast: bool = True, padding_side: str = "right", chat_template: str | None = None):
     from transformers import AutoTokenizer
 
     check_loadable(path)
+    check_tokenizer_folder(path)
     try:
         tok = AutoTokenizer.from_pretrained(path, use_fast=use_fast, padding_side=padding_side)
     except (OSError, ValueError) as err:

@@ -1,9 +1,13 @@
 """The FastAPI app of serve_rm: POST /get_reward, GET /health, and FastAPI's OpenAPI docs (/docs, /openapi.json).
 
+The protocol is the fork's (OpenRLHF's): `query` holds the full texts (prompt + response) and is what gets
+scored; `prompts`, which OpenRLHF clients send beside it, is accepted and not used.
+
 Status codes: 400 malformed JSON or Content-Length, 401 missing/wrong API key, 413 body over --max_body_bytes or
 more texts than --max_texts_per_request, 415 a body not sent as application/json, 422 wrong types, an empty
-`query`, or `prompts` of another length than `query`, 500 the model failed (the server goes on), 503 shutting
-down. Error bodies follow FastAPI: {"detail": ...}.
+`query`, or text that is not valid Unicode (a lone surrogate), 500 the model failed on this request's texts
+(the server goes on; other requests of the same batch are scored on their own), 503 shutting down. Error
+bodies follow FastAPI: {"detail": ...}.
 """
 
 from __future__ import annotations
@@ -21,13 +25,13 @@ from fastapi import FastAPI, HTTPException, Request  # noqa: E402
 from fastapi.encoders import jsonable_encoder  # noqa: E402
 from fastapi.exceptions import RequestValidationError  # noqa: E402
 from fastapi.responses import JSONResponse  # noqa: E402
-from pydantic import BaseModel, Field, model_validator  # noqa: E402
+from pydantic import BaseModel, Field, field_validator  # noqa: E402
 
 from repulse import __version__  # noqa: E402
 from repulse.config.serve import ServeArgs  # noqa: E402
 from repulse.serving.batcher import BatcherClosedError, DynamicBatcher  # noqa: E402
 from repulse.serving.guards import APIKeyMiddleware, BodyLimitMiddleware  # noqa: E402
-from repulse.serving.scorer import RewardScorer, join_texts  # noqa: E402
+from repulse.serving.scorer import RewardScorer  # noqa: E402
 
 log = logging.getLogger("repulse")
 
@@ -35,21 +39,47 @@ log = logging.getLogger("repulse")
 class RewardRequest(BaseModel):
     query: list[str] = Field(
         min_length=1,
-        description="Texts to score. With `prompts`, the responses: each scored text is prompt + response.",
+        description="The texts to score, each the full text the reward model reads (prompt + response).",
     )
     prompts: list[str] | None = Field(
-        default=None, description="Optional prompts, one per query, prepended to it (as train_rm does)."
+        default=None,
+        description="Accepted for OpenRLHF clients, which send the prompts beside the full texts; not used.",
     )
 
-    @model_validator(mode="after")
-    def same_length(self) -> RewardRequest:
-        if self.prompts is not None and len(self.prompts) != len(self.query):
-            raise ValueError(f"prompts has {len(self.prompts)} texts but query has {len(self.query)}")
-        return self
+    @field_validator("query", "prompts")
+    @classmethod
+    def valid_unicode(cls, texts: list[str] | None) -> list[str] | None:
+        # JSON can carry lone surrogates ("\ud800"); no tokenizer can encode them. Refused here, with the
+        # request, instead of failing a model call shared with other clients.
+        for i, text in enumerate(texts or []):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as err:
+                raise ValueError(f"text {i} is not valid Unicode ({err.reason} at character {err.start})") from err
+        return texts
 
 
 class RewardResponse(BaseModel):
     rewards: list[float] = Field(description="One reward per query, in order (normalised if the server says so).")
+
+
+class PromptCheck:
+    """Warns once when a client seems to send responses in `query` and prompts beside them (query = response,
+    the protocol of earlier repulse versions): the server scores `query` alone, so such rewards miss the prompt."""
+
+    def __init__(self) -> None:
+        self.warned = False
+
+    def __call__(self, request: RewardRequest) -> None:
+        if self.warned or not request.prompts or len(request.prompts) != len(request.query):
+            return
+        if all(q.startswith(p) for p, q in zip(request.prompts, request.query, strict=True)):
+            return
+        self.warned = True
+        log.warning(
+            "get_reward: a query does not start with its prompt; `query` must hold the full texts "
+            "(prompt + response), which is what is scored ('prompts' is not used)"
+        )
 
 
 class HealthResponse(BaseModel):
@@ -61,12 +91,14 @@ class HealthResponse(BaseModel):
     batching: bool
     batch_size: int
     max_wait_ms: float
+    max_len: int = Field(description="Tokens scored per text (texts are truncated to them, as train_rm does).")
     normalized: bool
 
 
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """FastAPI answers 422 for everything; unparsable JSON is a 400 and a body not declared JSON a 415."""
-    errors = exc.errors()
+    """FastAPI answers 422 for everything; unparsable JSON is a 400 and a body not declared JSON a 415.
+    The errors go back without the offending input (it may be large, or text that cannot be encoded)."""
+    errors = [{k: e[k] for k in ("type", "loc", "msg") if k in e} for e in exc.errors()]
     if any(e.get("type") == "json_invalid" for e in errors):
         return JSONResponse(status_code=400, content={"detail": jsonable_encoder(errors)})
     content_type = request.headers.get("content-type", "")
@@ -115,17 +147,20 @@ def create_app(scorer: RewardScorer, cfg: ServeArgs) -> FastAPI:
 
 
 def add_routes(app: FastAPI, scorer: RewardScorer, batcher: DynamicBatcher, cfg: ServeArgs) -> None:
+    prompt_check = PromptCheck()
+
     @app.post("/get_reward", response_model=RewardResponse)
     async def get_reward(request: RewardRequest) -> RewardResponse:
-        """Rewards of the query texts (prompt + query when prompts are given), read at each text's last token."""
+        """Rewards of the query texts (full texts: prompt + response), read at each text's last token."""
         if len(request.query) > cfg.max_texts_per_request:
             raise HTTPException(
                 413,
                 f"{len(request.query)} texts in one request; --max_texts_per_request is {cfg.max_texts_per_request}",
             )
+        prompt_check(request)
         start = time.perf_counter()
         try:
-            rewards = await batcher.submit(join_texts(request.query, request.prompts))
+            rewards = await batcher.submit(request.query)
         except BatcherClosedError as err:
             raise HTTPException(503, str(err)) from err
         except Exception as err:
@@ -146,5 +181,6 @@ def add_routes(app: FastAPI, scorer: RewardScorer, batcher: DynamicBatcher, cfg:
             batching=not cfg.disable_batching,
             batch_size=cfg.batch_size,
             max_wait_ms=cfg.max_wait_ms,
+            max_len=scorer.max_len,
             normalized=scorer.stats is not None,
         )

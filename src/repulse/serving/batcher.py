@@ -6,7 +6,8 @@ call runs at a time and the event loop keeps accepting requests meanwhile. Befor
 to come, at most `max_wait_ms` after the oldest queued text arrived, and stops waiting as soon as as many texts
 are queued as the previous call held: under steady load batches fill, and a lone client pays no wait. A request
 larger than a batch is split across calls; each request's future resolves once all its texts are scored, with
-the rewards in its own order.
+the rewards in its own order. A model call that fails on a batch of several requests is retried request by
+request, so a faulty text fails its own request only.
 """
 
 from __future__ import annotations
@@ -173,19 +174,39 @@ class DynamicBatcher:
         return batch
 
     async def _run(self, batch: list[Slice]) -> None:
-        texts = [t for job, start, stop in batch for t in job.texts[start:stop]]
+        """One model call for the batch. If it fails and the batch holds several requests, each request's texts
+        are scored again on their own, so one faulty text fails only the request that sent it."""
         self.busy = True
         try:
-            scores = await asyncio.get_running_loop().run_in_executor(self._executor, self.score_fn, texts)
-        except Exception as err:  # noqa: BLE001  (reported to every request of the batch; the server goes on)
-            log.exception("reward model call on %d texts failed", len(texts))
-            for job, _, _ in batch:
-                job.fail(err)
-            return
+            try:
+                scores = await self._call([t for job, start, stop in batch for t in job.texts[start:stop]])
+            except Exception as err:  # noqa: BLE001  (the server goes on; the requests get the error)
+                if len(batch) == 1:
+                    log.exception("reward model call on %d texts failed", batch[0][2] - batch[0][1])
+                    batch[0][0].fail(err)
+                    return
+                log.warning("a model call on %d requests failed (%s); scoring each on its own", len(batch), err)
+                await self._run_each(batch)
+                return
         finally:
             self.busy = False
-            self.model_calls += 1
         offset = 0
         for job, start, stop in batch:
             job.settle(start, scores[offset : offset + stop - start])
             offset += stop - start
+
+    async def _run_each(self, batch: list[Slice]) -> None:
+        for job, start, stop in batch:
+            if job.future.done():  # failed in an earlier part, or the client went away
+                continue
+            try:
+                job.settle(start, await self._call(job.texts[start:stop]))
+            except Exception as err:  # noqa: BLE001
+                log.exception("reward model call on %d texts of one request failed", stop - start)
+                job.fail(err)
+
+    async def _call(self, texts: list[str]) -> list[float]:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, self.score_fn, texts)
+        finally:
+            self.model_calls += 1

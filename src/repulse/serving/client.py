@@ -1,4 +1,8 @@
-"""A client for serve_rm: `RemoteRewardModel(url)(queries, prompts) -> rewards` (what --remote_rm_url uses)."""
+"""A client for serve_rm: `RemoteRewardModel(url)(texts, prompts) -> rewards` (what --remote_rm_url uses).
+
+It speaks the fork's protocol, as OpenRLHF's own clients do: `query` holds the full texts that are scored and
+`prompts` goes beside them (the server does not use it).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,9 @@ from typing import Any
 
 import torch
 
+from repulse.config.serve import API_KEY_ENV
 from repulse.infra.errors import UserError, require_package
 
-API_KEY_ENV = "REPULSE_RM_API_KEY"  # --remote_rm_url has no key flag in the fork: the key comes from here
 RETRY_STATUSES = (502, 503, 504)  # a proxy or a restarting server: worth another try; 4xx/500 are not
 
 
@@ -68,12 +72,15 @@ class RemoteRewardModel:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(timeout=timeout, headers=headers)
 
-    def __call__(self, queries: list[str], prompts: list[str] | None = None) -> torch.Tensor:
-        if prompts is not None and len(prompts) != len(queries):
-            raise ValueError(f"prompts has {len(prompts)} texts but queries has {len(queries)}")
+    def __call__(self, texts: list[str], prompts: list[str] | None = None) -> torch.Tensor:
+        """Rewards of `texts`, the full texts; with `prompts`, `texts` are the responses and each scored text is
+        prompt + response (joined here, sent as the fork's `query`, with `prompts` beside it)."""
+        if prompts is not None and len(prompts) != len(texts):
+            raise ValueError(f"prompts has {len(prompts)} texts but texts has {len(texts)}")
+        queries = list(texts) if prompts is None else [p + r for p, r in zip(prompts, texts, strict=True)]
         rewards: list[float] = []
         for start in range(0, len(queries), self.max_texts):
-            payload: dict[str, Any] = {"query": list(queries[start : start + self.max_texts])}
+            payload: dict[str, Any] = {"query": queries[start : start + self.max_texts]}
             if prompts is not None:
                 payload["prompts"] = list(prompts[start : start + self.max_texts])
             rewards.extend(self._post(payload))

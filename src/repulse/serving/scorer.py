@@ -1,4 +1,4 @@
-"""Turn texts into rewards with a loaded reward model: tokenize as training does, truncate, pad, score.
+"""Turn texts into rewards with a loaded reward model: tokenize and truncate as train_rm does, pad, score.
 
 Plain torch + transformers (no web code), so the batcher's worker thread and the tests call it directly.
 """
@@ -14,32 +14,35 @@ import torch
 from repulse.config.common import ModelArgs
 from repulse.config.serve import ServeArgs
 from repulse.infra.errors import UserError
+from repulse.models.load import config_positions
 from repulse.models.reward import hf_model, sequence_rewards
 
 log = logging.getLogger("repulse")
 
 
-def join_texts(queries: list[str], prompts: list[str] | None) -> list[str]:
-    """The texts to score: prompt + response when prompts are given (as train_rm builds them), else the query."""
-    if prompts is None:
-        return list(queries)
-    return [p + q for p, q in zip(prompts, queries, strict=True)]
-
-
 def encode_texts(tokenizer, texts: list[str], max_len: int) -> list[list[int]]:
-    """Token ids of each text + EOS (as `data.tokenize.encode_pair`), keeping the LAST max_len tokens.
-
-    The reward is read at the last token, so truncation drops tokens from the left (the start of the prompt,
-    BOS included); training's encode_pair truncates from the right, which would cut off the EOS that is scored.
-    """
+    """Token ids of each text + EOS, truncated to the first max_len tokens: exactly what train_rm scores
+    (`data.tokenize.encode_pair` of the whole text). A text longer than max_len is scored at its max_len-th
+    token, as train_rm trained on it; the EOS is then cut off, as in training."""
     eos = tokenizer.eos_token_id
     encoded = tokenizer(texts, add_special_tokens=True)["input_ids"] if texts else []
     out = []
     for ids in encoded:
         if eos is not None and (not ids or ids[-1] != eos):
             ids = [*ids, eos]
-        out.append(ids[-max_len:])
+        out.append(ids[:max_len])
     return out
+
+
+def effective_max_len(requested: int, positions: int | None) -> int:
+    """--max_len, capped at the model's positions (a longer input would index past its position embeddings)."""
+    if positions is not None and requested > positions:
+        log.info(
+            "--max_len %d is more than the model's %d positions: texts are truncated to %d",
+            *(requested, positions, positions),
+        )
+        return positions
+    return requested
 
 
 def normalization_stats(config, force: bool) -> tuple[float, float] | None:
@@ -78,8 +81,10 @@ class RewardScorer:
         name: str = "reward-model",
     ) -> None:
         self.model, self.tokenizer = model, tokenizer
-        self.value_head_prefix, self.max_len, self.batch_size = value_head_prefix, max_len, batch_size
-        self.stats = normalization_stats(hf_model(model).config, force_normalize)
+        config = hf_model(model).config
+        self.value_head_prefix, self.batch_size = value_head_prefix, batch_size
+        self.max_len = effective_max_len(max_len, config_positions(config))
+        self.stats = normalization_stats(config, force_normalize)
         self.name = name
         self.device = next(model.parameters()).device
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

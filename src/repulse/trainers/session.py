@@ -28,7 +28,17 @@ def build_run(
     logging_args: LoggingArgs,
     eval_set: Dataset | None = None,
     config: dict[str, Any] | None = None,
+    command: str | None = None,
+    checkpoint_extra: Any = None,
+    write_config: Any = None,
 ) -> TrainingRun:
+    """The run, resumed when --load_checkpoint says so. The checkpoint folder is checked first, so a run that
+    cannot use it (another run's checkpoints) is refused before `write_config()` or the logger write anything."""
+    fingerprint = run_fingerprint(command, config) if config is not None else None
+    checkpointer = Checkpointer(ckpt.checkpoint_dir(), ckpt.max_ckpt_num, strategy, fingerprint)
+    checkpointer.start(resume=ckpt.load_checkpoint)
+    if write_config is not None:
+        write_config()
     accum = optim.accumulation_steps(strategy.world_size)
     loader = strategy.train_dataloader(train_set, optim.micro_train_batch_size, accum, collate, optim.seed)
     steps_per_epoch = loader.batch_sampler.steps_per_epoch
@@ -43,7 +53,6 @@ def build_run(
     if eval_set is not None:
         eval_loader = strategy.eval_dataloader(eval_set, optim.micro_train_batch_size, collate)
     schedule = make_schedule(optim, ckpt, logging_args, accum)
-    checkpointer = Checkpointer(ckpt.checkpoint_dir(), ckpt.max_ckpt_num, strategy)
     run = TrainingRun(
         trainer,
         strategy,
@@ -54,6 +63,7 @@ def build_run(
         MetricLogger(ckpt.save_path, enabled=False),
         checkpointer,
         eval_loader,
+        checkpoint_extra=checkpoint_extra,
     )
     if ckpt.load_checkpoint:
         resume(run)
@@ -62,15 +72,50 @@ def build_run(
     )
     log.info(
         "training: %d examples, %d steps/epoch x %d epochs, global batch %d (micro %d x accumulation %d x %d procs)",
-        len(train_set),
-        steps_per_epoch,
-        optim.max_epochs,
-        optim.train_batch_size,
-        optim.micro_train_batch_size,
-        accum,
-        strategy.world_size,
+        *(len(train_set), steps_per_epoch, optim.max_epochs, optim.train_batch_size),
+        *(optim.micro_train_batch_size, accum, strategy.world_size),
     )
     return run
+
+
+# Flags that may change between a run and its resume: where things go, how often they are logged or saved,
+# and how the same computation is laid out on the hardware (the sampler makes micro-batching and process
+# count invisible to the result; recomputation, the attention kernel and offloading change no formula).
+# Every other flag is part of the run's fingerprint.
+RUN_NEUTRAL = frozenset(
+    {
+        "config",
+        "save_path",
+        "ckpt_path",
+        "load_checkpoint",
+        "max_ckpt_num",
+        "save_steps",
+        "save_hf_ckpt",
+        "logging_steps",
+        "eval_steps",
+        "use_wandb",
+        "wandb_project",
+        "wandb_run_name",
+        "use_tensorboard",
+        "disable_progress_bar",
+        "eval_dataset",
+        "eval_split",
+        "micro_train_batch_size",
+        "gradient_checkpointing",
+        "flash_attn",
+        "ref_offload",
+        "teacher_offload",
+        "zero_stage",
+        "local_rank",
+        "dist_backend",
+    }
+)
+
+
+def run_fingerprint(command: str | None, flat: dict[str, Any]) -> dict[str, Any]:
+    """The flags that shape training, stored in each checkpoint; a resume with other values is refused."""
+    kept = {k: v for k, v in flat.items() if k not in RUN_NEUTRAL}
+    return {"command": command, **kept} if command else kept
 
 
 def make_schedule(optim: OptimArgs, ckpt: CheckpointArgs, logging_args: LoggingArgs, accum: int) -> LoopSchedule:

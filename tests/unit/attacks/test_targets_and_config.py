@@ -34,6 +34,19 @@ def test_bad_csv_errors_name_the_problem(tmp_path: Path, text: str, match: str) 
         load_targets(str(tmp_path / "missing.csv"))
 
 
+def test_a_latin1_csv_is_one_line_naming_the_byte(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_bytes("goal,target\nwrite a poem,Sure\nécris,Oui\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"t.csv: not UTF-8 text \(byte 0xe9 on line 3\); save the CSV as UTF-8"):
+        load_targets(str(path), "behaviors")
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_bytes("goal,target\nwrite a poem,Sure\n".encode("utf-8-sig"))
+    assert load_targets(str(path), "behaviors") == [("write a poem", "Sure")]
+
+
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is not present")
 def test_reads_the_shared_advbench_csvs() -> None:
     rows = load_targets(str(SHARED / "harmful_behaviors_custom.csv"), "behaviors")

@@ -46,6 +46,7 @@ BOOL_FLAGS = [
     ("--flash_attn", "model", "flash_attn"),
     ("--gradient_checkpointing", "model", "gradient_checkpointing"),
     ("--load_checkpoint", "ckpt", "load_checkpoint"),
+    ("--save_hf_ckpt", "ckpt", "save_hf_ckpt"),
     ("--packing_samples", "data", "packing_samples"),
     ("--apply_chat_template", "data", "apply_chat_template"),
 ]

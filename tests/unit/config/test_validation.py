@@ -29,6 +29,15 @@ from repulse.config.fields import ConfigError
         (["--dist_backend", "mpi"], "--dist_backend"),
         (["--max_ckpt_num", "0"], "--max_ckpt_num"),
         (["--logging_steps", "0"], "--logging_steps"),
+        (["--train_batch_size", "0"], "--train_batch_size"),
+        (["--adam_betas", "2", "3"], "--adam_betas"),
+        (["--adam_betas", "0.9", "1.0"], "--adam_betas"),
+        (["--learning_rate", "inf"], "--learning_rate"),
+        (["--l2", "-0.1"], "--l2"),
+        (["--max_norm", "nan"], "--max_norm"),
+        (["--min_lr_ratio", "1.5"], "--min_lr_ratio"),
+        (["--lora_alpha", "0"], "--lora_alpha"),
+        (["--save_path", " "], "--save_path"),
     ],
 )
 @pytest.mark.parametrize("parse", [train_sft.parse_args, train_rm.parse_args], ids=["sft", "rm"])

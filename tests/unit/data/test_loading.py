@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import types
 from collections import Counter
@@ -236,3 +237,48 @@ def test_load_rows_eval_split(tmp_path):
     assert load_rows(DataArgs(), ["input"], "sft", seed=0, eval_split=True) is None
     rows = load_rows(DataArgs(eval_dataset=f"{a},{b}"), ["input", "output"], None, seed=0, eval_split=True)
     assert {r["output"] for r in rows} == {"A", "B"}
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("a.jsonl", b'{"input": "q", "output": "a"}\n{"input": "q", "output"}\n', "line 2 is not valid JSON"),
+        ("a.json", b'[{"input": "q", "output": "a"},]', "not valid JSON: Expecting value at line 1"),
+        ("a.csv", "input,output\nq,caf\u00e9\n".encode("latin-1"), "line 2 is not UTF-8 text (byte 0xe9)"),
+    ],
+)
+def test_unreadable_text_files_name_the_line(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=re.escape(f"dataset {path}: cannot load ({message}")):
+        load_source(str(path))
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        (
+            [{"input": "q", "output": "a"}, {"input": None, "output": "a"}],
+            "row 2 has no value \\(null\\) for key 'input'",
+        ),
+        ([{"input": 12, "output": "a"}, {"input": 13, "output": "a"}], "key 'input' holds int64 values, not text"),
+        ([{"input": "q", "output": 1.5}], "key 'output' holds double values, not text"),
+    ],
+)
+def test_null_and_numeric_text_is_a_data_error(tmp_path, rows, message):
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    with pytest.raises(DataError, match=f"dataset {path}: {message}"):
+        load_rows(DataArgs(dataset=str(path)), ["input", "output"], None, seed=0)
+
+
+def test_a_latin1_jsonl_is_caught_when_loaded_not_when_read(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes('{"input": "q", "output": "a"}\n{"input": "q", "output": "caf\u00e9"}\n'.encode("latin-1"))
+    message = f"dataset {path}: key 'output': line 2 is not UTF-8 text (byte 0xe9)"
+    with pytest.raises(DataError, match=re.escape(message)):
+        load_rows(DataArgs(dataset=str(path)), ["input", "output"], None, seed=0)
+
+
+def test_non_text_label_columns_may_be_numbers(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"input": "q", "label": 1}, {"input": "r", "label": 0}])
+    assert len(load_rows(DataArgs(dataset=str(path)), ["input", "label"], None, seed=0)) == 2

@@ -59,3 +59,28 @@ def test_disabled_logger_writes_nothing(tmp_path):
     logger.log(1, {"loss": 1.0})
     logger.close()
     assert not (tmp_path / "rank1").exists()
+
+
+def test_a_torn_last_line_does_not_block_resume(tmp_path, caplog):
+    killed = MetricLogger(str(tmp_path))
+    for step in range(1, 4):
+        killed.log(step, {"loss": float(step)})
+    with (tmp_path / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 4, "lo')  # the disk filled up (or the power went) mid-line
+    caplog.set_level("WARNING", logger="repulse")
+    resumed = MetricLogger(str(tmp_path), resume_step=3)
+    resumed.log(4, {"loss": 4.0})
+    assert rows(tmp_path) == [{"step": s, "loss": float(s)} for s in range(1, 5)]
+    assert "line 4 is not a JSON object" in caplog.text
+
+
+def test_the_wandb_run_config_never_holds_the_key(tmp_path, monkeypatch):
+    wandb = __import__("pytest").importorskip("wandb")
+    seen = {}
+    monkeypatch.setattr(wandb, "login", lambda key: seen.update(login=key))
+    monkeypatch.setattr(wandb, "init", lambda **kw: seen.update(init=kw) or type("Run", (), {"finish": print})())
+    key = "0123456789abcdef0123456789abcdef01234567"
+    MetricLogger(str(tmp_path), wandb=key, config={"use_wandb": key, "learning_rate": 0.1})
+    assert seen["login"] == key  # the key is used...
+    assert key not in json.dumps(seen["init"], default=str)  # ...but not stored with the run
+    assert seen["init"]["config"] == {"use_wandb": "True", "learning_rate": 0.1}

@@ -11,17 +11,16 @@ NO_LIMIT = 10**9
 
 
 def training_ids(tokenizer, prompt: str, response: str, max_len: int) -> list[int]:
-    """encode_pair's ids (prompt + response + EOS) with the server's rule: keep the LAST max_len tokens."""
-    ids, _ = encode_pair(tokenizer, prompt, response, NO_LIMIT)
-    return ids[-max_len:]
+    """What train_rm scores: encode_pair's ids (prompt + response + EOS), the first max_len of them."""
+    ids, _ = encode_pair(tokenizer, prompt, response, max_len)
+    return ids
 
 
-def reference_rewards(model, tokenizer, queries, prompts=None, max_len: int = NO_LIMIT, normalize=True):
-    """One sequence_rewards call per text (no padding at all), so batching cannot leak into the reference."""
-    prompts = prompts if prompts is not None else [""] * len(queries)
+def reference_rewards(model, tokenizer, texts, max_len: int = NO_LIMIT, normalize=True):
+    """One sequence_rewards call per full text (no padding at all), so batching cannot leak into the reference."""
     out = []
     with torch.inference_mode():
-        for prompt, query in zip(prompts, queries, strict=True):
-            ids = torch.tensor([training_ids(tokenizer, prompt, query, max_len)])
+        for text in texts:
+            ids = torch.tensor([training_ids(tokenizer, "", text, max_len)])
             out.append(sequence_rewards(model, ids, torch.ones_like(ids), "score", normalize=normalize))
     return torch.cat(out)

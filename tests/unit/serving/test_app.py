@@ -17,6 +17,7 @@ from tests.unit.serving.reference import reference_rewards
 
 QUERIES = [" good man .", " jerk .", " so very kind", ""]
 PROMPTS = ["this man is a", "this woman is a", "the man is", "a"]
+FULL = [p + q for p, q in zip(PROMPTS, QUERIES, strict=True)]
 
 
 def rewards_of(client, **body) -> torch.Tensor:
@@ -30,36 +31,40 @@ def norm_scorer(rm_dir_norm, base_cfg):
     return load_scorer(dataclasses.replace(base_cfg, reward_pretrain=str(rm_dir_norm)))
 
 
-@pytest.mark.parametrize("with_prompts", [False, True], ids=["full_texts", "prompt_plus_response"])
 @pytest.mark.parametrize("normalized", [False, True], ids=["raw", "normalized"])
-def test_server_rewards_equal_in_process_rewards(make_client, scorer, norm_scorer, with_prompts, normalized):
+def test_server_rewards_equal_in_process_rewards(make_client, scorer, norm_scorer, normalized):
     used = norm_scorer if normalized else scorer
     client = make_client(scorer=used)
-    prompts = PROMPTS if with_prompts else None
-    got = rewards_of(client, query=QUERIES, **({"prompts": prompts} if with_prompts else {}))
-    want = reference_rewards(used.model, used.tokenizer, QUERIES, prompts)
+    got = rewards_of(client, query=FULL)
+    want = reference_rewards(used.model, used.tokenizer, FULL)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     assert (used.stats is not None) == normalized
 
 
-def test_prompts_change_the_scored_text(make_client):
+def test_query_holds_the_full_texts_and_prompts_are_not_used(make_client, caplog):
+    """The fork's protocol: an OpenRLHF client sends query = prompt + response and the prompts beside it."""
     client = make_client()
-    with_prompts = rewards_of(client, query=QUERIES, prompts=PROMPTS)
-    joined = rewards_of(client, query=[p + q for p, q in zip(PROMPTS, QUERIES)])
-    torch.testing.assert_close(with_prompts, joined, atol=1e-5, rtol=1e-5)
-    assert not torch.allclose(with_prompts, rewards_of(client, query=QUERIES))
+    caplog.set_level("WARNING", logger="repulse")
+    plain = rewards_of(client, query=FULL)
+    torch.testing.assert_close(rewards_of(client, query=FULL, prompts=PROMPTS), plain, atol=0, rtol=0)
+    assert "does not start with its prompt" not in caplog.text
+    assert not torch.allclose(rewards_of(client, query=QUERIES), plain)  # the prompts are part of the text
+    # A client of the earlier protocol (responses in query): scored as sent, and the log says why once.
+    rewards_of(client, query=QUERIES, prompts=PROMPTS)
+    rewards_of(client, query=QUERIES, prompts=PROMPTS)
+    assert caplog.text.count("a query does not start with its prompt") == 1
 
 
-def test_truncation_keeps_the_last_token(base_cfg, make_client):
+def test_truncation_is_train_rms(base_cfg, make_client):
     short = load_scorer(dataclasses.replace(base_cfg, max_len=4))
     client = make_client(scorer=short)
     text = "this man is a very very kind and good man ."
     got = rewards_of(client, query=[text])
-    kept_end = reference_rewards(short.model, short.tokenizer, [text], max_len=4)
-    torch.testing.assert_close(got, kept_end, atol=1e-5, rtol=0)
-    ids = short.tokenizer(text)["input_ids"][:4]  # what keeping the START would score instead
-    head = reference_rewards(short.model, short.tokenizer, [short.tokenizer.decode(ids)], max_len=4)
-    assert not torch.allclose(got, head)
+    as_trained = reference_rewards(short.model, short.tokenizer, [text], max_len=4)
+    torch.testing.assert_close(got, as_trained, atol=1e-5, rtol=0)
+    ids = short.tokenizer(text)["input_ids"] + [short.tokenizer.eos_token_id]
+    tail = reference_rewards(short.model, short.tokenizer, [short.tokenizer.decode(ids[-4:-1])], max_len=4)
+    assert not torch.allclose(got, tail)  # keeping the end would score something else
 
 
 async def post_concurrently(app, bodies: list[dict]) -> list[httpx.Response]:
@@ -72,7 +77,7 @@ async def post_concurrently(app, bodies: list[dict]) -> list[httpx.Response]:
 def test_concurrent_requests_are_merged_into_fewer_model_calls(scorer, base_cfg):
     calls: list[int] = []
     hook = scorer.model.transformer.register_forward_hook(lambda mod, args, out: calls.append(len(out[0])))
-    bodies = [{"query": QUERIES[: 1 + i % 3], "prompts": PROMPTS[: 1 + i % 3]} for i in range(24)]
+    bodies = [{"query": FULL[: 1 + i % 3], "prompts": PROMPTS[: 1 + i % 3]} for i in range(24)]
     cfg = dataclasses.replace(base_cfg, batch_size=64, max_wait_ms=200.0)
     try:
         responses = asyncio.run(asyncio.wait_for(post_concurrently(create_app(scorer, cfg), bodies), 60))
@@ -81,7 +86,7 @@ def test_concurrent_requests_are_merged_into_fewer_model_calls(scorer, base_cfg)
     assert [r.status_code for r in responses] == [200] * len(bodies)
     assert sum(calls) == sum(len(b["query"]) for b in bodies) and len(calls) < len(bodies)
     for body, response in zip(bodies, responses):
-        want = reference_rewards(scorer.model, scorer.tokenizer, body["query"], body["prompts"])
+        want = reference_rewards(scorer.model, scorer.tokenizer, body["query"])
         torch.testing.assert_close(torch.tensor(response.json()["rewards"]), want, atol=1e-5, rtol=1e-5)
 
 
@@ -114,7 +119,12 @@ MALFORMED = {
     "no_query": (dict(json={"text": ["a"]}), 422, "missing"),
     "top_level_list": (dict(json=[["a"]]), 422, "model_attributes_type"),
     "empty_query": (dict(json={"query": []}), 422, "too_short"),
-    "length_mismatch": (dict(json={"query": ["a", "b"], "prompts": ["p"]}), 422, "prompts has 1 texts but query has"),
+    "lone_surrogate": (
+        dict(content=b'{"query": ["a", "b\\ud800c"]}', headers=JSON),
+        422,
+        "text 1 is not valid Unicode",
+    ),
+    "surrogate_prompt": (dict(content=b'{"query": ["a"], "prompts": ["\\udfff"]}', headers=JSON), 422, "not valid"),
     "too_many_texts": (dict(json={"query": ["a"] * 5}), 413, "--max_texts_per_request is 4"),
     "content_length_too_large": (dict(content=BIG, headers=JSON), 413, "--max_body_bytes"),
     "chunked_body_too_large": (dict(content=chunks(BIG), headers=JSON), 413, "--max_body_bytes"),
@@ -171,3 +181,49 @@ def test_a_failing_model_answers_500_and_the_server_goes_on(make_client):
     failed = client.post("/get_reward", json={"query": ["boom"]})
     assert failed.status_code == 500 and "out of memory" in failed.json()["detail"]
     assert rewards_of(client, query=["fine", "ok"]).tolist() == [1.0, 1.0]
+
+
+def test_a_failing_text_fails_only_its_own_request_in_a_shared_batch(base_cfg):
+    """Requests merged into one model call: the call fails because of one request's text, the batch is scored
+    again request by request, and only that request gets the 500."""
+    calls: list[list[str]] = []
+
+    def score_texts(texts):
+        calls.append(list(texts))
+        if "boom" in texts:
+            raise RuntimeError("tokenizer exploded (simulated)")
+        return [float(len(t)) for t in texts]
+
+    fake = SimpleNamespace(score_texts=score_texts, name="fake", device="cpu", stats=None, max_len=32)
+    bodies = [{"query": ["a" * (i + 1), "bb"]} for i in range(7)]
+    bodies.insert(3, {"query": ["fine", "boom"]})
+    cfg = dataclasses.replace(base_cfg, batch_size=64, max_wait_ms=500.0)
+    responses = asyncio.run(asyncio.wait_for(post_concurrently(create_app(fake, cfg), bodies), 60))
+    assert [r.status_code for r in responses] == [200, 200, 200, 500, 200, 200, 200, 200]
+    assert "tokenizer exploded" in responses[3].json()["detail"]
+    for body, response in zip(bodies, responses):
+        if response.status_code == 200:
+            assert response.json()["rewards"] == [float(len(t)) for t in body["query"]]
+    assert len(calls[0]) == 16  # the merged call, then one call per request
+    assert sorted(map(tuple, calls[1:])) == sorted(tuple(b["query"]) for b in bodies)
+
+
+def test_invalid_text_beside_63_ordinary_requests_fails_alone(scorer, base_cfg):
+    """What a hostile client could do to the others: one lone surrogate among 64 concurrent requests."""
+    bodies = [{"query": [FULL[i % 4]]} for i in range(63)]
+    cfg = dataclasses.replace(base_cfg, batch_size=64, max_wait_ms=200.0)
+
+    async def send():
+        app = create_app(scorer, cfg)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                bad = client.post("/get_reward", content=b'{"query": ["a \\ud800"]}', headers=JSON)
+                return await asyncio.gather(bad, *(client.post("/get_reward", json=b) for b in bodies))
+
+    bad, *good = asyncio.run(asyncio.wait_for(send(), 120))
+    assert bad.status_code == 422 and "not valid Unicode" in bad.text
+    assert [r.status_code for r in good] == [200] * 63
+    want = reference_rewards(scorer.model, scorer.tokenizer, FULL)
+    got = torch.tensor([r.json()["rewards"][0] for r in good[:4]])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

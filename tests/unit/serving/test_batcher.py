@@ -95,17 +95,42 @@ def test_the_wait_adapts_to_the_load_of_the_previous_call():
     assert model.calls == [["a"], ["b"], ["c", "d"]]
 
 
-def test_a_failing_call_fails_its_requests_only_and_the_batcher_goes_on():
+def test_a_failing_call_fails_only_the_faulty_request_and_the_batcher_goes_on():
     model = FakeModel(fail_on="bad")
 
     async def body(batcher):
-        failed = await asyncio.gather(batcher.submit(["bad"]), batcher.submit(["ok"]), return_exceptions=True)
+        first = await asyncio.gather(
+            batcher.submit(["ok"]), batcher.submit(["x", "bad"]), batcher.submit(["yes"]), return_exceptions=True
+        )
         after = await batcher.submit(["fine"])
-        return failed, after
+        return first, after
 
-    failed, after = run(with_batcher(model, body))
-    assert all(isinstance(r, RuntimeError) for r in failed)  # they shared the failing call
+    (ok, failed, yes), after = run(with_batcher(model, body))
+    assert isinstance(failed, RuntimeError) and (ok, yes) == ([2.0], [3.0])
+    # The shared call failed, then each request was scored on its own.
+    assert model.calls == [["ok", "x", "bad", "yes"], ["ok"], ["x", "bad"], ["yes"], ["fine"]]
     assert after == [4.0]
+
+
+def test_a_lone_failing_request_is_not_retried():
+    model = FakeModel(fail_on="bad")
+
+    async def body(batcher):
+        return await asyncio.gather(batcher.submit(["bad", "x"]), return_exceptions=True)
+
+    (failed,) = run(with_batcher(model, body))
+    assert isinstance(failed, RuntimeError) and model.calls == [["bad", "x"]]
+
+
+def test_a_request_split_over_calls_fails_once_its_part_fails():
+    model = FakeModel(fail_on="bad")
+    big = ["y" * k for k in range(1, 12)] + ["bad"]  # 12 texts: calls of 8 and 4
+
+    async def body(batcher):
+        return await asyncio.gather(batcher.submit(big), batcher.submit(["ok"]), return_exceptions=True)
+
+    failed, ok = run(with_batcher(model, body, max_wait_ms=0.0))
+    assert isinstance(failed, RuntimeError) and ok == [2.0]
 
 
 def test_close_finishes_queued_work_then_refuses_new_work():

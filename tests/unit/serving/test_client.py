@@ -24,7 +24,8 @@ def test_url_forms():
     assert reward_url("https://h/x/get_reward") == "https://h/x/get_reward"
 
 
-def test_chunks_requests_sends_prompts_and_the_key():
+def test_sends_the_forks_protocol_in_chunks_with_the_key():
+    """query = the full texts (prompt + response, joined by the client), prompts beside them."""
     seen = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -34,9 +35,12 @@ def test_chunks_requests_sends_prompts_and_the_key():
 
     rm = remote(handler, api_key="k", max_texts_per_request=2)
     out = rm(["a", "bb", "ccc"], prompts=["p", "q", "r"])
-    assert out.dtype == torch.float32 and out.tolist() == [1.0, 2.0, 3.0]
-    assert [b["query"] for b, _ in seen] == [["a", "bb"], ["ccc"]] and seen[1][0]["prompts"] == ["r"]
+    assert out.dtype == torch.float32 and out.tolist() == [2.0, 3.0, 4.0]
+    assert [b["query"] for b, _ in seen] == [["pa", "qbb"], ["rccc"]] and seen[1][0]["prompts"] == ["r"]
     assert {auth for _, auth in seen} == {"Bearer k"}
+    seen.clear()
+    assert rm(["full text"]).tolist() == [9.0]  # without prompts the texts go as they are
+    assert seen == [({"query": ["full text"]}, "Bearer k")]
 
 
 def test_the_key_can_come_from_the_environment(monkeypatch):

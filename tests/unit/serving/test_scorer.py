@@ -1,4 +1,5 @@
-"""Scoring without HTTP: tokenization as in training, left truncation, normalization rules."""
+"""Scoring without HTTP: tokenization and truncation as train_rm's, the cap at the model's positions,
+normalization rules."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from repulse.infra.errors import UserError
-from repulse.serving.scorer import encode_texts, join_texts, load_scorer, normalization_stats
+from repulse.serving.scorer import encode_texts, load_scorer, normalization_stats
 from tests.conftest import make_tokenizer
 from tests.unit.serving.conftest import STATS
 from tests.unit.serving.reference import reference_rewards, training_ids
@@ -26,17 +27,25 @@ def test_encode_matches_training_tokenization_and_appends_eos():
     assert encode_texts(tok, ["a good man<eos>"], 100)[0].count(tok.eos_token_id) == 1
 
 
-def test_truncation_drops_tokens_from_the_left_and_keeps_the_last():
+def test_truncation_is_train_rms():
     tok = make_tokenizer()
     full = encode_texts(tok, [TEXTS[3]], max_len=1000)[0]
     cut = encode_texts(tok, [TEXTS[3]], max_len=4)[0]
-    assert len(full) > 4 and cut == full[-4:]
-    assert cut[-1] == tok.eos_token_id
+    assert len(full) > 4 and cut == full[:4]
+    assert cut == training_ids(tok, "the woman is", TEXTS[3].removeprefix("the woman is"), 4)
 
 
-def test_join_texts_prepends_prompts():
-    assert join_texts(["b", "d"], ["a", "c"]) == ["ab", "cd"]
-    assert join_texts(["b"], None) == ["b"]
+def test_max_len_is_capped_at_the_models_positions(base_cfg, caplog):
+    caplog.set_level("INFO", logger="repulse")
+    scorer = load_scorer(dataclasses.replace(base_cfg, max_len=2048))
+    positions = scorer.model.config.n_positions
+    assert scorer.max_len == positions
+    assert f"--max_len 2048 is more than the model's {positions} positions" in caplog.text
+    text = " ".join(["this man is a very good man ."] * 20)  # far more tokens than positions
+    assert len(scorer.tokenizer(text)["input_ids"]) > positions
+    got = torch.tensor(scorer.score_texts([text, "a"]))
+    want = reference_rewards(scorer.model, scorer.tokenizer, [text, "a"], max_len=positions)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_normalization_rules():
