@@ -11,11 +11,9 @@ import pytest
 from repulse.cli.__main__ import COMMANDS
 
 # (command, flag, what its help names) still to reword in the RL groups (config/{ppo,rollout,harmlessness,
-# reward}.py) and in serve_rm's; empty this as they are reworded.
+# reward}.py); empty this as they are reworded.
 KNOWN_LEAKS = {
     ("train_ppo", "--remote_rm_url", "serve_rm"),
-    ("serve_rm", "--reward_pretrain", "train_rm"),
-    ("serve_rm", "--reward_pretrain", "--save_path"),
 }
 
 

@@ -168,8 +168,8 @@ class CheckpointArgs:
     save_hf_ckpt: bool = arg(
         False,
         "Also write each checkpoint's model in Hugging Face format (global_stepN/final, loadable by transformers; "
-        "a reward model's without the --normalize_reward statistics, computed at the end). train_ppo's "
-        "checkpoints always hold them.",
+        "a reward model's copy lacks the reward normalisation statistics, which are computed at the end). "
+        "Always on for RL runs.",
     )
 
     def __post_init__(self) -> None:

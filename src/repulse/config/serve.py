@@ -15,13 +15,14 @@ API_KEY_ENV = "REPULSE_RM_API_KEY"
 @dataclass
 class ServeArgs:
     reward_pretrain: str | None = arg(
-        None, "Reward model folder or hub name (what train_rm saves under --save_path/final). Default: the tiny RM."
+        None,
+        "Reward model folder (a sequence-regression model in Hugging Face format) or hub name. Default: the tiny RM.",
     )
     value_head_prefix: str = arg("score", "Name of the reward head module in the model (HF uses 'score').")
     max_len: int = arg(
         2048,
-        "Tokens per scored text (at most the model's positions); longer texts are cut at the end, as train_rm "
-        "truncates them.",
+        "Tokens per scored text (at most the model's positions); longer texts are cut at the end, as the reward "
+        "model was trained.",
     )
     batch_size: int = arg(16, "Most texts in one model call; requests from many clients are merged up to this.")
     max_wait_ms: float = arg(5.0, "How long the first queued text waits for others to fill a batch (milliseconds).")
