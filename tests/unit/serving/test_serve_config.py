@@ -77,4 +77,4 @@ def test_help_mentions_the_flags(capsys):
         serve_rm.main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    assert "--reward_pretrain" in out and "--disable_batching" in out and "--save_path" in out
+    assert "--reward_pretrain" in out and "--disable_batching" in out and "--api_key" in out
