@@ -109,29 +109,24 @@ def repulse_argv(name: str, spec: dict[str, Any], save_path: str) -> list[str]:
 
 
 def worker_repulse(name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    """Run `repulse train_ppo` in this process, timing each trainer.step (generate + score + update)."""
+    """Run `repulse train_ppo` in this process, timing each RL step (generate + score + update)."""
     from repulse.cli import train_ppo
-    from repulse.trainers import rl_run
+    from repulse.trainers.rl import loop
 
     clock, mem, n = StepClock(), PeakRSS(), spec["group"]
-    run_loop = rl_run.run_rl_loop
+    step = loop.train_step
 
-    def measured_loop(trainer, *args, **kwargs):
-        step = trainer.step
-
-        def timed_step(prompt_ids):
-            metrics = step(prompt_ids)
-            clock.count(n * len(prompt_ids))
-            clock.tick()
-            return metrics
-
-        trainer.step = timed_step
-        with mem:
+    def timed_step(trainer, prompt_ids, index):
+        if not clock.stamps and not clock._pending:  # the first step: the clock starts here, after set-up
             clock.start = time.perf_counter()
-            return run_loop(trainer, *args, **kwargs)
+        metrics = step(trainer, prompt_ids, index)
+        clock.count(n * len(prompt_ids))
+        clock.tick()
+        return metrics
 
-    rl_run.run_rl_loop = measured_loop
-    code = train_ppo.main(repulse_argv(name, spec, str(Path(spec["workdir"]) / name)))
+    loop.train_step = timed_step
+    with mem:
+        code = train_ppo.main(repulse_argv(name, spec, str(Path(spec["workdir"]) / name)))
     if code != 0:
         raise RuntimeError(f"repulse train_ppo exited with {code}")
     return {**clock.summary(spec["warmup"]), **mem.as_dict(), "max_rss_mib": round(max_rss_mib(), 1)}

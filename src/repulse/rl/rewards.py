@@ -113,3 +113,28 @@ def make_reward_source(reward_args, model_args, device: torch.device) -> RewardS
         normalize=reward_args.normalize_reward,
         max_len=reward_args.rm_max_len,
     )
+
+
+class NegativeDataRecorder:
+    """A reward source that keeps every (prompt, response) it scores below `threshold` (--save_negdata): the
+    trainers score through it, so every sample of p and of q is seen once, as it is scored."""
+
+    def __init__(self, source: RewardSource, threshold: float) -> None:
+        self.source, self.threshold = source, threshold
+        self.rows: list[dict[str, str | float]] = []
+        self.seen: set[tuple[str, str]] = set()
+
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+        rewards = self.source(prompts, responses)
+        for prompt, response, value in zip(prompts, responses, rewards.tolist(), strict=True):
+            if value < self.threshold and (prompt, response) not in self.seen:
+                self.seen.add((prompt, response))
+                self.rows.append({"prompt": prompt, "response": response, "reward": value})
+        return rewards
+
+    def state_dict(self) -> dict[str, list]:
+        return {"rows": list(self.rows)}
+
+    def load_state_dict(self, state: dict[str, list]) -> None:
+        self.rows = list(state["rows"])
+        self.seen = {(r["prompt"], r["response"]) for r in self.rows}
