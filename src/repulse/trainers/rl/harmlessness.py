@@ -221,9 +221,8 @@ class HarmlessnessTrainer:
             else:
                 target = p_logps if self.share_p_pass else None
             q_logps = self.q_backward(batch, micro.weight, target, metrics)
-            if micro.epoch == 0 and self.separate:
-                shared = p_logps if p_logps is not None and self.share_p_pass else None
-                self.record_f_q(batch.neg, shared if shared is not None else q_logps, metrics)
+            if micro.epoch == 0 and self.separate:  # f_q with p_theta as it stood before this micro-batch
+                self.record_f_q(batch.neg, p_logps if p_logps is not None else q_logps, metrics)
             if micro.boundary:
                 self.step(self.proposal, "proposal_grad_norm", metrics)
                 if not self.settings.update_base_first:
