@@ -270,3 +270,13 @@ def test_remote_reward_model_gives_the_local_rewards(tmp_path, monkeypatch):
     assert len(remote_rows) == len(local_rows) == 2
     for a, b in zip(remote_rows, local_rows):
         assert a["reward_mean"] == pytest.approx(b["reward_mean"], abs=1e-4)
+
+
+def test_the_embedded_prompts_need_no_input_key(tmp_path):
+    """`repulse train_ppo` with no flags reads the embedded prompts with the default --input_key (here on 4 of
+    them, with short responses)."""
+    save = tmp_path / "defaults"
+    argv = ["--save_path", str(save), "--max_samples", "4", "--generate_max_len", "4", "--disable_progress_bar"]
+    assert train_ppo.main(argv) == 0
+    rows = steps(save)
+    assert len(rows) == 1 and rows[0]["samples_used"] == 4

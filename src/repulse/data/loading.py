@@ -5,8 +5,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from repulse.infra.errors import DataError
+
+if TYPE_CHECKING:
+    from repulse.config.common import DataArgs
 
 log = logging.getLogger("repulse")
 
@@ -100,7 +104,7 @@ def blend_datasets(
 
 
 def load_rows(
-    data_args,
+    data_args: DataArgs,
     columns: Sequence[str],
     default: str | None,
     *,

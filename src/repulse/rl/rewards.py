@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from repulse.config.common import ModelArgs
+from repulse.config.reward import RewardArgs
 from repulse.data.collate import pad_sequences
 from repulse.infra.errors import UserError
 
@@ -91,7 +93,7 @@ class FunctionReward:
         return values
 
 
-def make_reward_source(reward_args, model_args, device: torch.device) -> RewardSource:
+def make_reward_source(reward_args: RewardArgs, model_args: ModelArgs, device: torch.device) -> RewardSource:
     """The reward source the flags name: --remote_rm_url, --reward_fn, or a local model (default embedded)."""
     if reward_args.remote_rm_url:
         from repulse.serving.client import RemoteRewardModel
@@ -100,7 +102,6 @@ def make_reward_source(reward_args, model_args, device: torch.device) -> RewardS
         return lambda prompts, responses: remote(list(responses), list(prompts))
     if reward_args.reward_fn:
         return FunctionReward(reward_args.reward_fn)
-    from repulse.config.common import ModelArgs
     from repulse.models.load import load_tokenizer, resolve_model_path
     from repulse.models.reward import load_reward_model
 
