@@ -114,3 +114,11 @@ def test_accumulated_micro_batches_equal_one_batch(tmp_path, tiny_model_dir, pro
     stepped = train(tmp_path, tiny_model_dir, prompts, flags, micro, micro, "stepped")
     c = weights(stepped)
     assert any(not torch.allclose(c[k], b[k], rtol=1e-4, atol=1e-5) for k in b)
+
+
+def test_a_global_batch_of_part_micro_batches_is_refused(tmp_path, tiny_model_dir, prompts, capsys):
+    argv = ["--pretrain", str(tiny_model_dir), "--prompt_data", str(prompts), "--save_path", str(tmp_path), *COMMON]
+    code = train_ppo.main([*argv, *PPO, "--micro_train_batch_size", "3", "--train_batch_size", "8"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--train_batch_size 8 must be a multiple of --micro_train_batch_size" in err
+    assert "Traceback" not in err

@@ -3,14 +3,16 @@ the trainer of its mode (PPO / REINFORCE, twist learning, harmlessness training)
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
-from repulse.config.rollout import PPOOptimArgs
+from repulse.config.rollout import PPOOptimArgs, RolloutArgs
 from repulse.data.prompts import format_prompts, load_prompt_texts
+from repulse.infra.errors import UserError
 from repulse.rl.kl import AdaptiveKLController, FixedKLController
 from repulse.rl.rewards import NegativeDataRecorder, RewardSource, make_reward_source
 from repulse.rl.rollout import encode_prompts_left_truncated
@@ -47,6 +49,7 @@ def build_recipe(config: RLConfig, strategy, path: str, tokenizer) -> Recipe:
     recorder = NegativeDataRecorder(reward, config.harm.save_negdata_threshold) if config.harm.save_negdata else None
     models = load_models(config, path, strategy, reward)
     prompt_ids = load_prompt_ids(config, tokenizer)
+    config = config._replace(rollout=fit_to_positions(config.rollout, models.evaluated.config, prompt_ids))
     settings = loop_settings(config, len(prompt_ids))
     buffers = [
         len(batch) * config.rollout.duplicate_rollout_batch_by for *_, batch, _ in schedule(len(prompt_ids), settings)
@@ -75,6 +78,30 @@ def load_prompt_ids(config: RLConfig, tokenizer) -> list[list[int]]:
     return encode_prompts_left_truncated(tokenizer, texts, r.prompt_max_len)
 
 
+def fit_to_positions(rollout: RolloutArgs, model_config, prompt_ids: list[list[int]]) -> RolloutArgs:
+    """--generate_max_len lowered (and said) so that the longest prompt and its response fit the model's
+    positions; a prompt that fills them is an error naming --prompt_max_len."""
+    limit = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None)
+    if limit is None or not prompt_ids:
+        return rollout
+    longest = max(len(p) for p in prompt_ids)
+    room = int(limit) - longest
+    if room < 1:
+        raise UserError(
+            f"--prompt_max_len {rollout.prompt_max_len}: a {longest}-token prompt fills the model's {limit} positions"
+        )
+    if room >= rollout.generate_max_len:
+        return rollout
+    log.warning(
+        "--generate_max_len %d capped to %d: the model has %d positions and the longest prompt %d tokens",
+        rollout.generate_max_len,
+        room,
+        limit,
+        longest,
+    )
+    return dataclasses.replace(rollout, generate_max_len=room)
+
+
 def loop_settings(config: RLConfig, n_prompts: int) -> RLLoopSettings:
     lg = config.logging
     return RLLoopSettings(
@@ -91,7 +118,6 @@ def loop_settings(config: RLConfig, n_prompts: int) -> RLLoopSettings:
 
 def batch_plan(config: RLConfig) -> BatchPlan:
     o = config.optim
-    o.accumulation_steps(1)  # --train_batch_size must be a multiple of --micro_train_batch_size
     shuffle = config.mode == "ppo" and config.proposal.actor_loss_type == "ppo"
     return BatchPlan(o.micro_train_batch_size, o.train_batch_size, o.max_epochs, shuffle)
 

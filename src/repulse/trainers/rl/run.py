@@ -34,6 +34,7 @@ FROZEN_IN_CHECKPOINT = ("ema",)  # not trained by an optimizer, so its whole sta
 
 def run_train_ppo(config: RLConfig, strategy, path: str, tokenizer, config_dump: dict[str, Any]) -> dict[str, Any]:
     recipe = build_recipe(config, strategy, path, tokenizer)
+    config = recipe.config  # with --generate_max_len fitted to the model's positions
     checkpointer = Checkpointer(config.ckpt.checkpoint_dir(), config.ckpt.max_ckpt_num, strategy)
     state = resume(recipe, checkpointer, strategy) if config.ckpt.load_checkpoint else None
     lg = config.logging
