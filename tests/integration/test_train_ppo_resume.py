@@ -211,3 +211,42 @@ def test_checkpoint_of_another_configuration_is_a_one_line_error(tmp_path, tiny_
     )
     err = capsys.readouterr().err
     assert code == 2 and "different configuration" in err and "Traceback" not in err
+
+
+PLAIN = (torch.Tensor, int, float, str, bool, type(None))
+
+
+def non_plain(value, where: str = "state") -> list[str]:
+    """Paths in a checkpoint state that hold anything but tensors, numbers, strings, booleans, None, and lists /
+    tuples / dicts (string keys) of these: such a state loads without running code."""
+    if isinstance(value, dict):
+        return [f"{where}[{k!r}]" for k in value if not isinstance(k, str | int)] + [
+            p for k, v in value.items() for p in non_plain(v, f"{where}[{k!r}]")
+        ]
+    if isinstance(value, list | tuple):
+        return [p for i, v in enumerate(value) for p in non_plain(v, f"{where}[{i}]")]
+    return [] if isinstance(value, PLAIN) else [f"{where}: {type(value).__name__}"]
+
+
+@pytest.mark.parametrize("mode", ["ppo_ptx", "repulse_modulated", "reinforce_ema"])
+def test_checkpoints_hold_only_plain_values(
+    tmp_path,
+    tiny_model_dir,
+    prompt_file,  # noqa: F811
+    bad_words_file,  # noqa: F811
+    ptx_file,  # noqa: F811
+    monkeypatch,
+    mode,
+):
+    states, save = [], Checkpointer.save
+
+    def capture(self, step, state, extra=None):
+        states.append(state)
+        return save(self, step, state, extra)
+
+    monkeypatch.setattr(Checkpointer, "save", capture)
+    flags, _ = modes(prompt_file, bad_words_file, ptx_file)[mode]
+    code, _ = run(tmp_path, tiny_model_dir, *flags, name="plain")
+    assert code == 0 and states
+    assert [p for state in states for p in non_plain(state)] == []
+    assert non_plain({"a": [1, object()]}) == ["state['a'][1]: object"]  # the check has power

@@ -8,6 +8,8 @@ Modes (METHODS §1):
 - harmlessness (`--do_harmlessness_training`): p_theta trained with REINFORCE (+ RLOO) and, for RePULSe
   (`--harmlessness_training_loss_type neg_training`), alpha times a negative-training term on samples from a
   learned proposal q of sigma_theta ∝ p_theta e^{beta r}; q trained with CTL/DPG alongside.
+Each step samples --rollout_batch_size prompts x --duplicate_rollout_batch_by responses and trains on them for
+--max_epochs: --train_batch_size sequences per optimizer step, in micro-batches of --micro_train_batch_size.
 Departures from the reference code: importance weights use masked sums; scoring runs in eval mode; nothing is
 scored after EOS in the exact evaluation; `--num_episodes > 1` works for every harmlessness variant.
 `--save_steps N` (harmlessness: `--save_steps_harmless N`) checkpoints every N steps; `--load_checkpoint` resumes
