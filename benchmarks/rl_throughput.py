@@ -5,9 +5,10 @@ All three run on the embedded tiny LM (GPT-2, vocabulary 281) with the RePULSe t
 samples of up to --gen_len new tokens at temperature 1 per step, one optimizer update per step on the whole batch,
 no KL penalty (init_kl_coef 0 / beta 0), fp32 on the CPU:
 - repulse neg_training: p_theta (REINFORCE + RLOO baseline + alpha x negative training) AND a proposal q trained
-  with CTL, so one step also draws N samples from q and updates q (the method's own cost, not extra overhead);
+  with CTL, so one step also draws N samples from q and updates q (the method's own cost, not extra overhead;
+  goal 0.6x TRL);
 - repulse REINFORCE: `--actor_loss_type reinforce --reinforce_baseline_type expectation` (RLOO), the same work as
-  GRPO per step: N samples, one reward call, one update;
+  GRPO per step: N samples, one reward call, one update (goal 1.5x TRL);
 - TRL GRPOTrainer: num_generations = batch = N, num_iterations 1, steps_per_generation 1, beta 0.
 samples/s = N x timed steps / time from the end of the last warm-up step to the end of the last step (p_theta's
 samples only; the q samples of neg_training are not counted). Each trainer in a fresh process, order alternating.
@@ -43,14 +44,18 @@ from common import (  # noqa: E402  (the benchmarks folder is not a package)
 )
 
 PROMPT = "This man is a"
-GOAL_RATIO = 1.5
+# Goals against TRL GRPO at equal N: the equal-work REINFORCE step 1.5x; a full RePULSe step, which also samples
+# from q and updates it (more than twice GRPO's work), 0.6x.
+GOALS = {"repulse_neg_training": 0.6, "repulse_reinforce": 1.5}
 NAMES = ("repulse_neg_training", "repulse_reinforce", "trl_grpo")
 LABELS = {
     "repulse_neg_training": "repulse RePULSe neg_training",
     "repulse_reinforce": "repulse REINFORCE (RLOO)",
     "trl_grpo": "TRL GRPOTrainer",
 }
-SHARED = "yes: 2 cores shared with other jobs; timings are noisy (best of --repeats)"
+SHARED = (
+    "under load: the CPUs were shared with other jobs (load averages per run); timings are noisy (best of --repeats)"
+)
 _BAD: set[str] | None = None
 
 
@@ -220,7 +225,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=2, help="run each trainer N times; report each one's fastest run")
     p.add_argument("--out", default="rl_throughput.json")
-    p.add_argument("--shared_machine", action="store_true", help="record in the JSON that other jobs shared the CPUs")
+    p.add_argument("--shared_machine", action="store_true", help="record in the JSON that it ran under load")
     p.add_argument("--worker", choices=NAMES, help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
@@ -293,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     ratios = {r["name"]: r.get("ratio_vs_trl") for r in rows if r["name"] != "trl_grpo"}
     print()
     print(format_table(rows, COLUMNS))
-    print("\n" + ", ".join(f"{k} / TRL = {v:.2f}" for k, v in ratios.items() if v) + f" (goal >= {GOAL_RATIO})")
+    print("\n" + ", ".join(f"{k} / TRL = {v:.2f} (goal >= {GOALS[k]})" for k, v in ratios.items() if v))
     payload = {
         "benchmark": "rl_throughput",
         "machine": machine_info(("torch", "transformers", "trl", "accelerate")),
@@ -309,8 +314,8 @@ def main(argv: list[str] | None = None) -> int:
         },
         "results": rows,
         "ratios_vs_trl": ratios,
-        "goal_ratio": GOAL_RATIO,
-        "meets_goal": {k: (v is not None and v >= GOAL_RATIO) for k, v in ratios.items()},
+        "goal_ratios": GOALS,
+        "meets_goal": {k: (v is not None and v >= GOALS[k]) for k, v in ratios.items()},
         "runs": runs,
     }
     print(f"results written to {write_json_atomic(result_path(args.out), payload)}")
