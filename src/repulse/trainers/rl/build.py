@@ -134,7 +134,9 @@ def warn_partial_steps(plan: BatchPlan, buffers: list[int]) -> None:
         )
 
 
-def trained(name: str, model, optim: PPOOptimArgs, lr: float, steps: int, eval_mode: bool, frozen: bool = False):
+def trained(
+    name: str, model, optim: PPOOptimArgs, lr: float, steps: int, eval_mode: bool, frozen: bool = False
+) -> TrainedModel:
     """The model with AdamW at `lr` and the --lr_scheduler over `steps` optimizer steps (none when frozen)."""
     if frozen:
         return TrainedModel(name, model, max_norm=optim.max_norm, eval_mode=eval_mode)

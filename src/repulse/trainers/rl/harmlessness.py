@@ -3,11 +3,15 @@ samples of a learned proposal q of sigma_theta ∝ p_theta e^{beta r}; q trained
 
 One step is (num_q_updates - 1) proposal-only rounds (fresh q samples, a q update) and one main round:
 make_experience draws N samples per prompt from p_theta (and N from q, for RePULSe) and scores them; update
-passes over the buffer in micro-batches of whole prompt groups, accumulated to --train_batch_size: q then p_theta
-(p_theta first with --sampling_target_updated_base), both from log-probs recorded before either update.
+passes over the buffer in micro-batches of whole prompt groups, accumulated to --train_batch_size, with both
+models' losses on each and both stepping at each optimizer step's last micro-batch. The order of the reference
+code (q updated, then p_theta; p_theta first with --sampling_target_updated_base) matters only for what q's loss
+reads: p_theta before its step, or after it. Either way both losses use the log-probs recorded at sampling, and
+q's loss reads the live p_theta, which changes only at a step (so, as in the fork under DeepSpeed, with
+--sampling_target_updated_base and accumulation only the step's last micro-batch sees the stepped p_theta).
 
 Each forward once: p_theta's gradient pass on q's samples (the negative term) also gives q's CTL target and
-f_q, since p_theta only changes at an optimizer step. A separate pass (eval mode, no gradient) is made where
+f_q (log p_theta as it stood before the micro-batch's update), since p_theta only changes at an optimizer step. A separate pass (eval mode, no gradient) is made where
 that does not hold: with --sampling_target_updated_base right after p_theta stepped (q must see the new
 p_theta), when p_theta has active dropout in its update passes (the target is scored without dropout), and
 when there is no negative term (alpha 0). A modulated q ∝ p_theta e^m runs p_theta inside its own forward.
