@@ -119,7 +119,7 @@ def summarize(state: RLLoopState) -> dict[str, Any]:
     summary = {
         "steps": state.global_step,
         "reward_mean_final": last.get("reward_mean"),
-        "samples_used": last.get("samples_used"),
+        "samples_used": int(last["samples_used"]) if "samples_used" in last else None,
     }
     if state.evaluations:
         summary["exact_log_p_bad_initial"] = state.evaluations[0]["exact_log_p_bad"]
