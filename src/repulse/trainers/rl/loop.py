@@ -10,6 +10,7 @@ order per fit and episode), so a resumed run finds its place by counting steps.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -90,13 +91,17 @@ class SampleBar(Progress):
         self.bar = tqdm(
             total=total, initial=initial, unit="sample", desc="rl", disable=not enabled, dynamic_ncols=True
         )
-        self.last = ""
+        self.last, self.shown = "", time.monotonic()
 
     def sampled(self, rows: int) -> None:
         self.bar.update(rows)
 
     def phase(self, name: str) -> None:
+        """Shown at once while no samples move the bar (updates), at most twice a second."""
         self.bar.set_postfix_str(f"{name}{self.last}", refresh=False)
+        if time.monotonic() - self.shown > 0.5:
+            self.bar.refresh()
+            self.shown = time.monotonic()
 
     def finished_step(self, metrics: dict[str, float]) -> None:
         self.last = f", reward {metrics['reward_mean']:.3f}" if "reward_mean" in metrics else ""
