@@ -14,7 +14,8 @@ Each forward once: p_theta's gradient pass on q's samples (the negative term) al
 f_q (log p_theta as it stood before the micro-batch's update), since p_theta only changes at an optimizer step.
 A separate pass (eval mode, no gradient) is made where that does not hold: with --sampling_target_updated_base
 right after p_theta stepped (q must see the new p_theta), when p_theta has active dropout in its update passes
-(the target is scored without dropout), and when there is no negative term (alpha 0). A modulated q ∝ p_theta e^m runs p_theta inside its own forward.
+(the target is scored without dropout), and when there is no negative term (alpha 0). A modulated
+q ∝ p_theta e^m runs p_theta inside its own forward.
 """
 
 from __future__ import annotations
