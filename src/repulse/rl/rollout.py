@@ -13,7 +13,7 @@ import torch
 
 from repulse.generation.generate import SamplingParams, generate
 from repulse.losses.lm import token_log_probs
-from repulse.models.logprobs import forward_logits, position_ids_from_mask
+from repulse.models.logprobs import forward_logits, logits_kwarg, position_ids_from_mask
 
 
 @dataclass
@@ -100,8 +100,11 @@ def sample_rollout(
 
 
 def response_logits(model, rollout: Rollout) -> torch.Tensor:
-    """Logits that predict each response token -> [B, T, V] (with gradient if the caller wants one)."""
-    logits = forward_logits(model, rollout.sequences, rollout.attention_mask)
+    """Logits that predict each response token -> [B, T, V] (with gradient if the caller wants one). Models that
+    can skip the LM head on earlier positions compute it on the response window only: the head (and its softmax
+    in the losses) is a large share of a pass when the vocabulary is large."""
+    keep = logits_kwarg(model)(rollout.num_actions + 1)
+    logits = forward_logits(model, rollout.sequences, rollout.attention_mask, **keep)
     return logits[:, -rollout.num_actions - 1 : -1]
 
 
