@@ -48,6 +48,7 @@ PROMPT = "This man is a"
 # from q and updates it (more than twice GRPO's work), 0.6x.
 GOALS = {"repulse_neg_training": 0.6, "repulse_reinforce": 1.5}
 NAMES = ("repulse_neg_training", "repulse_reinforce", "trl_grpo")
+PAIRED = ("repulse_neg_training", "repulse_reinforce")
 LABELS = {
     "repulse_neg_training": "repulse RePULSe neg_training",
     "repulse_reinforce": "repulse REINFORCE (RLOO)",
@@ -202,12 +203,46 @@ def worker_trl(spec: dict[str, Any]) -> dict[str, Any]:
     return {**clock.summary(spec["warmup"]), **mem.as_dict(), "max_rss_mib": round(max_rss_mib(), 1)}
 
 
+def worker_paired(spec: dict[str, Any]) -> dict[str, Any]:
+    """RePULSe and REINFORCE steps alternately in one process on one thread: the ratio of their step times, which
+    a loaded machine distorts much less than rates measured in separate processes."""
+    import statistics
+
+    import torch
+
+    from repulse.cli import train_ppo
+    from repulse.trainers.rl.build import build_recipe
+    from repulse.trainers.rl.loop import train_step
+
+    torch.set_num_threads(1)
+    recipes = {}
+    for name in PAIRED:
+        config = train_ppo.parse_args(repulse_argv(name, spec, str(Path(spec["workdir"]) / f"paired_{name}")))
+        recipes[name] = build_recipe(config, *train_ppo.start(config))
+    times: dict[str, list[float]] = {name: [] for name in PAIRED}
+    for i in range(spec["warmup"] + spec["paired"]):
+        for name in PAIRED if i % 2 else PAIRED[::-1]:
+            start = time.perf_counter()
+            train_step(recipes[name].trainer, recipes[name].prompt_ids, i)
+            if i >= spec["warmup"]:
+                times[name].append(time.perf_counter() - start)
+    median = {name: statistics.median(values) for name, values in times.items()}
+    return {
+        "median_step_s": median,
+        "repulse_over_reinforce_step_time": median["repulse_neg_training"] / median["repulse_reinforce"],
+        "step_times_s": {name: [round(t, 5) for t in values] for name, values in times.items()},
+    }
+
+
 def worker_main(name: str, spec_path: str, out_path: str) -> None:
     set_offline_env()
     spec = json.loads(Path(spec_path).read_text())
     try:
-        result = worker_trl(spec) if name == "trl_grpo" else worker_repulse(name, spec)
-        result["samples_per_s"] = result["tokens_per_s"]  # the clock counts samples, not tokens
+        if name == "paired":
+            result = worker_paired(spec)
+        else:
+            result = worker_trl(spec) if name == "trl_grpo" else worker_repulse(name, spec)
+            result["samples_per_s"] = result["tokens_per_s"]  # the clock counts samples, not tokens
     except Exception as err:  # recorded in the JSON instead of stopping the whole benchmark
         result = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-4000:]}
     result["loadavg_1_5_15_after"] = [round(x, 2) for x in os.getloadavg()]
@@ -226,7 +261,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=2, help="run each trainer N times; report each one's fastest run")
     p.add_argument("--out", default="rl_throughput.json")
     p.add_argument("--shared_machine", action="store_true", help="record in the JSON that it ran under load")
-    p.add_argument("--worker", choices=NAMES, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--paired", type=int, default=0, help="also time N RePULSe / REINFORCE step pairs alternately in one process"
+    )
+    p.add_argument("--worker", choices=(*NAMES, "paired"), help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -245,8 +283,12 @@ def run_all(args: argparse.Namespace, workdir: Path) -> dict[str, list[dict[str,
         "total_steps": args.warmup + args.steps,
         "lr": args.lr,
         "seed": args.seed,
+        "paired": args.paired,
     }
-    return run_workers(__file__, NAMES, spec, workdir, args.repeats, env)
+    runs = run_workers(__file__, NAMES, spec, workdir, args.repeats, env)
+    if args.paired:
+        runs["paired"] = run_workers(__file__, ("paired",), spec, workdir, 1, env)["paired"]
+    return runs
 
 
 COLUMNS = [
@@ -294,11 +336,15 @@ def main(argv: list[str] | None = None) -> int:
     set_offline_env()
     with tempfile.TemporaryDirectory(prefix="rl_throughput_") as tmp:
         runs = run_all(args, Path(tmp))
+    paired = runs.pop("paired", [None])[0]
     rows = summarize(runs)
     ratios = {r["name"]: r.get("ratio_vs_trl") for r in rows if r["name"] != "trl_grpo"}
     print()
     print(format_table(rows, COLUMNS))
     print("\n" + ", ".join(f"{k} / TRL = {v:.2f} (goal >= {GOALS[k]})" for k, v in ratios.items() if v))
+    if paired is not None and "error" not in paired:
+        ratio = paired["repulse_over_reinforce_step_time"]
+        print(f"paired in one process: a RePULSe step takes {ratio:.2f}x a REINFORCE step")
     payload = {
         "benchmark": "rl_throughput",
         "machine": machine_info(("torch", "transformers", "trl", "accelerate")),
@@ -317,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         "goal_ratios": GOALS,
         "meets_goal": {k: (v is not None and v >= GOALS[k]) for k, v in ratios.items()},
         "runs": runs,
+        "paired": paired,
     }
     print(f"results written to {write_json_atomic(result_path(args.out), payload)}")
     return 0
