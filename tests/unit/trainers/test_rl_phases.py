@@ -128,3 +128,27 @@ def test_sharing_p_thetas_pass_changes_nothing(tmp_path, tiny_model_dir, monkeyp
     for a, b in zip(shared, separate, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert shared_metrics["f_q"] == pytest.approx(separate_metrics["f_q"], rel=1e-5)
+
+
+@pytest.mark.parametrize("eval_mode", [False, True])
+def test_model_eval_runs_the_update_passes_without_dropout(tmp_path, tiny_model_dir, eval_mode):
+    flags = ["--new_custom_single_prompt", "--micro_rollout_batch_size", "1", "--rollout_batch_size", "1"]
+    r = recipe(tmp_path, tiny_model_dir, *flags, *(["--model_eval"] if eval_mode else []))
+    modes = []
+    for model in (r.models.policy, r.models.proposal):
+        model.register_forward_hook(lambda module, args, kwargs, out: modes.append(module.training), with_kwargs=True)
+    experience = r.trainer.make_experience(r.prompt_ids, 0, "both")
+    modes.clear()  # sampling runs in eval mode either way
+    r.trainer.update(experience)
+    assert modes and all(training == (not eval_mode) for training in modes)
+    # with --model_eval p_theta's pass scores as an eval pass would, so it serves q's target even with dropout
+    assert r.trainer.share_p_pass
+
+
+def test_dropout_is_detected():
+    from tests.conftest import make_gpt2
+
+    model = make_gpt2(20)
+    assert not harmlessness.has_dropout(model)
+    model.transformer.drop.p = 0.1
+    assert harmlessness.has_dropout(model)
