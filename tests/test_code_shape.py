@@ -53,3 +53,34 @@ def test_no_args_namespace_below_cli() -> None:
         if p.parent.name != "cli" and "argparse.Namespace" in p.read_text() and p.parent.name != "config"
     ]
     assert not offenders, f"an argparse namespace below the CLI layer: {offenders}"
+
+
+# A parameter with one of these names carries a group of flags (or all of them): it must say which.
+CONFIG_NAMES = ("cfg", "args", "conf", "opts", "hparams")
+CONFIG_SUFFIXES = ("_cfg", "_args")
+
+
+def untyped_config_parameters(tree: ast.AST) -> list[str]:
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        a = node.args
+        for arg in [*a.posonlyargs, *a.args, *a.kwonlyargs]:  # not *args: positional arguments, not flags
+            if arg.arg in CONFIG_NAMES or arg.arg.endswith(CONFIG_SUFFIXES):
+                annotation = ast.unparse(arg.annotation) if arg.annotation is not None else None
+                if annotation in (None, "Any", "typing.Any", "object"):
+                    found.append(f"{node.name}({arg.arg}: {annotation})")
+    return found
+
+
+@pytest.mark.parametrize("path", [p for p in python_files() if p.parent.name != "cli"], ids=rel)
+def test_no_untyped_config_below_cli(path: Path) -> None:
+    """No `cfg` bag below the CLI layer: a function takes a typed config or the flag groups it reads."""
+    offenders = untyped_config_parameters(ast.parse(path.read_text()))
+    assert not offenders, f"{rel(path)}: untyped config parameters {offenders}"
+
+
+def test_the_untyped_config_check_has_power() -> None:
+    code = "def f(cfg, x): ...\ndef g(data_args: Any): ...\ndef h(cfg: RLConfig, args: DataArgs): ..."
+    assert untyped_config_parameters(ast.parse(code)) == ["f(cfg: None)", "g(data_args: Any)"]

@@ -270,3 +270,41 @@ def test_remote_reward_model_gives_the_local_rewards(tmp_path, monkeypatch):
     assert len(remote_rows) == len(local_rows) == 2
     for a, b in zip(remote_rows, local_rows):
         assert a["reward_mean"] == pytest.approx(b["reward_mean"], abs=1e-4)
+
+
+def test_the_embedded_prompts_need_no_input_key(tmp_path):
+    """`repulse train_ppo` with no flags reads the embedded prompts with the default --input_key (here on 4 of
+    them, with short responses)."""
+    save = tmp_path / "defaults"
+    argv = ["--save_path", str(save), "--max_samples", "4", "--generate_max_len", "4", "--disable_progress_bar"]
+    assert train_ppo.main(argv) == 0
+    rows = steps(save)
+    assert len(rows) == 1 and rows[0]["samples_used"] == 4
+
+
+def test_help_of_the_rl_flags_names_no_other_command():
+    import dataclasses
+    import re
+
+    from repulse.cli.__main__ import COMMANDS
+
+    others = [c for c in COMMANDS if c != "train_ppo"] + ["train_ppo_ray"]
+    leaks = [
+        f"--{f.name}: {f.metadata['help']}"
+        for group in train_ppo.GROUPS[2:]  # the model / LoRA groups are every training command's
+        for f in dataclasses.fields(group)
+        if any(re.search(rf"\b{c}\b", f.metadata.get("help", "")) for c in others)
+    ]
+    assert leaks == []
+
+
+def test_responses_are_capped_at_the_models_positions(tmp_path, tiny_model_dir, capsys):
+    """The test GPT-2 has 64 positions: --generate_max_len 100 is lowered (and said); a prompt filling them is an
+    error naming --prompt_max_len."""
+    code, save = run(tmp_path, tiny_model_dir, *TOY[:1], "--generate_max_len", "100", "--num_episodes", "1")
+    err = capsys.readouterr().err
+    assert code == 0 and "--generate_max_len 100 capped to" in err
+    long_prompt = " ".join(["this man is a"] * 20)
+    code, _ = run(tmp_path, tiny_model_dir, "--new_custom_single_prompt", "--custom_prompt", long_prompt, name="long")
+    err = capsys.readouterr().err
+    assert code == 2 and "--prompt_max_len 1024: a 80-token prompt fills the model's 64 positions" in err

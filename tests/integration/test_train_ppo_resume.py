@@ -1,5 +1,7 @@
-"""train_ppo --load_checkpoint: a run resumed from a checkpoint ends with the same models and logs the same
-metrics as the uninterrupted run (REINFORCE, PPO with a critic, RePULSe, RePULSe with a modulated proposal)."""
+"""train_ppo --load_checkpoint: a run resumed from a checkpoint runs only the steps after it, starts from the
+state it holds, and ends with the same models and metrics as the uninterrupted run (REINFORCE, PPO with a critic,
+PPO-ptx, RePULSe, RePULSe with a modulated proposal). Every run is seeded, so equal outputs alone would not show
+that anything was resumed: the step count and a perturbed checkpoint do."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from repulse.infra.checkpoint import Checkpointer
+from repulse.trainers.rl import loop
 from tests.conftest import write_jsonl
 from tests.integration.test_train_ppo import HARMLESS, bad_words_file, prompt_file, run  # noqa: F401
 
@@ -95,6 +99,28 @@ def modes(prompts: Path, words: Path, ptx: Path) -> dict[str, tuple[list[str], i
     }
 
 
+def interrupted_copy(full: Path, step: int, tmp_path: Path) -> None:
+    """What an interrupted run leaves: its checkpoint at `step` and the metrics it had logged, rows from after the
+    checkpoint included (a resumed run must drop them and write them again)."""
+    resumed = tmp_path / "resumed"
+    shutil.copytree(full / "checkpoints" / f"global_step{step}", resumed / "checkpoints" / f"global_step{step}")
+    shutil.copy(full / "metrics.jsonl", resumed / "metrics.jsonl")
+
+
+def resume(tmp_path: Path, model: Path, flags: list[str], monkeypatch) -> tuple[Path, list[int]]:
+    """The resumed run, and the (0-based) steps it ran."""
+    ran, step = [], loop.train_step
+
+    def counted(trainer, prompt_ids, index):
+        ran.append(index)
+        return step(trainer, prompt_ids, index)
+
+    monkeypatch.setattr(loop, "train_step", counted)
+    code, save = run(tmp_path, model, *flags, "--max_ckpt_num", "9", "--load_checkpoint", name="resumed")
+    assert code == 0
+    return save, ran
+
+
 @pytest.mark.parametrize("mode", ["reinforce_ema", "ppo_critic", "ppo_ptx", "repulse", "repulse_modulated"])
 def test_resume_equals_uninterrupted_run(
     tmp_path,
@@ -102,23 +128,60 @@ def test_resume_equals_uninterrupted_run(
     prompt_file,  # noqa: F811
     bad_words_file,  # noqa: F811
     ptx_file,  # noqa: F811
+    monkeypatch,
     mode,
 ):
     flags, step = modes(prompt_file, bad_words_file, ptx_file)[mode]
     code, full = run(tmp_path, tiny_model_dir, *flags, "--max_ckpt_num", "9", name="full")
     assert code == 0
-    # The interrupted run: its checkpoint at `step` and the metrics it had logged, rows from after the
-    # checkpoint included (a resumed run must drop them and write them again).
-    resumed = tmp_path / "resumed"
-    shutil.copytree(full / "checkpoints" / f"global_step{step}", resumed / "checkpoints" / f"global_step{step}")
-    shutil.copy(full / "metrics.jsonl", resumed / "metrics.jsonl")
-    code, resumed = run(tmp_path, tiny_model_dir, *flags, "--max_ckpt_num", "9", "--load_checkpoint", name="resumed")
-    assert code == 0
+    interrupted_copy(full, step, tmp_path)
+    resumed, ran = resume(tmp_path, tiny_model_dir, flags, monkeypatch)
+    total = json.loads((full / "summary.json").read_text())["steps"]
+    assert ran == list(range(step, total))  # only the steps after the checkpoint
     a, b = saved_tensors(full), saved_tensors(resumed)
     assert a.keys() == b.keys() and len(a) > 0
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
     assert metric_rows(resumed) == metric_rows(full)
     assert json.loads((resumed / "summary.json").read_text()) == json.loads((full / "summary.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("part", "changed"),
+    [("policy", "final/"), ("proposal", "final_proposal/"), ("optimizer", "final/")],
+)
+def test_resume_starts_from_the_checkpoint_state(
+    tmp_path,
+    tiny_model_dir,
+    prompt_file,  # noqa: F811
+    bad_words_file,  # noqa: F811
+    ptx_file,  # noqa: F811
+    monkeypatch,
+    part,
+    changed,
+):
+    """A checkpoint whose p_theta, q or p_theta's optimizer state is changed on loading gives a different end: the
+    resumed run trains from what the checkpoint holds, not from a restart (which would match the full run)."""
+    flags, step = modes(prompt_file, bad_words_file, ptx_file)["repulse"]
+    code, full = run(tmp_path, tiny_model_dir, *flags, "--max_ckpt_num", "9", name="full")
+    assert code == 0
+    interrupted_copy(full, step, tmp_path)
+    load = Checkpointer.load
+
+    def perturbed(self, path):
+        state = load(self, path)
+        if part == "optimizer":
+            for entry in state["trainer"]["policy"]["optimizer"]["state"].values():
+                entry["exp_avg_sq"].mul_(100.0)
+        else:
+            for tensor in state["models"][part].values():
+                tensor.add_(0.05)
+        return state
+
+    monkeypatch.setattr(Checkpointer, "load", perturbed)
+    resumed, ran = resume(tmp_path, tiny_model_dir, flags, monkeypatch)
+    assert ran[0] == step
+    a, b = saved_tensors(full), saved_tensors(resumed)
+    assert [k for k in a if k.startswith(changed) and not torch.equal(a[k], b[k])]
 
 
 def test_checkpoint_of_another_configuration_is_a_one_line_error(tmp_path, tiny_model_dir, capsys):
@@ -148,3 +211,42 @@ def test_checkpoint_of_another_configuration_is_a_one_line_error(tmp_path, tiny_
     )
     err = capsys.readouterr().err
     assert code == 2 and "different configuration" in err and "Traceback" not in err
+
+
+PLAIN = (torch.Tensor, int, float, str, bool, type(None))
+
+
+def non_plain(value, where: str = "state") -> list[str]:
+    """Paths in a checkpoint state that hold anything but tensors, numbers, strings, booleans, None, and lists /
+    tuples / dicts (string keys) of these: such a state loads without running code."""
+    if isinstance(value, dict):
+        return [f"{where}[{k!r}]" for k in value if not isinstance(k, str | int)] + [
+            p for k, v in value.items() for p in non_plain(v, f"{where}[{k!r}]")
+        ]
+    if isinstance(value, list | tuple):
+        return [p for i, v in enumerate(value) for p in non_plain(v, f"{where}[{i}]")]
+    return [] if isinstance(value, PLAIN) else [f"{where}: {type(value).__name__}"]
+
+
+@pytest.mark.parametrize("mode", ["ppo_ptx", "repulse_modulated", "reinforce_ema"])
+def test_checkpoints_hold_only_plain_values(
+    tmp_path,
+    tiny_model_dir,
+    prompt_file,  # noqa: F811
+    bad_words_file,  # noqa: F811
+    ptx_file,  # noqa: F811
+    monkeypatch,
+    mode,
+):
+    states, save = [], Checkpointer.save
+
+    def capture(self, step, state, extra=None):
+        states.append(state)
+        return save(self, step, state, extra)
+
+    monkeypatch.setattr(Checkpointer, "save", capture)
+    flags, _ = modes(prompt_file, bad_words_file, ptx_file)[mode]
+    code, _ = run(tmp_path, tiny_model_dir, *flags, name="plain")
+    assert code == 0 and states
+    assert [p for state in states for p in non_plain(state)] == []
+    assert non_plain({"a": [1, object()]}) == ["state['a'][1]: object"]  # the check has power

@@ -82,11 +82,6 @@ def reward_prompt(goal: str, suffix: str, exclude_suffix: bool, rm_input: str = 
     return goal if exclude_suffix else goal + suffix
 
 
-def score_responses(reward_fn, prompt: str, responses: Sequence[str]) -> torch.Tensor:
-    """Rewards [N] of (prompt, response) pairs from a (prompts, responses) -> tensor reward source."""
-    return reward_fn([prompt] * len(responses), list(responses)).float().cpu()
-
-
 def single_token_id(tokenizer, word: str) -> int:
     """The id of `word` as the judge would write it (tries ' Word' then 'Word'); errors if it is not one token."""
     unk = tokenizer.unk_token_id

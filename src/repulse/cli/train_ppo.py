@@ -8,6 +8,8 @@ Modes (METHODS §1):
 - harmlessness (`--do_harmlessness_training`): p_theta trained with REINFORCE (+ RLOO) and, for RePULSe
   (`--harmlessness_training_loss_type neg_training`), alpha times a negative-training term on samples from a
   learned proposal q of sigma_theta ∝ p_theta e^{beta r}; q trained with CTL/DPG alongside.
+Each step samples --rollout_batch_size prompts x --duplicate_rollout_batch_by responses and trains on them for
+--max_epochs: --train_batch_size sequences per optimizer step, in micro-batches of --micro_train_batch_size.
 Departures from the reference code: importance weights use masked sums; scoring runs in eval mode; nothing is
 scored after EOS in the exact evaluation; `--num_episodes > 1` works for every harmlessness variant.
 `--save_steps N` (harmlessness: `--save_steps_harmless N`) checkpoints every N steps; `--load_checkpoint` resumes
@@ -22,7 +24,6 @@ from the newest one in --ckpt_path exactly where it stopped.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
 
 from repulse.cli.runner import run_cli, write_resolved_config
 from repulse.config.common import CheckpointArgs, LoggingArgs, LoraArgs, ModelArgs, StrategyArgs
@@ -31,23 +32,9 @@ from repulse.config.parser import parse_groups, to_flat_dict
 from repulse.config.ppo import PPOArgs, ProposalArgs
 from repulse.config.reward import RewardArgs
 from repulse.config.rollout import PPOOptimArgs, RolloutArgs
+from repulse.trainers.rl.config import RLConfig
 
-
-class PPOConfig(NamedTuple):
-    model: ModelArgs
-    lora: LoraArgs
-    optim: PPOOptimArgs
-    strategy: StrategyArgs
-    ckpt: CheckpointArgs
-    logging: LoggingArgs
-    rollout: RolloutArgs
-    reward: RewardArgs
-    ppo: PPOArgs
-    proposal: ProposalArgs
-    harm: HarmlessnessArgs
-    evaluation: EvalArgs
-
-
+# The order of RLConfig's fields.
 GROUPS = (
     ModelArgs,
     LoraArgs,
@@ -64,37 +51,25 @@ GROUPS = (
 )
 
 
-def parse_args(argv: Sequence[str] | None = None) -> PPOConfig:
+def parse_args(argv: Sequence[str] | None = None) -> RLConfig:
     from repulse.config.validate import check_train_ppo
 
-    cfg = PPOConfig(*parse_groups(GROUPS, argv, description=__doc__))
-    check_train_ppo(cfg.rollout, cfg.ppo, cfg.proposal, cfg.harm, cfg.evaluation, cfg.optim)
-    return cfg
+    config = RLConfig(*parse_groups(GROUPS, argv, description=__doc__))
+    check_train_ppo(config.rollout, config.ppo, config.proposal, config.harm, config.evaluation, config.optim)
+    return config
 
 
-def warn_inert_flags(cfg: PPOConfig) -> None:
+def warn_inert_flags(evaluation: EvalArgs) -> None:
     import logging
 
-    e = cfg.evaluation
-    if e.test_info_every != 1 or e.n_seeds_f_q != 1 or not e.no_test_info:
+    if evaluation.test_info_every != 1 or evaluation.n_seeds_f_q != 1 or not evaluation.no_test_info:
         logging.getLogger("repulse").warning(
             "--no_test_info, --test_info_every and --n_seeds_f_q have no effect "
             "(they were inert in the reference code too)"
         )
 
 
-def only_negative_data(cfg: PPOConfig, strategy, path: str, tokenizer) -> dict:
-    from repulse.infra.files import write_json_atomic
-    from repulse.models.load import load_scoring_lm
-    from repulse.trainers.rl_evals import negative_data_pass
-
-    result = negative_data_pass(cfg, load_scoring_lm(path).to(strategy.device), tokenizer)
-    write_json_atomic(f"{cfg.ckpt.save_path}/negative_data.json", result)
-    print(f"train_ppo: negative-data mean log-prob {result['mean_logprob']:.4f} over {result['n_sequences']} texts")
-    return result
-
-
-def check_single_process(cfg: PPOConfig) -> None:
+def check_single_process() -> None:
     import os
 
     from repulse.infra.errors import UserError
@@ -103,35 +78,53 @@ def check_single_process(cfg: PPOConfig) -> None:
         raise UserError("train_ppo runs on one process (CPU or one GPU); multi-process RL is train_ppo_ray's job")
 
 
-def train(cfg: PPOConfig) -> dict:
-    from repulse.cli.training import start_run
-    from repulse.trainers.rl_run import run_train_ppo
+def start(config: RLConfig):
+    """(strategy, model path, tokenizer), with the seed set; the embedded tiny LM without --pretrain."""
+    from repulse.distributed.launch import make_strategy
+    from repulse.infra.seed import set_seed
+    from repulse.models.load import load_tokenizer, resolve_model_path
 
-    check_single_process(cfg)
-    warn_inert_flags(cfg)
-    strategy, path, tokenizer = start_run(cfg_with_data_view(cfg))
-    if cfg.evaluation.only_evaluate_on_neg_data:
-        return only_negative_data(cfg, strategy, path, tokenizer)
-    flat = to_flat_dict(*cfg)
+    s = config.strategy
+    strategy = make_strategy(s.dist_backend, s.zero_stage, s.adam_offload)
+    set_seed(config.optim.seed)
+    path = resolve_model_path(config.model.pretrain, "tiny_lm")
+    tokenizer = load_tokenizer(
+        path,
+        use_fast=not config.model.disable_fast_tokenizer,
+        chat_template=config.rollout.tokenizer_chat_template,
+    )
+    return strategy, path, tokenizer
+
+
+def only_negative_data(config: RLConfig, strategy, path: str, tokenizer) -> dict:
+    from repulse.infra.files import write_json_atomic
+    from repulse.models.load import load_scoring_lm
+    from repulse.trainers.rl.evals import negative_data_pass
+
+    model = load_scoring_lm(path).to(strategy.device)
+    result = negative_data_pass(config.evaluation, config.rollout, model, tokenizer)
+    write_json_atomic(f"{config.ckpt.save_path}/negative_data.json", result)
+    print(f"train_ppo: negative-data mean log-prob {result['mean_logprob']:.4f} over {result['n_sequences']} texts")
+    return result
+
+
+def train(config: RLConfig) -> dict:
+    from repulse.trainers.rl.run import run_train_ppo
+
+    check_single_process()
+    warn_inert_flags(config.evaluation)
+    strategy, path, tokenizer = start(config)
+    if config.evaluation.only_evaluate_on_neg_data:
+        return only_negative_data(config, strategy, path, tokenizer)
+    flat = to_flat_dict(*config)
     if strategy.is_rank_0():
-        write_resolved_config(cfg.ckpt.save_path, flat)
-    summary = run_train_ppo(cfg, strategy, path, tokenizer, flat)
+        write_resolved_config(config.ckpt.save_path, flat)
+    summary = run_train_ppo(config, strategy, path, tokenizer, flat)
     shown = {k: v for k, v in summary.items() if isinstance(v, int | float)}
-    print("train_ppo: " + " ".join(f"{k}={v:.4g}" for k, v in shown.items()) + f"; outputs in {cfg.ckpt.save_path}")
+    summary_line = " ".join(f"{k}={v:.4g}" for k, v in shown.items())
+    print(f"train_ppo: {summary_line}; outputs in {config.ckpt.save_path}")
     strategy.cleanup()
     return summary
-
-
-def cfg_with_data_view(cfg: PPOConfig):
-    """start_run reads cfg.data.tokenizer_chat_template; PPO keeps that flag in the rollout group."""
-
-    class View(NamedTuple):
-        model: ModelArgs
-        data: RolloutArgs
-        optim: PPOOptimArgs
-        strategy: StrategyArgs
-
-    return View(cfg.model, cfg.rollout, cfg.optim, cfg.strategy)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

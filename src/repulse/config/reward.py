@@ -13,7 +13,9 @@ REWARD_TRANSFORMS = ("minus_alpha_exp_beta_r", "minus_alpha_ind")
 @dataclass
 class RewardArgs:
     reward_pretrain: str | None = arg(None, "Reward model folder or hub name. Default: the embedded tiny RM.")
-    remote_rm_url: str | None = arg(None, "HTTP reward server (serve_rm protocol) instead of a local model.")
+    remote_rm_url: str | None = arg(
+        None, "URL of a remote reward model server (OpenRLHF's HTTP reward protocol) instead of a local model."
+    )
     reward_fn: str | None = arg(None, "Python reward function 'module:function' taking (prompts, responses) lists.")
     value_head_prefix: str = arg("score", "Reward head module name of a local reward model.")
     normalize_reward: bool = arg(

@@ -27,7 +27,11 @@ class RolloutArgs:
     prompt_data: str | None = arg(None, "Comma-separated prompt datasets. Default: the embedded prompts.")
     prompt_data_probs: str = arg("1.0", "Sampling probabilities for blending --prompt_data entries.")
     prompt_split: str = arg("train", "Split of the prompt datasets.")
-    input_key: str = arg("input", "JSON key of the prompt (text, or a list of chat messages).")
+    input_key: str = arg(
+        "prompt",
+        "JSON key of the prompt (text, or a list of chat messages); the embedded prompts and the paper's datasets "
+        "use prompt.",
+    )
     input_template: str | None = arg(None, "Template with one '{}' for the prompt.")
     apply_chat_template: bool = arg(False, "Format prompts with the tokenizer's chat template.")
     tokenizer_chat_template: str | None = arg(None, "Override the tokenizer's chat template (a Jinja string).")

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from repulse.config.fields import require
+from repulse.config.harmlessness import EvalArgs, HarmlessnessArgs
+from repulse.config.ppo import PPOArgs, ProposalArgs
+from repulse.config.rollout import PPOOptimArgs, RolloutArgs
 
 HARMLESSNESS_PROPOSAL_LOSSES = ("ctl", "ctl_nosecondterm", "dpg")
 NORMALISED_TWISTS = ("policy_psi_q_p_s_t", "policy_psi_q_p_s_1_to_t")
 
 
-def check_harmlessness(rollout, ppo, proposal, harm, optim) -> None:
+def check_harmlessness(
+    rollout: RolloutArgs, ppo: PPOArgs, proposal: ProposalArgs, harm: HarmlessnessArgs, optim: PPOOptimArgs
+) -> None:
     n = rollout.duplicate_rollout_batch_by
     if harm.harmlessness_training_loss_type != "reinforce" or harm.use_base_as_proposal:
         require(
@@ -34,12 +39,12 @@ def check_harmlessness(rollout, ppo, proposal, harm, optim) -> None:
     require(ppo.kl_target is None, "--kl_target (adaptive KL) is for PPO mode, not --do_harmlessness_training")
 
 
-def separate_proposal(harm) -> bool:
+def separate_proposal(harm: HarmlessnessArgs) -> bool:
     """RePULSe draws its own proposal samples; REINFORCE and the base-as-proposal baseline do not."""
     return harm.harmlessness_training_loss_type != "reinforce" and not harm.use_base_as_proposal
 
 
-def check_ppo_mode(rollout, ppo, proposal, optim) -> None:
+def check_ppo_mode(rollout: RolloutArgs, ppo: PPOArgs, proposal: ProposalArgs, optim: PPOOptimArgs) -> None:
     n = rollout.duplicate_rollout_batch_by
     if proposal.actor_loss_type == "ppo":
         require(
@@ -71,7 +76,7 @@ def check_ppo_mode(rollout, ppo, proposal, optim) -> None:
         require(n > 1, "--reinforce_baseline_type expectation (RLOO) needs --duplicate_rollout_batch_by > 1")
 
 
-def check_twist_pair(proposal) -> None:
+def check_twist_pair(proposal: ProposalArgs) -> None:
     """ctl_nosecondterm keeps only CTL's positive term, E_sigma[grad log psi_t] (METHODS §4.2). It is maximum
     likelihood of q on sigma-weighted samples only when log psi_t = log q - log p; with a raw logit or a
     modulation m nothing normalises psi, and the term just raises log psi on every sample without bound."""
@@ -82,7 +87,7 @@ def check_twist_pair(proposal) -> None:
     )
 
 
-def check_common(rollout, evaluation) -> None:
+def check_common(rollout: RolloutArgs, evaluation: EvalArgs) -> None:
     if evaluation.analytic_bad_word_calc:
         require(
             rollout.generate_max_len <= 3,
@@ -90,8 +95,17 @@ def check_common(rollout, evaluation) -> None:
         )
 
 
-def check_train_ppo(rollout, ppo, proposal, harm, evaluation, optim) -> None:
+def check_train_ppo(
+    rollout: RolloutArgs,
+    ppo: PPOArgs,
+    proposal: ProposalArgs,
+    harm: HarmlessnessArgs,
+    evaluation: EvalArgs,
+    optim: PPOOptimArgs,
+) -> None:
     check_common(rollout, evaluation)
+    # One process: --train_batch_size sequences per optimizer step, in micro-batches of --micro_train_batch_size.
+    optim.accumulation_steps(1)
     if harm.do_harmlessness_training:
         check_harmlessness(rollout, ppo, proposal, harm, optim)
     else:

@@ -6,8 +6,12 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from repulse.infra.errors import DataError
+
+if TYPE_CHECKING:
+    from repulse.config.common import DataArgs
 
 log = logging.getLogger("repulse")
 
@@ -172,7 +176,7 @@ def blend_datasets(
 
 
 def load_rows(
-    data_args,
+    data_args: DataArgs,
     columns: Sequence[str],
     default: str | None,
     *,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import Dataset
@@ -17,6 +18,9 @@ from repulse.data.collate import pad_sequences
 from repulse.data.templates import format_pair, split_implicit_prompt
 from repulse.data.tokenize import encode_pair
 from repulse.infra.errors import DataError
+
+if TYPE_CHECKING:
+    from repulse.config.common import DataArgs
 
 log = logging.getLogger("repulse")
 
@@ -86,7 +90,7 @@ class PairCollator:
         }
 
 
-def build_preference_datasets(data_args, keys, tokenizer, *, seed: int):
+def build_preference_datasets(data_args: DataArgs, keys, tokenizer, *, seed: int):
     """(train, eval or None) PreferenceDatasets from DataArgs and PreferenceKeys; embedded pairs by default."""
     from repulse.data.loading import load_rows, source_columns
 

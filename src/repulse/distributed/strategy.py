@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -113,13 +113,3 @@ class SingleProcessStrategy:
 
     def cleanup(self) -> None:
         return None
-
-
-@contextlib.contextmanager
-def rank_0_first(strategy: Strategy) -> Iterator[None]:
-    """Let rank 0 do a cached step (e.g. dataset preprocessing) before the others."""
-    if not strategy.is_rank_0():
-        strategy.barrier()
-    yield
-    if strategy.is_rank_0():
-        strategy.barrier()

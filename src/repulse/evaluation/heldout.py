@@ -8,7 +8,7 @@ import math
 import torch
 
 from repulse.generation.generate import SamplingParams
-from repulse.rl.importance import sequence_logprob
+from repulse.losses.reductions import masked_sum
 from repulse.rl.rollout import response_token_logps, sample_rollout
 
 
@@ -59,8 +59,9 @@ def heldout_sampling(
     for _ in range(iters):
         roll = sample_rollout(model, tokenizer, prompt_ids, group_size, params).to(device)
         rewards.append(reward_source(roll.prompts, roll.responses).float().cpu())
-        logp = sequence_logprob(response_token_logps(model, roll), roll.action_mask)
-        ref = sequence_logprob(response_token_logps(reference, roll), roll.action_mask)
+        # The sampler's own log-probs: only the reference runs on the samples.
+        logp = masked_sum(roll.logps, roll.action_mask, dim=-1)
+        ref = masked_sum(response_token_logps(reference, roll), roll.action_mask, dim=-1)
         kls.append((logp - ref).cpu())
     stats = heldout_statistics(torch.cat(rewards), threshold, torch.cat(kls))
     stats["rewards"] = torch.cat(rewards).tolist()

@@ -9,19 +9,22 @@ from __future__ import annotations
 import logging
 import pickle
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from repulse.generation.generate import SamplingParams, generate
 from repulse.infra.errors import UserError
 
+if TYPE_CHECKING:
+    from repulse.config.inference import SamplingArgs
+
 log = logging.getLogger("repulse")
 
 Row = dict[str, Any]
 
 
-def sampling_params(args, max_new_tokens: int, num_samples: int = 1) -> SamplingParams:
+def sampling_params(args: SamplingArgs, max_new_tokens: int, num_samples: int = 1) -> SamplingParams:
     """SamplingParams from a SamplingArgs flag group (temperature, top_p, repetition_penalty, greedy)."""
     return SamplingParams(
         max_new_tokens=max_new_tokens,

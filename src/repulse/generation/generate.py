@@ -6,6 +6,7 @@ Sampling settings are passed explicitly (never taken from the model's generation
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -38,7 +39,9 @@ class GenerationOutput:
     """N = prompts x num_samples rows, grouped by prompt (row i belongs to prompt_index[i]).
 
     sequences [N, P + T]: left-padded prompt then response (padded after EOS); attention_mask [N, P + T];
-    response_ids [N, T]; response_mask [N, T] true up to and including the first EOS; texts: decoded responses.
+    response_ids [N, T]; response_mask [N, T] true up to and including the first EOS; texts: decoded responses;
+    response_logps [N, T] (with `return_logprobs`, else None): each response token's log-probability under the
+    sampling model's own distribution, 0 at padding.
     """
 
     sequences: torch.Tensor
@@ -48,6 +51,7 @@ class GenerationOutput:
     response_mask: torch.Tensor
     texts: list[str]
     prompt_index: torch.Tensor
+    response_logps: torch.Tensor | None = None
 
 
 def response_mask_from_ids(response_ids: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:
@@ -72,15 +76,25 @@ def encode_prompts(tokenizer, prompts: list[str] | list[list[int]]) -> tuple[tor
 
 
 def generate(
-    model, tokenizer, prompts: list[str] | list[list[int]], params: SamplingParams, batch_size: int = 64
+    model,
+    tokenizer,
+    prompts: list[str] | list[list[int]],
+    params: SamplingParams,
+    batch_size: int = 64,
+    *,
+    return_logprobs: bool = False,
+    on_batch: Callable[[int], None] | None = None,
 ) -> GenerationOutput:
-    """Sample `params.num_samples` responses for each prompt, `batch_size` prompts per model call."""
+    """Sample `params.num_samples` responses for each prompt, `batch_size` prompts per model call.
+
+    `on_batch(rows)` is called after each model call with the number of responses it drew (progress bars).
+    """
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     input_ids, attention_mask = encode_prompts(tokenizer, prompts)
     width = input_ids.shape[1]
-    chunks = []
+    chunks, logp_chunks = [], []
     for start in range(0, len(prompts), batch_size):
         ids = input_ids[start : start + batch_size].to(device)
         mask = attention_mask[start : start + batch_size].to(device)
@@ -88,8 +102,13 @@ def generate(
         # per-step overhead, the prompt prefilled once, and one uniform per row instead of torch.multinomial's one
         # exponential per token (1.7x faster end to end on the tiny LM, 1.5x on SmolLM2, CPU:
         # benchmarks/sampling_throughput.py); it also serves the modulated proposal, which has no generate.
-        out = sample_stepwise(model, tokenizer, ids, mask, params)
+        out = sample_stepwise(model, tokenizer, ids, mask, params, return_logprobs=return_logprobs)
+        if return_logprobs:
+            out, logps = out
+            logp_chunks += list(logps.cpu())
         chunks.append(out[:, width:].cpu())
+        if on_batch is not None:
+            on_batch(out.shape[0])
     model.train(was_training)
     responses = pad_sequences([r for c in chunks for r in c], tokenizer.pad_token_id)
     response_mask = response_mask_from_ids(responses, tokenizer.eos_token_id)
@@ -97,6 +116,10 @@ def generate(
     prompt_rep = input_ids.repeat_interleave(params.num_samples, dim=0)
     prompt_mask = attention_mask.repeat_interleave(params.num_samples, dim=0)
     texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
+    response_logps = None
+    if return_logprobs:
+        response_logps = pad_sequences(logp_chunks, 0.0)
+        response_logps = torch.where(response_mask, response_logps, torch.zeros_like(response_logps))
     return GenerationOutput(
         sequences=torch.cat([prompt_rep, responses], dim=1),
         attention_mask=torch.cat([prompt_mask, response_mask.long()], dim=1),
@@ -105,4 +128,5 @@ def generate(
         response_mask=response_mask,
         texts=texts,
         prompt_index=torch.arange(len(prompts)).repeat_interleave(params.num_samples),
+        response_logps=response_logps,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from repulse.losses.lm import token_log_probs
 from repulse.models.logprobs import logits_kwarg
 
 
@@ -60,30 +61,46 @@ def repeat_rows(cache, n: int):
     return tuple(tuple(t.repeat_interleave(n, dim=0) for t in layer) for layer in cache)  # legacy tuples
 
 
+def prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, n: int, keep: dict):
+    """Run the prompts once: (next-token logits, KV cache, last positions), each row repeated n times."""
+    # Positions skip the left padding; after the prompt each new token is one past the row's last position.
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True, **keep)
+    logits, cache = out.logits[:, -1].repeat_interleave(n, dim=0), repeat_rows(out.past_key_values, n)
+    return logits, cache, positions[:, -1:].repeat_interleave(n, dim=0)
+
+
 @torch.no_grad()
 def sample_stepwise(
-    model, tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor, params, streamer=None
-) -> torch.Tensor:
+    model,
+    tokenizer,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    params,
+    streamer=None,
+    return_logprobs: bool = False,
+):
     """Left-padded prompts [B, P] -> [B * num_samples, P + T] (prompt then response, rows grouped by prompt).
 
     Like Hugging Face generate: a finished row continues with pad tokens, and sampling stops once every row has
     produced EOS or after max_new_tokens. Each prompt is run once and its KV cache repeated for its samples
     (Hugging Face generate runs every copy: num_samples times the prompt compute). `streamer` (a transformers
     streamer, one row) gets the prompt, then each new token, then `end()`, as from Hugging Face generate.
+
+    With `return_logprobs`, also the log-probability of each drawn token under the model's own distribution
+    (log_softmax of its logits, before temperature / top-k / top-p, as a scoring pass computes it): [B * n, T],
+    0 after a row's EOS. RL reads these instead of running the model again on its samples.
     """
     n = params.num_samples
     if streamer is not None:
         streamer.put(input_ids.cpu())
     processors = logits_processors(params)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    # Positions skip the left padding; after the prompt each new token is one past the row's last position.
-    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     keep = logits_kwarg(model)(1)  # only the last position's logits are read
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True, **keep)
-    logits, cache = out.logits[:, -1].repeat_interleave(n, dim=0), repeat_rows(out.past_key_values, n)
+    logits, cache, positions = prefill(model, input_ids, attention_mask, n, keep)
     ids, mask = input_ids.repeat_interleave(n, dim=0), attention_mask.repeat_interleave(n, dim=0)
-    positions = positions[:, -1:].repeat_interleave(n, dim=0)
     done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+    logps = []
     for step in range(params.max_new_tokens):
         if step > 0:
             out = model(
@@ -98,6 +115,9 @@ def sample_stepwise(
         scores = processors(ids, logits.float())
         token = scores.argmax(-1) if params.greedy else sample_categorical(scores.softmax(-1))
         token = torch.where(done, torch.full_like(token, pad), token)
+        if return_logprobs:
+            taken = token_log_probs(logits[:, None], token[:, None]).squeeze(1)
+            logps.append(torch.where(done, torch.zeros_like(taken), taken))
         ids = torch.cat([ids, token[:, None]], dim=1)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         positions = positions + 1
@@ -109,4 +129,4 @@ def sample_stepwise(
             break
     if streamer is not None:
         streamer.end()
-    return ids
+    return (ids, torch.stack(logps, dim=1)) if return_logprobs else ids

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import torch
 
-from repulse.losses.proposal import row_mean, sequence_sum, zero_invalid
+from repulse.losses.reductions import masked_mean, masked_sum, zero_invalid
 
 TOKEN_REDUCTIONS = ("mean", "sum")
 
@@ -29,9 +29,9 @@ def sequence_loglik(
 ) -> torch.Tensor:
     """ℓ(s): masked mean ("mean", METHODS §2.6) or masked sum ("sum") of token log-probs: [B, T] -> [B]."""
     if token_reduction == "mean":
-        return row_mean(token_logps, action_mask)
+        return masked_mean(token_logps, action_mask, dim=-1)
     if token_reduction == "sum":
-        return sequence_sum(token_logps, action_mask)
+        return masked_sum(token_logps, action_mask, dim=-1)
     raise ValueError(f"token_reduction must be one of {TOKEN_REDUCTIONS}, got {token_reduction!r}")
 
 
@@ -51,7 +51,7 @@ def ppo_policy_loss(
     ratio = log_ratio.exp()
     adv = zero_invalid(advantages.detach(), mask)
     surrogate = torch.min(ratio * adv, ratio.clamp(1 - eps_clip, 1 + eps_clip) * adv)
-    loss = -row_mean(surrogate, mask).mean()
+    loss = -masked_mean(surrogate, mask, dim=-1).mean()
     with torch.no_grad():
         tokens = mask.sum().clamp(min=1)
         clip_fraction = zero_invalid(((ratio - 1).abs() > eps_clip).to(ratio.dtype), mask).sum() / tokens
@@ -77,7 +77,7 @@ def value_loss(
         v_old = zero_invalid(old_values.detach(), mask)
         clipped = v_old + (v - v_old).clamp(-value_clip, value_clip)
         squared = torch.max((clipped - g) ** 2, squared)
-    return 0.5 * row_mean(squared, mask).mean()
+    return 0.5 * masked_mean(squared, mask, dim=-1).mean()
 
 
 def reinforce_loss(
@@ -120,3 +120,39 @@ def neg_reinforce_loss(
     """
     weighted = zero_invalid(token_logps, action_mask) * weights.detach().unsqueeze(1)
     return reinforce_loss(weighted, action_mask, advantages, token_reduction)
+
+
+class PThetaLoss(NamedTuple):
+    loss: torch.Tensor  # rl + alpha * negative (scalar, with gradient)
+    rl: torch.Tensor  # the REINFORCE term on p_theta's own samples
+    negative: torch.Tensor | None  # the negative term on proposal samples (None when it is off)
+
+
+def p_theta_loss(
+    base_token_logps: torch.Tensor,
+    base_mask: torch.Tensor,
+    advantages: torch.Tensor,
+    neg_token_logps: torch.Tensor | None = None,
+    neg_mask: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
+    *,
+    alpha: float = 0.0,
+    neg_advantages: torch.Tensor | None = None,
+) -> PThetaLoss:
+    """p_theta's loss in harmlessness training (METHODS §2.6): L_RF + alpha x the negative term.
+
+    base_token_logps [B, T] (with gradient) on p_theta's samples with REINFORCE advantages [B]; neg_token_logps
+    [B', T'] (with gradient) on the proposal samples with their weights [B'] (losses.weights.negative_weights).
+    The negative term is neg_training_loss, or with `neg_advantages` (`neg_reinforce`) minus neg_reinforce_loss:
+    with beta < 0 the worst samples have the highest advantage and must be pushed DOWN, so that REINFORCE loss
+    enters with the opposite sign (METHODS §2.6 leaves the sign open). Without proposal samples or with alpha 0
+    the loss is plain REINFORCE.
+    """
+    rl = reinforce_loss(base_token_logps, base_mask, advantages)
+    if neg_token_logps is None or weights is None or alpha == 0:
+        return PThetaLoss(rl, rl, None)
+    if neg_advantages is None:
+        negative = neg_training_loss(neg_token_logps, neg_mask, weights)
+    else:
+        negative = -neg_reinforce_loss(neg_token_logps, neg_mask, weights, neg_advantages)
+    return PThetaLoss(rl + alpha * negative, rl, negative)

@@ -18,53 +18,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-
-def zero_invalid(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """x where mask (broadcast over trailing dims) else 0; a where, not a product, so inf/nan garbage vanishes."""
-    mask = mask.bool()
-    while mask.dim() < x.dim():
-        mask = mask.unsqueeze(-1)
-    return torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
-
-
-def sequence_sum(token_values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Masked sum over t: [B, T] -> [B] (sequence log-prob when given token log-probs; METHODS §0, §12 item 1)."""
-    return zero_invalid(token_values, mask).sum(dim=-1)
-
-
-def row_mean(token_values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """masked_mean_t: [B, T] -> [B], 0 for a row without valid tokens."""
-    return sequence_sum(token_values, mask) / mask.sum(dim=-1).clamp(min=1).to(token_values.dtype)
-
-
-def group_softmax(log_w: torch.Tensor, group_size: int) -> torch.Tensor:
-    """Softmax over the N samples of each prompt group: [B, ...] -> [B, ...], detached (METHODS §0, §2.5).
-
-    Rows [p*N, (p+1)*N) form group p; trailing dims (e.g. t) are independent. -inf entries get weight 0 and a
-    group whose entries are all -inf gets all-zero weights (not nan).
-    """
-    if group_size < 1 or log_w.shape[0] % group_size:
-        raise ValueError(f"batch of {log_w.shape[0]} rows is not a whole number of groups of {group_size}")
-    grouped = log_w.detach().reshape(log_w.shape[0] // group_size, group_size, *log_w.shape[1:])
-    top = grouped.amax(dim=1, keepdim=True)
-    # An all -inf group would give (-inf) - (-inf) = nan: shift by 0 instead, so every exp is 0.
-    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-    unnorm = torch.exp(grouped - top)
-    total = unnorm.sum(dim=1, keepdim=True)
-    weights = torch.where(total > 0, unnorm / total.clamp(min=torch.finfo(total.dtype).tiny), torch.zeros_like(unnorm))
-    return weights.reshape(log_w.shape)
-
-
-def sigma_weights(
-    base_token_logps: torch.Tensor,
-    proposal_token_logps: torch.Tensor,
-    log_phi: torch.Tensor,
-    action_mask: torch.Tensor,
-    group_size: int,
-) -> torch.Tensor:
-    """w̄^σ_i = softmax_group(Σ_t log p + log phi - Σ_t log q), masked sums: [B], detached (METHODS §2.5, §4.2)."""
-    log_w = sequence_sum(base_token_logps, action_mask) + log_phi - sequence_sum(proposal_token_logps, action_mask)
-    return group_softmax(log_w, group_size)
+from repulse.losses.reductions import masked_mean, zero_invalid
+from repulse.losses.weights import group_softmax, sigma_weights
 
 
 def _carry_last_valid(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -120,7 +75,7 @@ def ctl_loss(
         coef = coef - ctl_pi_weights(
             log_psi, base_token_logps, proposal_token_logps, action_mask, group_size, cumulative_psi
         )
-    return -row_mean(coef * zero_invalid(log_psi, action_mask), action_mask).mean()
+    return -masked_mean(coef * zero_invalid(log_psi, action_mask), action_mask, dim=-1).mean()
 
 
 def dpg_loss(
@@ -147,7 +102,7 @@ def dpg_loss(
     q_bar = torch.softmax(base_all + log_psi_all.detach(), dim=-1)
     expected = (q_bar * log_psi_all).sum(dim=-1)
     per_token = w_sigma.unsqueeze(1) * (zero_invalid(log_psi, action_mask) - expected)
-    return -row_mean(per_token, action_mask).mean()
+    return -masked_mean(per_token, action_mask, dim=-1).mean()
 
 
 def sixo_loss(
@@ -169,9 +124,10 @@ def sixo_loss(
     each term is averaged over its own sequence's valid tokens.
     """
     w_sigma = sigma_weights(base_token_logps, proposal_token_logps, log_phi, action_mask, group_size)
-    positive = w_sigma * row_mean(F.logsigmoid(zero_invalid(log_psi, action_mask)), action_mask)
+    positive = w_sigma * masked_mean(F.logsigmoid(zero_invalid(log_psi, action_mask)), action_mask, dim=-1)
     # log(1 - sigmoid(x)) = logsigmoid(-x), without the cancellation.
-    negative = row_mean(F.logsigmoid(-zero_invalid(log_psi_neg, neg_action_mask)), neg_action_mask) / group_size
+    negative = masked_mean(F.logsigmoid(-zero_invalid(log_psi_neg, neg_action_mask)), neg_action_mask, dim=-1)
+    negative = negative / group_size
     return -(positive + negative).mean()
 
 
@@ -192,7 +148,7 @@ def sixo_approxneg_loss(
     w_p = sigma_weights(base_token_logps, proposal_token_logps, torch.zeros_like(log_phi), action_mask, group_size)
     psi = zero_invalid(log_psi, action_mask)
     per_token = w_sigma.unsqueeze(1) * F.logsigmoid(psi) + w_p.unsqueeze(1) * F.logsigmoid(-psi)
-    return -row_mean(per_token, action_mask).mean()
+    return -masked_mean(per_token, action_mask, dim=-1).mean()
 
 
 # --actor_loss_type -> loss. Every entry takes (log_psi, base_token_logps, proposal_token_logps, log_phi,

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from repulse.losses.lm import token_log_probs
+from repulse.losses.reductions import zero_invalid
 
 PARAMETERIZATIONS = (
     "policy",
@@ -53,10 +54,6 @@ def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
     return F.log_softmax(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits, dim=-1)
 
 
-def _masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return torch.where(mask.bool(), x, torch.zeros((), dtype=x.dtype, device=x.device))
-
-
 def log_psi_from_token_logps(
     q_token_logps: torch.Tensor,
     base_token_logps: torch.Tensor,
@@ -77,8 +74,8 @@ def log_psi_from_token_logps(
     if parameterization == "policy_psi_unnorm":
         if q_token_logits is None:
             raise ValueError("policy_psi_unnorm needs the raw q logits of the sampled tokens (q_token_logits)")
-        return _masked(q_token_logits - base, action_mask)
-    ratio = _masked(q_token_logps - base, action_mask)
+        return zero_invalid(q_token_logits - base, action_mask)
+    ratio = zero_invalid(q_token_logps - base, action_mask)
     return ratio.cumsum(dim=1) if parameterization == "policy_psi_q_p_s_1_to_t" else ratio
 
 
@@ -121,7 +118,7 @@ def log_psi_all_tokens(
         return ratio_all
     if actions is None or action_mask is None:
         raise ValueError("policy_psi_q_p_s_1_to_t needs the sampled actions and action_mask for the prefix")
-    taken = _masked(ratio_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1), action_mask)
+    taken = zero_invalid(ratio_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1), action_mask)
     prefix = taken.cumsum(dim=1) - taken  # exclusive: tokens before t
     return prefix.unsqueeze(-1) + ratio_all
 
@@ -147,7 +144,7 @@ def log_psi_from_modulation(
 
     The all-vocab log psi for DPG is the modulation itself.
     """
-    return _masked(modulation.gather(-1, actions.unsqueeze(-1)).squeeze(-1), action_mask)
+    return zero_invalid(modulation.gather(-1, actions.unsqueeze(-1)).squeeze(-1), action_mask)
 
 
 def init_modulation_output_(layer: nn.Linear, sd_divider: float = 1.0, init_from: torch.Tensor | None = None) -> None:

@@ -1,1 +1,2 @@
-"""RL building blocks: advantages, KL penalties, potentials and transforms, importance weights, experience."""
+"""RL building blocks: rollouts (samples with their log-probs), experience, reward sources, potentials and
+transforms, advantages and baselines, KL penalties."""

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import torch
 
+from repulse.losses.reductions import zero_invalid
+
 BASELINE_TYPES = ("expectation", "hardcoded", "other_expectation", None)
-
-
-def _zero_invalid(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    # torch.where, not x * mask: garbage may be inf/nan and inf * 0 = nan.
-    return torch.where(mask.bool(), x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def _groups(x: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -37,7 +34,7 @@ def compute_gae(
     detached and 0 at padded positions.
     """
     mask = action_mask.bool()
-    r, v = _zero_invalid(rewards.detach(), mask), _zero_invalid(values.detach(), mask)
+    r, v = zero_invalid(rewards.detach(), mask), zero_invalid(values.detach(), mask)
     advantages = torch.zeros_like(r)
     running = torch.zeros_like(r[:, 0])
     for t in reversed(range(r.shape[1])):
@@ -45,8 +42,8 @@ def compute_gae(
         delta = r[:, t] + gamma * next_value - v[:, t]
         running = delta + gamma * lambd * running
         advantages[:, t] = running
-    advantages = _zero_invalid(advantages, mask)
-    return advantages, _zero_invalid(advantages + v, mask)
+    advantages = zero_invalid(advantages, mask)
+    return advantages, zero_invalid(advantages + v, mask)
 
 
 def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8, shift_mean: bool = True) -> torch.Tensor:
@@ -57,13 +54,13 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8, shift_mean: b
     """
     m = mask.bool()
     count = m.sum().clamp(min=1)
-    values = _zero_invalid(x, m)
+    values = zero_invalid(x, m)
     mean = values.sum() / count
-    var = _zero_invalid((x - mean) ** 2, m).sum() / count
+    var = zero_invalid((x - mean) ** 2, m).sum() / count
     out = (values - mean) / var.sqrt().clamp(min=eps)
     if not shift_mean:
         out = out + mean
-    return _zero_invalid(out, m)
+    return zero_invalid(out, m)
 
 
 def rloo_baseline(returns: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -128,10 +125,10 @@ def per_token_rewards(
     kl: [B, T] per-token k1 KL; sequence_reward: [B]; returns [B, T], 0 at padded positions.
     """
     mask = action_mask.bool()
-    rewards = _zero_invalid(-kl_coef * kl, mask)
+    rewards = zero_invalid(-kl_coef * kl, mask)
     last = last_valid_index(mask).unsqueeze(1)
     rewards = rewards.scatter_add(1, last, sequence_reward.to(rewards.dtype).unsqueeze(1))
-    return _zero_invalid(rewards, mask)
+    return zero_invalid(rewards, mask)
 
 
 def neg_reinforce_returns(
@@ -141,4 +138,4 @@ def neg_reinforce_returns(
 
     log_phi [B] (= beta min(r, cap)); token_kl [B, T] = log p_theta - log p_0 per token (detached). -> [B].
     """
-    return log_phi.detach() - kl_coef * _zero_invalid(token_kl.detach(), action_mask).sum(dim=-1)
+    return log_phi.detach() - kl_coef * zero_invalid(token_kl.detach(), action_mask).sum(dim=-1)

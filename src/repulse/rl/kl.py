@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from repulse.losses.reductions import zero_invalid
+
 
 def kl_k1(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The k1 estimator per token: log p(s_t|.) - log p_ref(s_t|.) on valid tokens, 0 elsewhere.
@@ -11,8 +13,7 @@ def kl_k1(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> tor
     logp, ref_logp, mask: [B, T] -> [B, T]. Its masked sum over t is an unbiased estimate of KL(p || p_ref)
     for s ~ p. Padded positions may hold garbage (inf/nan included): they are replaced, not multiplied.
     """
-    diff = logp - ref_logp
-    return torch.where(mask.bool(), diff, torch.zeros((), dtype=diff.dtype, device=diff.device))
+    return zero_invalid(logp - ref_logp, mask)
 
 
 class FixedKLController:

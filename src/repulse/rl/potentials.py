@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +48,23 @@ def log_potential(
     if rm_type in LEGACY_RM_TYPES:
         raise NotImplementedError(f"--rm_type {rm_type} is legacy in the reference code and not implemented")
     raise ValueError(f"--rm_type: unknown value {rm_type!r}; choose from {RM_TYPES}")
+
+
+@dataclass(frozen=True)
+class Potential:
+    """How a reward becomes log phi: `--rm_type`, `--threshold`, `--reward_cap`. beta is an argument, not a
+    setting, so that the annealed beta of harmlessness training is the only one."""
+
+    rm_type: str = "rlhf"
+    threshold: float = -5.0
+    reward_cap: float = 10000.0
+
+    def log_phi(self, rewards: torch.Tensor, beta: float) -> torch.Tensor:
+        return log_potential(rewards, self.rm_type, beta, self.threshold, self.reward_cap)
+
+    def bad(self, log_phi: torch.Tensor) -> torch.Tensor | None:
+        """For the indicator potential, which samples are bad ([B] bool: only they get negative weight); else None."""
+        return is_bad(log_phi) if self.rm_type == "indicator_below_threshold" else None
 
 
 def is_bad(log_phi: torch.Tensor) -> torch.Tensor:

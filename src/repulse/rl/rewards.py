@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from repulse.config.common import ModelArgs
+from repulse.config.reward import RewardArgs
 from repulse.data.collate import pad_sequences
 from repulse.infra.errors import UserError
 
@@ -91,7 +93,7 @@ class FunctionReward:
         return values
 
 
-def make_reward_source(reward_args, model_args, device: torch.device) -> RewardSource:
+def make_reward_source(reward_args: RewardArgs, model_args: ModelArgs, device: torch.device) -> RewardSource:
     """The reward source the flags name: --remote_rm_url, --reward_fn, or a local model (default embedded)."""
     if reward_args.remote_rm_url:
         from repulse.serving.client import RemoteRewardModel
@@ -100,7 +102,6 @@ def make_reward_source(reward_args, model_args, device: torch.device) -> RewardS
         return lambda prompts, responses: remote(list(responses), list(prompts))
     if reward_args.reward_fn:
         return FunctionReward(reward_args.reward_fn)
-    from repulse.config.common import ModelArgs
     from repulse.models.load import load_tokenizer, resolve_model_path
     from repulse.models.reward import load_reward_model
 
@@ -113,3 +114,28 @@ def make_reward_source(reward_args, model_args, device: torch.device) -> RewardS
         normalize=reward_args.normalize_reward,
         max_len=reward_args.rm_max_len,
     )
+
+
+class NegativeDataRecorder:
+    """A reward source that keeps every (prompt, response) it scores below `threshold` (--save_negdata): the
+    trainers score through it, so every sample of p and of q is seen once, as it is scored."""
+
+    def __init__(self, source: RewardSource, threshold: float) -> None:
+        self.source, self.threshold = source, threshold
+        self.rows: list[dict[str, str | float]] = []
+        self.seen: set[tuple[str, str]] = set()
+
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+        rewards = self.source(prompts, responses)
+        for prompt, response, value in zip(prompts, responses, rewards.tolist(), strict=True):
+            if value < self.threshold and (prompt, response) not in self.seen:
+                self.seen.add((prompt, response))
+                self.rows.append({"prompt": prompt, "response": response, "reward": value})
+        return rewards
+
+    def state_dict(self) -> dict[str, list]:
+        return {"rows": list(self.rows)}
+
+    def load_state_dict(self, state: dict[str, list]) -> None:
+        self.rows = list(state["rows"])
+        self.seen = {(r["prompt"], r["response"]) for r in self.rows}

@@ -6,19 +6,21 @@ Rows are contiguous per prompt (rows [p*N, (p+1)*N) share prompt p), the layout 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
 
 from repulse.generation.generate import SamplingParams, generate
 from repulse.losses.lm import token_log_probs
-from repulse.models.logprobs import forward_logits, position_ids_from_mask
+from repulse.models.logprobs import forward_logits, logits_kwarg, position_ids_from_mask
 
 
 @dataclass
 class Rollout:
     """sequences [B, S] (left-padded prompt, then response), attention_mask [B, S], action_mask [B, T]
-    (valid response tokens, EOS included), prompts / responses: the texts per row, group_size N."""
+    (valid response tokens, EOS included), prompts / responses: the texts per row, group_size N, and logps [B, T]:
+    the sampling model's log-probs of the response tokens as it drew them (0 at padding; None if not recorded)."""
 
     sequences: torch.Tensor
     attention_mask: torch.Tensor
@@ -26,6 +28,7 @@ class Rollout:
     prompts: list[str]
     responses: list[str]
     group_size: int
+    logps: torch.Tensor | None = None
 
     @property
     def num_actions(self) -> int:
@@ -43,6 +46,7 @@ class Rollout:
             self.prompts[start:stop],
             self.responses[start:stop],
             self.group_size,
+            None if self.logps is None else self.logps[start:stop],
         )
 
     def select(self, index: torch.Tensor) -> Rollout:
@@ -55,6 +59,7 @@ class Rollout:
             [self.prompts[i] for i in picked],
             [self.responses[i] for i in picked],
             self.group_size,
+            None if self.logps is None else self.logps[index],
         )
 
     def to(self, device: torch.device) -> Rollout:
@@ -63,6 +68,7 @@ class Rollout:
             sequences=self.sequences.to(device),
             attention_mask=self.attention_mask.to(device),
             action_mask=self.action_mask.to(device),
+            logps=None if self.logps is None else self.logps.to(device),
         )
 
 
@@ -72,18 +78,33 @@ def encode_prompts_left_truncated(tokenizer, prompts: list[str], max_len: int) -
 
 
 def sample_rollout(
-    model, tokenizer, prompt_ids: list[list[int]], group_size: int, params: SamplingParams, batch_size: int = 64
+    model,
+    tokenizer,
+    prompt_ids: list[list[int]],
+    group_size: int,
+    params: SamplingParams,
+    batch_size: int = 64,
+    on_batch: Callable[[int], None] | None = None,
 ) -> Rollout:
-    """N = group_size samples for each prompt from `model` (ancestral sampling with `params`)."""
-    out = generate(model, tokenizer, prompt_ids, replace(params, num_samples=group_size), batch_size=batch_size)
+    """N = group_size samples for each prompt from `model` (ancestral sampling with `params`), with the log-probs
+    the model drew them with. `on_batch(rows)` after each generation call (progress)."""
+    params = replace(params, num_samples=group_size)
+    out = generate(
+        model, tokenizer, prompt_ids, params, batch_size=batch_size, return_logprobs=True, on_batch=on_batch
+    )
     texts = tokenizer.batch_decode(prompt_ids, skip_special_tokens=False)
     prompts = [texts[i] for i in out.prompt_index.tolist()]
-    return Rollout(out.sequences, out.attention_mask, out.response_mask, prompts, out.texts, group_size)
+    return Rollout(
+        out.sequences, out.attention_mask, out.response_mask, prompts, out.texts, group_size, out.response_logps
+    )
 
 
 def response_logits(model, rollout: Rollout) -> torch.Tensor:
-    """Logits that predict each response token -> [B, T, V] (with gradient if the caller wants one)."""
-    logits = forward_logits(model, rollout.sequences, rollout.attention_mask)
+    """Logits that predict each response token -> [B, T, V] (with gradient if the caller wants one). Models that
+    can skip the LM head on earlier positions compute it on the response window only: the head (and its softmax
+    in the losses) is a large share of a pass when the vocabulary is large."""
+    keep = logits_kwarg(model)(rollout.num_actions + 1)
+    logits = forward_logits(model, rollout.sequences, rollout.attention_mask, **keep)
     return logits[:, -rollout.num_actions - 1 : -1]
 
 

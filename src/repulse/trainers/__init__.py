@@ -1,1 +1,2 @@
-"""One training loop and one small trainer per algorithm."""
+"""Training: the supervised loop (loop.py) with one small trainer per algorithm, train_ppo's recipe (rl/), and what
+both share: the non-finite guard (guard.py) and checkpoint helpers (checkpointing.py)."""

@@ -18,8 +18,9 @@ import torch
 from tqdm.auto import tqdm
 
 from repulse.infra.checkpoint import Checkpointer, load_trainable_state, trainable_state
-from repulse.infra.errors import TrainingDivergedError, UserError
+from repulse.infra.errors import UserError
 from repulse.infra.metrics import MetricLogger
+from repulse.trainers import guard
 
 log = logging.getLogger("repulse")
 
@@ -114,16 +115,12 @@ def save_checkpoint(run: TrainingRun) -> None:
 
 
 def check_finite(run: TrainingRun, loss: torch.Tensor) -> None:
-    bad = 0.0 if torch.isfinite(loss).all() else 1.0
-    if run.strategy.world_size > 1:  # every rank must stop together, or the others hang in all-reduce
-        bad = run.strategy.all_reduce({"bad": bad}, op="max")["bad"]
-    if bad:
-        st = run.state
-        where = st.last_checkpoint or "none saved yet"
-        raise TrainingDivergedError(
-            f"loss is {loss.item()} at optimizer step {st.global_step + 1} (epoch {st.epoch + 1}); stopped "
-            f"before applying it. Last checkpoint: {where}"
-        )
+    st = run.state
+    guard.check_finite(run.strategy, loss, what="loss", where=where(run), last_checkpoint=st.last_checkpoint)
+
+
+def where(run: TrainingRun) -> str:
+    return f"optimizer step {run.state.global_step + 1} (epoch {run.state.epoch + 1})"
 
 
 def run_evaluation(run: TrainingRun) -> dict[str, float]:
@@ -154,7 +151,16 @@ def average_micro_metrics(micro_metrics: list[dict[str, float]]) -> dict[str, fl
 
 def finish_optimizer_step(run: TrainingRun, micro_metrics: list[dict[str, float]], bar: Any) -> None:
     sched, st = run.schedule, run.state
-    grad_norm = run.strategy.optimizer_step(run.optimizer, run.trainer.model, run.scheduler, sched.max_norm)
+    grad_norm = guard.guarded_optimizer_step(
+        run.strategy,
+        run.optimizer,
+        run.trainer.model,
+        run.scheduler,
+        sched.max_norm,
+        what="model",
+        where=where(run),
+        last_checkpoint=st.last_checkpoint,
+    )
     st.global_step += 1
     st.step_in_epoch += 1
     st.consumed_samples += run.train_loader.batch_sampler.global_batch_size

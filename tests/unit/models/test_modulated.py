@@ -14,9 +14,10 @@ from repulse.losses.proposal import PROPOSAL_LOSSES
 from repulse.models.logprobs import forward_logits
 from repulse.models.modulated import ModulatedLM, build_modulated, load_modulated
 from repulse.models.proposal import LinearModulationHead, log_psi_from_modulation, modulated_logits
-from repulse.rl.experience import RewardSettings, make_proposal_experience
+from repulse.rl.experience import proposal_experience, score
+from repulse.rl.potentials import Potential
 from repulse.rl.rollout import sample_rollout
-from repulse.trainers.updates import ProposalUpdater
+from repulse.trainers.rl.proposal import ProposalLoss, proposal_loss
 from tests.conftest import make_gpt2, make_tokenizer
 from tests.unit.losses.test_proposal_losses import SEQS, N, T, V, _exact_kl_and_ess, _logits, _toy_target
 
@@ -149,18 +150,6 @@ def test_save_load_and_checkpoint_state_round_trip(tmp_path, tok, parameterizati
     )
 
 
-class _Single:
-    device = torch.device("cpu")
-
-    def backward(self, loss, model):
-        loss.backward()
-
-    def optimizer_step(self, optimizer, model, scheduler, max_norm):
-        optimizer.step()
-        optimizer.zero_grad()
-        return 0.0
-
-
 @pytest.mark.parametrize(
     ("parameterization", "loss_type"),
     [("modulation_linear_head", "ctl"), ("modulation_nn_head", "dpg"), ("modulation_model", "sixo_approxneg")],
@@ -170,25 +159,20 @@ def test_update_moves_only_the_proposal(tok, parameterization, loss_type):
     q = proposal(tok, parameterization, base=base)
     base_before = {k: v.clone() for k, v in base.state_dict().items()}
     q_before = {k: v.clone() for k, v in q.state_dict().items()}
-    updater = ProposalUpdater(
-        q,
-        torch.optim.Adam([p for p in q.parameters() if p.requires_grad], lr=1e-2),
-        None,
-        loss_type=loss_type,
-        parameterization=parameterization,
-        group_size=4,
-        max_norm=1.0,
-        strategy=_Single(),
-    )
+    optimizer = torch.optim.Adam([p for p in q.parameters() if p.requires_grad], lr=1e-2)
     prompts = [tok("this man is a")["input_ids"], tok("the woman is")["input_ids"]]
     roll = sample_rollout(q, tok, prompts, 4, SamplingParams(max_new_tokens=3))
 
     def reward(prompts, responses):
         return torch.tensor([float("good" in r) - 3.0 * ("jerk" in r) for r in responses])
 
-    exp = make_proposal_experience(roll, q, base, reward, RewardSettings(beta=-1.0))
+    raw = score(reward, roll)
+    exp = proposal_experience(roll, raw, Potential().log_phi(raw, beta=-1.0))
     for _ in range(2):
-        updater.update(exp, base)
+        loss, _ = proposal_loss(ProposalLoss(loss_type, parameterization, 4), q, exp, base)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
     assert all(p.grad is None for p in base.parameters())
     assert all(torch.equal(v, base_before[k]) for k, v in base.state_dict().items())
     assert base.training  # the proposal's scoring passes restore p_theta's mode

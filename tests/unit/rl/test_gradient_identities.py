@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from repulse.losses.policy import neg_training_loss
-from repulse.rl.importance import log_importance_weights, normalized_group_weights, sequence_logprob
+from repulse.losses.reductions import masked_sum
+from repulse.losses.weights import group_softmax
 from repulse.rl.potentials import log_potential
 
 V, T, PAD = 5, 2, 2  # vocabulary, response length, extra padded columns
@@ -58,8 +59,8 @@ def _neg_training_grad(rm_type, beta, threshold):
     log_phi = log_potential(reward.repeat(2), rm_type, beta, threshold, reward_cap=1e4)
     # Exact sigma over each prompt's whole output space: a uniform "proposal" over the enumeration.
     uniform = torch.full_like(log_phi, -math.log(len(SEQS)))
-    log_w = log_importance_weights(sequence_logprob(token_logps.detach(), mask), log_phi, uniform)
-    weights = normalized_group_weights(log_w, group_size=len(SEQS))
+    log_w = masked_sum(token_logps.detach(), mask, dim=-1) + log_phi - uniform
+    weights = group_softmax(log_w, group_size=len(SEQS))
     loss = neg_training_loss(token_logps, mask, weights, token_reduction="sum") * len(log_phi)
     grads = torch.autograd.grad(loss, (logits1, logits2))
     return grads, (logits1, logits2, reward)
@@ -85,7 +86,7 @@ def test_the_mean_reduction_is_not_the_exact_gradient():
     logits1, logits2, reward = _toy()
     token_logps, mask = _padded_batch(logits1, logits2)
     log_phi = log_potential(reward.repeat(2), "rlhf", -2.0, -3.0, 1e4)
-    weights = normalized_group_weights(sequence_logprob(token_logps.detach(), mask) + log_phi, len(SEQS))
+    weights = group_softmax(masked_sum(token_logps.detach(), mask, dim=-1) + log_phi, len(SEQS))
     loss = neg_training_loss(token_logps, mask, weights) * len(log_phi)
     grads_mean = torch.autograd.grad(loss, (logits1, logits2))
     for mean, total in zip(grads_mean, grads_sum):

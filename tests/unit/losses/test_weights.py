@@ -7,17 +7,16 @@ import math
 import pytest
 import torch
 
-from repulse.rl.importance import (
+from repulse.losses.reductions import masked_sum
+from repulse.losses.weights import (
     effective_sample_size,
-    f_q,
-    log_importance_weights,
-    normalized_group_weights,
-    sequence_logprob,
-    snis_weights,
+    group_softmax,
+    log_weights,
+    negative_weights,
+    sigma_weights,
     uniform_group_weights,
-    zero_weights_where_not_bad,
 )
-from repulse.rl.potentials import log_potential
+from repulse.rl.potentials import is_bad, log_potential
 
 
 def t(*values: float) -> torch.Tensor:
@@ -48,46 +47,47 @@ def _repad(x, mask, width, g):
 
 def test_weights_are_invariant_to_padding():
     target, proposal, log_phi, mask = _batch()
-    weights = snis_weights(target, proposal, log_phi, mask, group_size=4)
+    weights = sigma_weights(target, proposal, log_phi, mask, group_size=4)
     g = torch.Generator().manual_seed(1)
     for _ in range(3):
         state = g.get_state()
         target2, mask2 = _repad(target, mask, 9, g)
         g.set_state(state)  # the same offsets for the proposal log-probs
         proposal2, _ = _repad(proposal, mask, 9, g)
-        torch.testing.assert_close(snis_weights(target2, proposal2, log_phi, mask2, 4), weights, rtol=1e-12, atol=0)
+        torch.testing.assert_close(sigma_weights(target2, proposal2, log_phi, mask2, 4), weights, rtol=1e-12, atol=0)
     # The test has power: summing without the mask (METHODS §12 item 1) changes the weights.
-    naive = normalized_group_weights(target.sum(-1) + log_phi - (proposal * mask).sum(-1), 4)
+    naive = group_softmax(target.sum(-1) + log_phi - (proposal * mask).sum(-1), 4)
     assert not torch.allclose(naive, weights)
 
 
 def test_sequence_logprob_and_log_weights_by_hand():
     mask = torch.tensor([[True, True, False], [True, False, False]])
     logps = t([-1.0, -2.0, float("nan")], [-0.5, float("inf"), 3.0])
-    torch.testing.assert_close(sequence_logprob(logps, mask), t(-3.0, -0.5))
-    torch.testing.assert_close(log_importance_weights(t(-3.0), t(2.0), t(-4.0)), t(3.0))
-    torch.testing.assert_close(f_q(t(-3.0), t(2.0), t(-4.0)), t(3.0))
+    torch.testing.assert_close(masked_sum(logps, mask, dim=-1), t(-3.0, -0.5))
+    proposal = t([-2.0, -2.0, float("-inf")], [-1.0, float("nan"), 0.0])
+    # log w = Σ log p + log phi - Σ log q: -3 + 2 - (-4) and -0.5 + 1 - (-1); its mean over q's samples is f_q
+    torch.testing.assert_close(log_weights(logps, proposal, t(2.0, 1.0), mask), t(3.0, 1.5))
 
 
 def test_group_softmax_sums_to_one_per_group():
     log_w = t(0.0, math.log(3.0), 5.0, 5.0, -1e4, 7.0)
-    w = normalized_group_weights(log_w, group_size=2)
+    w = group_softmax(log_w, group_size=2)
     torch.testing.assert_close(w, t(0.25, 0.75, 0.5, 0.5, 0.0, 1.0))
     torch.testing.assert_close(w.reshape(3, 2).sum(1), torch.ones(3, dtype=torch.float64))
     with pytest.raises(ValueError, match="whole number of groups"):
-        normalized_group_weights(log_w, group_size=4)
+        group_softmax(log_w, group_size=4)
 
 
 def test_minus_infinity_entries_and_groups():
     inf = float("inf")
-    w = normalized_group_weights(t(-inf, 0.0, -inf, -inf), group_size=2)
+    w = group_softmax(t(-inf, 0.0, -inf, -inf), group_size=2)
     assert w.tolist() == [0.0, 1.0, 0.0, 0.0]
     assert effective_sample_size(w, 2).tolist() == [1.0, 0.0]
 
 
 def test_weights_carry_no_gradient():
     log_w = t(0.0, 1.0).requires_grad_()
-    assert not normalized_group_weights(log_w, 2).requires_grad
+    assert not group_softmax(log_w, 2).requires_grad
 
 
 def test_uniform_weights_and_ess():
@@ -101,8 +101,10 @@ def test_uniform_weights_and_ess():
 def test_indicator_weights_of_good_samples_become_zero():
     rewards = t(-7.0, 1.0, 2.0, 3.0)
     log_phi = log_potential(rewards, "indicator_below_threshold", beta=1.0, threshold=-5.0, reward_cap=1e4)
-    weights = normalized_group_weights(log_phi, group_size=2)  # p = q: log w = log phi
-    out = zero_weights_where_not_bad(weights, log_phi)
+    zeros, mask = torch.zeros(4, 1, dtype=torch.float64), torch.ones(4, 1, dtype=torch.bool)
+    weights = group_softmax(log_phi, group_size=2)  # p = q: log w = log phi
+    out = negative_weights(zeros, zeros, log_phi, mask, 2, only=is_bad(log_phi))
     # group 0: the bad sample keeps its ~1 weight; group 1 has no bad sample, so it contributes nothing
     torch.testing.assert_close(out, t(1.0, 0.0, 0.0, 0.0))
     torch.testing.assert_close(weights[2:], t(0.5, 0.5))
+    torch.testing.assert_close(negative_weights(zeros, zeros, log_phi, mask, 2), weights)

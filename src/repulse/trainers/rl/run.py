@@ -1,0 +1,138 @@
+"""A whole train_ppo run: build the recipe, resume, run the loop with checkpoints, evaluate, write the outputs.
+
+Outputs under --save_path: config.yaml (written by the CLI), metrics.jsonl (one row per step and per evaluation),
+final/ (p_theta in harmlessness mode, else the actor; in twist learning a full-LM q), final_proposal/ (q),
+final_critic/, final_ema/, summary.json, evaluations.json, and negdata.jsonl with --save_negdata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Any
+
+from repulse.infra.checkpoint import Checkpointer
+from repulse.infra.files import write_json_atomic, write_jsonl_atomic
+from repulse.infra.metrics import MetricLogger
+from repulse.trainers.checkpointing import (
+    load_model_states,
+    load_run_checkpoint,
+    model_states,
+    newest_checkpoint,
+    save_run_checkpoint,
+)
+from repulse.trainers.rl.build import Recipe, build_recipe
+from repulse.trainers.rl.config import RLConfig
+from repulse.trainers.rl.evals import exact_evaluator, post_training_evaluations
+from repulse.trainers.rl.loop import RLLoopState, run_rl_loop
+from repulse.trainers.rl.models import save_models
+
+log = logging.getLogger("repulse")
+FROZEN_IN_CHECKPOINT = ("ema",)  # not trained by an optimizer, so its whole state is what changed
+
+
+def run_train_ppo(config: RLConfig, strategy, path: str, tokenizer, config_dump: dict[str, Any]) -> dict[str, Any]:
+    recipe = build_recipe(config, strategy, path, tokenizer)
+    config = recipe.config  # with --generate_max_len fitted to the model's positions
+    checkpointer = Checkpointer(config.ckpt.checkpoint_dir(), config.ckpt.max_ckpt_num, strategy)
+    state = resume(recipe, checkpointer, strategy) if config.ckpt.load_checkpoint else None
+    lg = config.logging
+    logger = MetricLogger(
+        config.ckpt.save_path,
+        enabled=strategy.is_rank_0(),
+        tensorboard_dir=lg.use_tensorboard,
+        wandb=lg.use_wandb,
+        wandb_project=lg.wandb_project,
+        wandb_run_name=lg.wandb_run_name,
+        config=config_dump,
+        resume_step=state.global_step if state else None,
+    )
+    models = recipe.models
+    try:
+        evaluate = exact_evaluator(config, models.evaluated, tokenizer, models.reward)
+
+        def save(loop: RLLoopState) -> str:
+            # The models also go in Hugging Face format, so a checkpoint can start a new run via --pretrain.
+            return save_run_checkpoint(
+                checkpointer,
+                loop.global_step,
+                checkpoint_state(recipe, loop, strategy),
+                run_kind(recipe),
+                extra=lambda tmp: save_models(models, tokenizer, strategy, str(tmp), twist=config.mode == "twist"),
+            )
+
+        state = run_rl_loop(
+            recipe.trainer,
+            recipe.prompt_ids,
+            recipe.settings,
+            logger,
+            recipe.guard,
+            evaluate=evaluate,
+            save=save,
+            state=state,
+        )
+    finally:
+        logger.close()
+    summary = summarize(state)
+    summary.update(post_training_evaluations(config, models.evaluated, models.reference, tokenizer, models.reward))
+    if strategy.is_rank_0():
+        write_outputs(recipe, state, summary, tokenizer, strategy)
+    return summary
+
+
+def run_kind(recipe: Recipe) -> dict[str, Any]:
+    return recipe.config.run_kind(list(recipe.models.checkpointed()))
+
+
+def checkpoint_state(recipe: Recipe, loop: RLLoopState, strategy) -> dict[str, Any]:
+    """Everything a resumed run needs besides the RNG (the Checkpointer adds that): plain tensors and values."""
+    models = {k: strategy.unwrap(v) for k, v in recipe.models.checkpointed().items()}
+    return {
+        "models": model_states(models, frozen=FROZEN_IN_CHECKPOINT),
+        "trainer": recipe.trainer.state_dict(),
+        "loop": dataclasses.asdict(loop),
+        "negdata": recipe.recorder.state_dict() if recipe.recorder is not None else None,
+    }
+
+
+def resume(recipe: Recipe, checkpointer: Checkpointer, strategy) -> RLLoopState | None:
+    """Load the newest checkpoint into the models, the trainer and the recorder, and restore the RNG; its loop
+    state, or None when there is no checkpoint yet (the run starts from scratch)."""
+    path = newest_checkpoint(checkpointer)
+    if path is None:
+        return None
+    saved = load_run_checkpoint(checkpointer, path, run_kind(recipe))
+    models = {k: strategy.unwrap(v) for k, v in recipe.models.checkpointed().items()}
+    load_model_states(models, saved["models"], frozen=FROZEN_IN_CHECKPOINT)
+    recipe.trainer.load_state_dict(saved["trainer"])
+    if recipe.recorder is not None and saved["negdata"] is not None:
+        recipe.recorder.load_state_dict(saved["negdata"])
+    state = RLLoopState(**saved["loop"])
+    state.last_checkpoint = str(path)
+    log.info("resumed from %s (step %d)", path, state.global_step)
+    return state
+
+
+def summarize(state: RLLoopState) -> dict[str, Any]:
+    last = state.history[-1] if state.history else {}
+    summary = {
+        "steps": state.global_step,
+        "reward_mean_final": last.get("reward_mean"),
+        "samples_used": int(last["samples_used"]) if "samples_used" in last else None,
+    }
+    if state.evaluations:
+        summary["exact_log_p_bad_initial"] = state.evaluations[0]["exact_log_p_bad"]
+        summary["exact_log_p_bad_final"] = state.evaluations[-1]["exact_log_p_bad"]
+        summary["exact_log10_p_bad_final"] = state.evaluations[-1]["exact_log_p_bad"] / math.log(10)
+    return summary
+
+
+def write_outputs(recipe: Recipe, state: RLLoopState, summary: dict[str, Any], tokenizer, strategy) -> None:
+    config = recipe.config
+    info = config.evaluation.save_info_path or config.ckpt.save_path
+    save_models(recipe.models, tokenizer, strategy, config.ckpt.save_path, twist=config.mode == "twist")
+    write_json_atomic(f"{info}/evaluations.json", state.evaluations)
+    write_json_atomic(f"{info}/summary.json", summary)
+    if recipe.recorder is not None:
+        write_jsonl_atomic(f"{info}/negdata.jsonl", recipe.recorder.rows)
