@@ -149,14 +149,20 @@ class CheckpointArgs:
 
 
 @dataclass
-class LoggingArgs:
+class ProgressArgs:
+    """The progress-bar switch alone, for commands that have no other logging flags (LoggingArgs extends it)."""
+
+    disable_progress_bar: bool = arg(False, "Hide the tqdm progress bar.")
+
+
+@dataclass
+class LoggingArgs(ProgressArgs):
     logging_steps: int = arg(1, "Log metrics every N optimizer steps.")
     eval_steps: int = arg(-1, "Evaluate every N optimizer steps (-1: once per epoch, when an eval set exists).")
     use_wandb: str | None = arg(None, "Log to Weights & Biases: 'offline', or 'True'/an API key for online runs.")
     wandb_project: str = arg("repulse", "Weights & Biases project.")
     wandb_run_name: str | None = arg(None, "Weights & Biases run name (default: the save_path folder name).")
     use_tensorboard: str | None = arg(None, "Write TensorBoard event files to this folder.")
-    disable_progress_bar: bool = arg(False, "Hide the tqdm progress bar.")
 
     def __post_init__(self) -> None:
         require(self.logging_steps >= 1, f"--logging_steps must be >= 1, got {self.logging_steps}")
