@@ -21,7 +21,11 @@ class LPEArgs:
     )
     distribution_name: str = arg("uniform", f"Input distribution D: {', '.join(LPE_DISTRIBUTIONS)}.")
     sequence_length: int = arg(8, "Input length L (tokens drawn from D before the target).")
-    n_samples: int = arg(4096, "Inputs the estimate averages over (MHIS: recorded chain states, burn-in excluded).")
+    n_samples: int = arg(
+        4096,
+        "Inputs drawn (ITGIS: the first half of the batches only adapt the proposal and are left out of the estimate; "
+        "MHIS: recorded chain states, burn-in excluded).",
+    )
     batch_size: int = arg(256, "Inputs per model call; ITGIS proposal-update batch; MHIS number of chains.")
     temperature: float = arg(4.0, "ITGIS/MHIS temperature T on the gradient scores and on MHIS's target D·f^(1/T).")
     itgis_decay_rate: float = arg(0.9, "ITGIS: decay d of the running gradient-score sum.")
@@ -51,6 +55,12 @@ class LPEArgs:
             require(
                 self.n_samples % self.batch_size == 0,
                 f"--n_samples {self.n_samples} must be a multiple of --batch_size {self.batch_size}",
+            )
+        if self.method == "itgis":
+            require(
+                self.n_samples >= 2 * self.batch_size,
+                f"--method itgis needs --n_samples >= 2 x --batch_size (the first half of the batches only adapt "
+                f"the proposal), got {self.n_samples} and {self.batch_size}",
             )
 
     def samples(self) -> int:
