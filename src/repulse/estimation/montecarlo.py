@@ -104,8 +104,10 @@ class LMTargetScorer:
         return logp.gather(-1, self.target.expand(logits.shape[0], -1)[..., None]).squeeze(-1).sum(-1)
 
     def _ids(self, x: torch.Tensor) -> torch.Tensor:
+        # [x; y_1 .. y_{K-1}]: the last target token only predicts what follows the target, and a causal LM's
+        # earlier logits do not depend on it, so it is left out (for a one-token target this halves the work).
         x = x.to(self.device)
-        return torch.cat([x, self.target.expand(x.shape[0], -1)], dim=1)
+        return torch.cat([x, self.target[:-1].expand(x.shape[0], -1)], dim=1)
 
     @torch.no_grad()
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
