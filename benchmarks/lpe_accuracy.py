@@ -188,6 +188,7 @@ def summary_rows(records: list[dict[str, Any]], cases: list[Case]) -> list[dict[
 
 
 def planted_cases(names, seed: int = 0) -> list[Case]:
+    """Planted cases built from model seed `seed` (named `<case>` for seed 0, `<case>_s<seed>` otherwise)."""
     from dataclasses import replace
 
     from repulse.estimation.montecarlo import LMTargetScorer
@@ -200,7 +201,8 @@ def planted_cases(names, seed: int = 0) -> list[Case]:
         group = "limit" if name == "needle" else "planted"
         info = {"description": planted.describe(), "trigger_mass": planted.trigger_mass()}
         info["build_s"] = time.perf_counter() - t0
-        out.append(Case(group, name, LMTargetScorer(planted.model, planted.target_ids), planted.dist, info))
+        label = name if seed == 0 else f"{name}_s{seed}"
+        out.append(Case(group, label, LMTargetScorer(planted.model, planted.target_ids), planted.dist, info))
     return out
 
 
@@ -262,7 +264,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--groups", default="planted,limit,embedded", help="planted, limit, embedded, smollm2")
     p.add_argument("--cases", default=",".join(PLANTED), help="planted cases to run")
-    p.add_argument("--seeds", type=int, default=40)
+    p.add_argument("--model_seeds", default="0", help="seeds of the planted models (1 was used to pick T)")
+    p.add_argument("--seeds", type=int, default=40, help="estimator seeds per case and method")
     p.add_argument("--targets", type=int, default=2, help="embedded bad words used as targets")
     p.add_argument("--smollm2_target", default=" kill")
     p.add_argument("--exact_batch", type=int, default=8192)
@@ -274,8 +277,9 @@ def build_cases(args: argparse.Namespace):
     """Cases one at a time (a planted model is trained only when its turn comes)."""
     groups = args.groups.split(",")
     if "planted" in groups:
-        for name in args.cases.split(","):
-            yield from planted_cases([name])
+        for model_seed in map(int, args.model_seeds.split(",")):
+            for name in args.cases.split(","):
+                yield from planted_cases([name], model_seed)
     if "limit" in groups:
         yield from planted_cases(["needle"])
     if "embedded" in groups:
