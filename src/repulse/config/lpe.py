@@ -27,14 +27,20 @@ class LPEArgs:
         "MHIS: recorded chain states, burn-in excluded).",
     )
     batch_size: int = arg(256, "Inputs per model call; ITGIS proposal-update batch; MHIS number of chains.")
-    temperature: float = arg(4.0, "ITGIS/MHIS temperature T on the gradient scores and on MHIS's target D·f^(1/T).")
+    temperature: float = arg(
+        4.0,
+        "ITGIS/MHIS temperature T on the gradient scores and on MHIS's target D·f^(1/T); its scale depends on the "
+        "model's gradients (tiny models may need T < 1): retry another T when the result warns.",
+    )
     itgis_decay_rate: float = arg(0.9, "ITGIS: decay d of the running gradient-score sum.")
     mhis_burn_in: int = arg(64, "MHIS: chain steps discarded before recording (the reference default was 1024).")
     mhis_steps: int = arg(0, "MHIS: recorded steps per chain; > 0 overrides --n_samples with steps x --batch_size.")
     max_exact_inputs: int = arg(2_000_000, "exact / --compare_exact: refuse input spaces larger than this.")
     compare_exact: bool = arg(False, "Also enumerate the input space and report the exact P and the log10 error.")
     seed: int = arg(42, "Seed for the input samples and the chains.")
-    output_file: str | None = arg(None, "Write the result JSON (configuration, estimate, std_err, wall time) here.")
+    output_file: str | None = arg(
+        None, "Write the result JSON (configuration, estimate, std_err, 95% interval, ESS, warnings, wall time) here."
+    )
 
     def __post_init__(self) -> None:
         require(self.method in LPE_METHODS, f"--method must be one of {', '.join(LPE_METHODS)}, got {self.method!r}")
