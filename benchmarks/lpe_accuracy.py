@@ -9,8 +9,8 @@ Cases (every one enumerable, so P = E_{x~D}[p(target | x)] is exact):
 - limit: `needle`, the same pair trigger but ungraded: nothing points to it until it is complete.
 - embedded: the embedded tiny LM's bad words under four rule-based distributions (P ≈ 1e-5 and nearly flat over
   inputs: every estimator does well; kept to show that the rare cases are what separates them).
-- smollm2 (--smollm2): SmolLM2-135M-Instruct, one token drawn uniformly from its vocabulary before the target
-  (49152 inputs, enumerated).
+- smollm2 (--groups smollm2): SmolLM2-135M-Instruct, one token drawn uniformly from its vocabulary before the
+  target (49152 inputs, enumerated); a quarter of the budget (2^11 passes) and only experiment 1, for CPU time.
 
 Two experiments per case, over --seeds seeds:
 
@@ -71,6 +71,12 @@ class Case:
 def method_runs(group: str) -> dict[str, dict[str, Any]]:
     """The estimator settings of both experiments (name -> estimator kwargs, 'kind' picks the estimator)."""
     t_itgis, t_mhis = TEMPERATURES[group]
+    if group == "smollm2":  # 135M parameters on a shared CPU: a quarter of the budget, no CLI-default runs
+        return {
+            "bruteforce": {"kind": "bruteforce", "n_samples": BUDGET // 4, "batch_size": 128},
+            "itgis": {"kind": "itgis", "n_samples": 1024, "batch_size": 128, "temperature": t_itgis},
+            "mhis": {"kind": "mhis", "n_samples": 16 * 48, "batch_size": 16, "burn_in": 15, "temperature": t_mhis},
+        }
     return {
         "bruteforce": {"kind": "bruteforce", "n_samples": BUDGET, "batch_size": 256},
         "itgis": {"kind": "itgis", "n_samples": 4096, "batch_size": 256, "temperature": t_itgis},
