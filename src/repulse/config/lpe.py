@@ -39,7 +39,8 @@ class LPEArgs:
     compare_exact: bool = arg(False, "Also enumerate the input space and report the exact P and the log10 error.")
     seed: int = arg(42, "Seed for the input samples and the chains.")
     output_file: str | None = arg(
-        None, "Write the result JSON (configuration, estimate, std_err, 95% interval, ESS, warnings, wall time) here."
+        None,
+        "Write the result JSON (configuration, estimate, std_err, confidence interval, ESS, warnings, wall time) here.",
     )
 
     def __post_init__(self) -> None:
