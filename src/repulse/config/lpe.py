@@ -40,7 +40,8 @@ class LPEArgs:
     seed: int = arg(42, "Seed for the input samples and the chains.")
     output_file: str | None = arg(
         None,
-        "Write the result JSON (configuration, estimate, std_err, confidence interval, ESS, warnings, wall time) here.",
+        "Write the result JSON (configuration, estimate, std_err, confidence interval, ESS, warnings, wall time) "
+        "here.",
     )
 
     def __post_init__(self) -> None:
