@@ -27,7 +27,7 @@ it did not, the median ESS, model passes and seconds per estimate. The temperatu
 gradient scale of a model sets them: --temperature is not scale-free), chosen on a separately seeded planted model
 (seed 1) and recorded in the JSON. Wall times were measured on a shared, loaded machine.
 
-    python benchmarks/lpe_accuracy.py                          # planted + limit + embedded, 40 seeds
+    python benchmarks/lpe_accuracy.py                          # planted + limit (needle), 40 seeds
     python benchmarks/lpe_accuracy.py --groups planted --seeds 40 --out lpe_accuracy_planted.json
     python benchmarks/lpe_accuracy.py --groups smollm2 --seeds 10 --out lpe_accuracy_smollm2.json
 """
@@ -268,7 +268,7 @@ COLUMNS = [
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--groups", default="planted,limit,embedded", help="planted, limit, embedded, smollm2")
+    p.add_argument("--groups", default="planted,limit", help="comma-separated: planted, limit, embedded, smollm2")
     p.add_argument("--cases", default=",".join(PLANTED), help="planted cases to run")
     p.add_argument("--model_seeds", default="0", help="seeds of the planted models (1 was used to pick T)")
     p.add_argument("--seeds", type=int, default=40, help="estimator seeds per case and method")
