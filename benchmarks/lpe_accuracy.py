@@ -1,14 +1,35 @@
-"""Low-probability estimation accuracy: ITGIS, MHIS and naive Monte Carlo at equal forward-pass budgets.
+"""Low-probability estimation: ITGIS, MHIS and naive Monte Carlo against exact enumeration, on cases where it matters.
 
-On the embedded tiny LM (vocabulary 281) the input spaces of a few distributions are small enough to enumerate,
-so every case (input distribution x target word) has an exact P = E_{x~D}[p(target | x)]. Each method gets the
-same number of model rows (inputs run through the model: MHIS's burn-in counts, so it records fewer states;
-ITGIS's rows are forward + backward passes, the others forward only) and is run over several seeds. Reported per
-method: the median |log10(estimate / exact)| over all cases and seeds (a zero estimate counts as an infinite
-error, which the median tolerates), the share of zero estimates, and the mean wall time per estimate.
+Cases (every one enumerable, so P = E_{x~D}[p(target | x)] is exact):
 
-    python benchmarks/lpe_accuracy.py                        # 4 distributions x 2 target words x 3 seeds
-    python benchmarks/lpe_accuracy.py --budget 4096 --batch_size 256 --chains 64 --targets 3 --seeds 5
+- planted (the rare cases): tiny Phi-architecture LMs trained from a seed with a planted trigger
+  (repulse.estimation.planted), P ≈ 1e-9 .. 1e-5, nearly all of it on inputs of D-probability ≈ 6e-6 or 1.5e-8
+  that 2^12-2^14 draws from D almost never contain. `pair`, `split_pair` (the trigger's tokens far apart),
+  `triple` (three tokens), `two_pairs` (two separate triggers). Partial triggers raise f (graded).
+- limit: `needle`, the same pair trigger but ungraded: nothing points to it until it is complete.
+- embedded: the embedded tiny LM's bad words under four rule-based distributions (P ≈ 1e-5 and nearly flat over
+  inputs: every estimator does well; kept to show that the rare cases are what separates them).
+- smollm2 (--groups smollm2): SmolLM2-135M-Instruct, one token drawn uniformly from its vocabulary before the
+  target (49152 inputs, enumerated); a quarter of the budget (2^11 passes) and only experiment 1, for CPU time.
+
+Two experiments per case, over --seeds seeds:
+
+1. Equal budget (2^13 model passes per estimate, a backward pass counted like a forward one): naive MC 8192
+   forward rows; ITGIS at the CLI's default sample sizes (n = 4096, batches of 256: 4096 forward + 3840 backward
+   rows); MHIS 32 chains x (1 + 31 burn-in + 96 recorded) steps, each a forward and a backward row.
+2. Calibration at the CLI's defaults (`mhis_cli`: 256 chains, burn-in 64, n = 4096; `bruteforce_cli`: n = 4096;
+   ITGIS's defaults are the run of experiment 1), and `itgis_reference`: ITGIS as the reference estimated (every
+   batch counted, including the warm-up), with the same seeds, to show what the warm-up changes.
+
+Reported per case and method: the median |log10(estimate / exact)|, the share within 0.5 decades, the coverage of
+the reported 95% interval, how often the estimator warned (ESS < 100 or Pareto k̂ > 0.7) and the coverage when
+it did not, the median ESS, model passes and seconds per estimate. The temperatures are per model family (the
+gradient scale of a model sets them: --temperature is not scale-free), chosen on a separately seeded planted model
+(seed 1) and recorded in the JSON. Wall times were measured on a shared, loaded machine.
+
+    python benchmarks/lpe_accuracy.py                          # planted + limit (needle), 40 seeds
+    python benchmarks/lpe_accuracy.py --groups planted --seeds 40 --out lpe_accuracy_planted.json
+    python benchmarks/lpe_accuracy.py --groups smollm2 --seeds 10 --out lpe_accuracy_smollm2.json
 """
 
 from __future__ import annotations
@@ -18,16 +39,78 @@ import math
 import os
 import statistics
 import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import format_table, machine_info, result_path, set_offline_env, write_json_atomic  # noqa: E402
+from common import format_table, machine_info, result_path, set_offline_env, smollm2_dir, write_json_atomic  # noqa: E402
 
-DISTRIBUTIONS = [("uniform", 2), ("english", 3), ("camel", 3), ("indent", 3)]
-METHODS = ("itgis", "mhis", "bruteforce")
-SHARED = "yes: 2 cores shared with two other workers running tests; wall times are noisy"
+SHARED = "yes: 2 cores shared with up to four other workers running tests and training; wall times are noisy"
+PLANTED = ("pair", "split_pair", "triple", "two_pairs")
+EMBEDDED = [("uniform", 2), ("english", 3), ("camel", 3), ("indent", 3)]
+BUDGET = 8192  # model passes per estimate in the equal-budget comparison
+# Temperatures per model family (ITGIS, MHIS), chosen on the pair case built from seed 1 (not benchmarked), 20 seeds.
+# ITGIS (with an earlier warm-up of a quarter of the batches): T = 0.03, 0.1, 0.3 covered 0.50, 1.00, 1.00 with
+# median errors 0.038, 0.005, 0.011 decades; the least aggressive one within 0.01 decades of the best is taken.
+# MHIS (the equal-budget chains): T = 1, 2, 4 had median errors 1.29, 0.60, 1.05. Embedded, SmolLM2: the CLI's.
+TEMPERATURES = {"planted": (0.3, 2.0), "limit": (0.3, 2.0), "embedded": (4.0, 4.0), "smollm2": (4.0, 4.0)}
+
+
+@dataclass
+class Case:
+    group: str
+    name: str
+    scorer: Any
+    dist: Any
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def method_runs(group: str) -> dict[str, dict[str, Any]]:
+    """The estimator settings of both experiments (name -> estimator kwargs, 'kind' picks the estimator)."""
+    t_itgis, t_mhis = TEMPERATURES[group]
+    if group == "smollm2":  # 135M parameters on a shared CPU: a quarter of the budget, no CLI-default runs
+        return {
+            "bruteforce": {"kind": "bruteforce", "n_samples": BUDGET // 4, "batch_size": 128},
+            "itgis": {"kind": "itgis", "n_samples": 1024, "batch_size": 128, "temperature": t_itgis},
+            "mhis": {"kind": "mhis", "n_samples": 16 * 48, "batch_size": 16, "burn_in": 15, "temperature": t_mhis},
+        }
+    return {
+        "bruteforce": {"kind": "bruteforce", "n_samples": BUDGET, "batch_size": 256},
+        "itgis": {"kind": "itgis", "n_samples": 4096, "batch_size": 256, "temperature": t_itgis},
+        "mhis": {"kind": "mhis", "n_samples": 32 * 96, "batch_size": 32, "burn_in": 31, "temperature": t_mhis},
+        "bruteforce_cli": {"kind": "bruteforce", "n_samples": 4096, "batch_size": 256},
+        "itgis_reference": {"kind": "itgis_reference", "n_samples": 4096, "batch_size": 256, "temperature": t_itgis},
+        "mhis_cli": {"kind": "mhis", "n_samples": 4096, "batch_size": 256, "burn_in": 64, "temperature": t_mhis},
+    }
+
+
+def passes(result) -> int:
+    """Forward rows plus backward rows (ITGIS's last batch and naive MC run forward only)."""
+    if result.method == "itgis":
+        return result.n_model_rows + result.details["n_gradient_rows"]
+    return result.n_model_rows * (2 if result.method == "mhis" else 1)
+
+
+def run_one(case: Case, settings: dict[str, Any], seed: int):
+    import torch
+
+    from repulse.estimation import importance
+    from repulse.estimation.mhis import estimate_mhis
+    from repulse.estimation.montecarlo import estimate_naive
+
+    kwargs = {k: v for k, v in settings.items() if k != "kind"}
+    generator = torch.Generator().manual_seed(10_000 + seed)
+    if settings["kind"] == "itgis_reference":  # the reference's estimator: every batch counted, no warm-up
+        keep, importance.warmup_batches = importance.warmup_batches, lambda n_batches: 0
+        try:
+            return importance.estimate_itgis(case.scorer, case.dist, generator=generator, **kwargs)
+        finally:
+            importance.warmup_batches = keep
+    estimators = {"itgis": importance.estimate_itgis, "mhis": estimate_mhis, "bruteforce": estimate_naive}
+    return estimators[settings["kind"]](case.scorer, case.dist, generator=generator, **kwargs)
 
 
 def log10_error(estimate: float, truth: float) -> float:
@@ -36,175 +119,219 @@ def log10_error(estimate: float, truth: float) -> float:
     return 0.0 if estimate == truth else math.inf
 
 
-def mhis_recorded(args: argparse.Namespace) -> int:
-    """MHIS states recorded: the budget less one starting evaluation and the burn-in steps of every chain."""
-    return args.budget - (args.burn_in + 1) * args.chains
+def record(case: Case, name: str, seed: int, r, exact: float) -> dict[str, Any]:
+    low, high = r.interval()
+    return {
+        "group": case.group,
+        "case": case.name,
+        "method": name,
+        "seed": seed,
+        "estimate": r.estimate,
+        "std_err": r.std_err,
+        "ci95": [low, high],
+        "covered": low <= exact <= high,
+        "log10_error": log10_error(r.estimate, exact),
+        "ess": r.details.get("ess"),
+        "pareto_k": r.details.get("pareto_k"),
+        "warned": bool(r.warnings()),
+        "passes": passes(r),
+        "wall_time_s": r.wall_time_s,
+    }
 
 
-def run_method(method: str, scorer, dist, args: argparse.Namespace, seed: int):
-    """One estimate with `args.budget` model rows."""
-    import torch
+def run_case(case: Case, args: argparse.Namespace) -> list[dict[str, Any]]:
+    from repulse.estimation.montecarlo import estimate_exact
 
-    from repulse.estimation.importance import estimate_itgis
-    from repulse.estimation.mhis import estimate_mhis
-    from repulse.estimation.montecarlo import estimate_naive
-
-    gen = torch.Generator().manual_seed(seed)
-    if method == "itgis":
-        return estimate_itgis(
-            scorer,
-            dist,
-            n_samples=args.budget,
-            batch_size=args.batch_size,
-            temperature=args.temperature,
-            decay_rate=args.decay_rate,
-            generator=gen,
+    t0 = time.perf_counter()
+    exact = estimate_exact(case.scorer, case.dist, batch_size=args.exact_batch, max_inputs=10**8)
+    case.info.update(exact=exact.estimate, support=exact.n_samples, exact_s=time.perf_counter() - t0)
+    print(
+        f"[lpe_accuracy] {case.name}: exact P = {exact.estimate:.3e} ({exact.n_samples} inputs, "
+        f"{case.info['exact_s']:.0f} s)",
+        flush=True,
+    )
+    records = []
+    runs = method_runs(case.group)
+    for seed in range(args.seeds):
+        order = list(runs) if seed % 2 == 0 else list(runs)[::-1]  # drift in machine load hits all alike
+        for name in order:
+            records.append(record(case, name, seed, run_one(case, runs[name], seed), exact.estimate))
+    for name in runs:
+        row = summarize([r for r in records if r["method"] == name])
+        print(
+            f"    {name:15s} median err {row['median_abs_log10_error']:.3f}  coverage {row['coverage']:.2f}  "
+            f"warned {row['warned']:.2f}  {row['s_per_estimate']:.2f} s",
+            flush=True,
         )
-    if method == "mhis":
-        recorded = mhis_recorded(args)  # the chains' start and burn-in rows come out of the same budget
-        return estimate_mhis(
-            scorer,
-            dist,
-            n_samples=recorded,
-            batch_size=args.chains,
-            temperature=args.temperature,
-            burn_in=args.burn_in,
-            generator=gen,
-        )
-    return estimate_naive(scorer, dist, n_samples=args.budget, batch_size=args.batch_size, generator=gen)
+    return records
 
 
-def run_cases(args: argparse.Namespace) -> list[dict[str, Any]]:
+def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+    errors = [r["log10_error"] for r in records]
+    quiet = [r for r in records if not r["warned"]]
+    ess = [r["ess"] for r in records if r["ess"] is not None]
+    return {
+        "estimates": len(records),
+        "passes": statistics.median(r["passes"] for r in records),
+        "median_abs_log10_error": statistics.median(errors),
+        "within_0_5": sum(e <= 0.5 for e in errors) / len(errors),
+        "coverage": sum(r["covered"] for r in records) / len(records),
+        "warned": 1 - len(quiet) / len(records),
+        "coverage_unwarned": sum(r["covered"] for r in quiet) / len(quiet) if quiet else None,
+        "median_ess": statistics.median(ess) if ess else None,
+        "s_per_estimate": statistics.fmean(r["wall_time_s"] for r in records),
+    }
+
+
+def summary_rows(records: list[dict[str, Any]], cases: list[Case]) -> list[dict[str, Any]]:
+    rows = []
+    for case in cases:
+        for name in method_runs(case.group):
+            mine = [r for r in records if r["case"] == case.name and r["method"] == name]
+            if mine:
+                rows.append({"group": case.group, "case": case.name, "method": name, **summarize(mine)})
+    return rows
+
+
+def planted_cases(names, seed: int = 0) -> list[Case]:
+    """Planted cases built from model seed `seed` (named `<case>` for seed 0, `<case>_s<seed>` otherwise)."""
+    from dataclasses import replace
+
+    from repulse.estimation.montecarlo import LMTargetScorer
+    from repulse.estimation.planted import CASES, build_planted
+
+    out = []
+    for name in names:
+        t0 = time.perf_counter()
+        planted = build_planted(replace(CASES[name], seed=seed))
+        group = "limit" if name == "needle" else "planted"
+        info = {"description": planted.describe(), "trigger_mass": planted.trigger_mass()}
+        info["build_s"] = time.perf_counter() - t0
+        label = name if seed == 0 else f"{name}_s{seed}"
+        out.append(Case(group, label, LMTargetScorer(planted.model, planted.target_ids), planted.dist, info))
+    return out
+
+
+def embedded_cases(targets: int) -> list[Case]:
     import torch
     from transformers import AutoModelForCausalLM
 
     from repulse.assets import bad_words
     from repulse.cli.estimate_rare_harmful_outputs import encode_target
     from repulse.estimation.distributions import build_distribution
-    from repulse.estimation.montecarlo import LMTargetScorer, estimate_exact
+    from repulse.estimation.montecarlo import LMTargetScorer
     from repulse.models.load import load_tokenizer, resolve_model_path
 
     path = resolve_model_path(None)
     tokenizer = load_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     vocab = int(model.get_input_embeddings().weight.shape[0])
-    targets = [" " + w for w in bad_words()[: args.targets]]
-    records = []
-    for name, length in DISTRIBUTIONS:
+    out = []
+    for name, length in EMBEDDED:
         dist = build_distribution(name, tokenizer, length, vocab)
-        for word in targets:
+        for word in [" " + w for w in bad_words()[:targets]]:
             scorer = LMTargetScorer(model, encode_target(tokenizer, word))
-            exact = estimate_exact(scorer, dist, batch_size=4096)
-            case = {
-                "distribution": name,
-                "length": length,
-                "target": word,
-                "support": dist.num_inputs(),
-                "exact": exact.estimate,
-                "log10_exact": math.log10(exact.estimate),
-                "exact_s": exact.wall_time_s,
-            }
-            print(
-                f"[lpe_accuracy] {name} x {length} {word!r}: exact P = {exact.estimate:.3e} "
-                f"({case['support']} inputs, {exact.wall_time_s:.2f} s)",
-                flush=True,
-            )
-            for seed in range(args.seeds):
-                order = METHODS if seed % 2 == 0 else METHODS[::-1]
-                for method in order:
-                    r = run_method(method, scorer, dist, args, seed)
-                    records.append(
-                        {
-                            **case,
-                            "method": method,
-                            "seed": seed,
-                            "estimate": r.estimate,
-                            "std_err": r.std_err,
-                            "n_model_rows": r.n_model_rows,
-                            "wall_time_s": r.wall_time_s,
-                            "log10_error": log10_error(r.estimate, exact.estimate),
-                        }
-                    )
-    return records
+            out.append(Case("embedded", f"{name}x{length}{word.replace(' ', '_')}", scorer, dist, {"target": word}))
+    return out
 
 
-def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    rows = []
-    for method in METHODS:
-        mine = [r for r in records if r["method"] == method]
-        errors = [r["log10_error"] for r in mine]
-        finite = [e for e in errors if math.isfinite(e)]
-        rows.append(
-            {
-                "method": method,
-                "estimates": len(mine),
-                "model_rows": statistics.median(r["n_model_rows"] for r in mine),
-                "median_abs_log10_error": statistics.median(errors),
-                "mean_abs_log10_error_finite": statistics.fmean(finite) if finite else None,
-                "zero_estimates": sum(r["estimate"] == 0 for r in mine) / len(mine),
-                "within_0_5": sum(e <= 0.5 for e in errors) / len(mine),
-                "mean_time_s": statistics.fmean(r["wall_time_s"] for r in mine),
-            }
-        )
-    return rows
+def smollm2_case(word: str) -> list[Case]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from repulse.cli.estimate_rare_harmful_outputs import encode_target
+    from repulse.estimation.distributions import build_distribution
+    from repulse.estimation.montecarlo import LMTargetScorer
+    from repulse.models.load import load_tokenizer
+
+    path = str(smollm2_dir())
+    tokenizer = load_tokenizer(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    dist = build_distribution("uniform", tokenizer, 1, int(model.get_input_embeddings().weight.shape[0]))
+    scorer = LMTargetScorer(model, encode_target(tokenizer, word))
+    return [Case("smollm2", f"smollm2_uniformx1{word.replace(' ', '_')}", scorer, dist, {"target": word})]
 
 
 COLUMNS = [
+    ("case", "case", ""),
     ("method", "method", ""),
-    ("estimates", "estimates", "d"),
-    ("model_rows", "model rows", ".0f"),
+    ("passes", "passes", ".0f"),
     ("median_abs_log10_error", "median |log10 err|", ".3f"),
-    ("mean_abs_log10_error_finite", "mean (finite)", ".3f"),
     ("within_0_5", "share <= 0.5", ".2f"),
-    ("zero_estimates", "share P=0", ".2f"),
-    ("mean_time_s", "s / estimate", ".3f"),
+    ("coverage", "95% coverage", ".2f"),
+    ("warned", "warned", ".2f"),
+    ("coverage_unwarned", "cov. unwarned", ".2f"),
+    ("median_ess", "median ESS", ".0f"),
+    ("s_per_estimate", "s / estimate", ".2f"),
 ]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--budget", type=int, default=1024, help="model rows per estimate (every method)")
-    p.add_argument("--batch_size", type=int, default=128, help="ITGIS proposal-update batch; naive MC batch")
-    p.add_argument("--chains", type=int, default=32, help="MHIS chains")
-    p.add_argument("--burn_in", type=int, default=8, help="MHIS burn-in steps per chain (counted in the budget)")
-    p.add_argument("--temperature", type=float, default=4.0, help="ITGIS / MHIS temperature")
-    p.add_argument("--decay_rate", type=float, default=0.9, help="ITGIS decay rate")
-    p.add_argument("--targets", type=int, default=2, help="how many of the embedded bad words to use as targets")
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--groups", default="planted,limit", help="comma-separated: planted, limit, embedded, smollm2")
+    p.add_argument("--cases", default=",".join(PLANTED), help="planted cases to run")
+    p.add_argument("--model_seeds", default="0", help="seeds of the planted models (1 was used to pick T)")
+    p.add_argument("--seeds", type=int, default=40, help="estimator seeds per case and method")
+    p.add_argument("--targets", type=int, default=2, help="embedded bad words used as targets")
+    p.add_argument("--smollm2_target", default=" kill")
+    p.add_argument("--exact_batch", type=int, default=8192)
     p.add_argument("--out", default="lpe_accuracy.json")
-    args = p.parse_args(argv)
-    recorded = mhis_recorded(args)
-    if args.budget % args.batch_size or recorded <= 0 or recorded % args.chains:
-        p.error("--batch_size must divide --budget, --chains must divide budget - (burn_in + 1) x chains (> 0)")
-    return args
+    return p.parse_args(argv)
+
+
+def build_cases(args: argparse.Namespace):
+    """Cases one at a time (a planted model is trained only when its turn comes)."""
+    groups = args.groups.split(",")
+    if "planted" in groups:
+        for model_seed in map(int, args.model_seeds.split(",")):
+            for name in args.cases.split(","):
+                yield from planted_cases([name], model_seed)
+    if "limit" in groups:
+        yield from planted_cases(["needle"])
+    if "embedded" in groups:
+        yield from embedded_cases(args.targets)
+    if "smollm2" in groups:
+        yield from smollm2_case(args.smollm2_target)
 
 
 def main(argv: list[str] | None = None) -> int:
+    import torch
+
     args = parse_args(argv)
     set_offline_env()
-    records = run_cases(args)
-    rows = summarize(records)
+    torch.set_num_threads(1)  # tiny models: extra intra-op threads only add contention on a shared machine
+    records, cases = [], []
+    for case in build_cases(args):
+        cases.append(case)
+        records += run_case(case, args)
+        path = write_json_atomic(result_path(args.out), make_payload(args, cases, records))  # partial results too
     print()
-    print(format_table(rows, COLUMNS))
-    payload = {
+    print(format_table(summary_rows(records, cases), COLUMNS))
+    print(f"results written to {path}")
+    return 0
+
+
+def make_payload(args: argparse.Namespace, cases: list[Case], records: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
         "benchmark": "lpe_accuracy",
         "machine": machine_info(("torch", "transformers")),
         "machine_shared": SHARED,
         "settings": {
             **{k: v for k, v in vars(args).items() if k != "out"},
-            "model": "embedded tiny LM (GPT-2, V=281)",
-            "distributions": DISTRIBUTIONS,
-            "budget_definition": "model rows (inputs run through the "
-            "model); MHIS burn-in included; ITGIS rows are forward + backward passes",
+            "temperatures_itgis_mhis": TEMPERATURES,
+            "runs": {g: method_runs(g) for g in TEMPERATURES},
+            "budget_passes": BUDGET,
+            "budget_definition": "model passes: forward rows + backward rows (ITGIS's gradient batches, every MHIS "
+            "row); naive MC forward only",
             "error": "|log10(estimate / exact)|, infinite for a zero estimate",
+            "coverage": "share of estimates whose reported 95% interval (estimate ± 1.96 SE) contains exact P",
+            "warned": "share of estimates with a warning (ESS < 100 or Pareto k > 0.7)",
         },
-        "results": rows,
-        "cases": sorted({(r["distribution"], r["length"], r["target"], r["exact"]) for r in records}),
+        "cases": [{"group": c.group, "case": c.name, **c.info} for c in cases],
+        "results": summary_rows(records, cases),
         "records": records,
         "loadavg_1_5_15_after": [round(x, 2) for x in os.getloadavg()],
     }
-    print(f"results written to {write_json_atomic(result_path(args.out), payload)}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -23,13 +23,37 @@ def test_estimate_writes_the_result_json(method, tmp_path, capsys):
     argv = [*SMALL, "--method", method, "--mhis_burn_in", "2", "--compare_exact", "--output_file", str(out)]
     assert lpe_cli.main(argv) == 0
     result = json.loads(out.read_text())
-    assert {"method", "estimate", "std_err", "n_samples", "wall_time_s", "exact", "log10_error"} <= set(result)
-    assert result["method"] == method and result["n_samples"] == 64
+    keys = {"method", "estimate", "std_err", "ci95", "ess", "pareto_k", "warnings", "n_samples", "wall_time_s"}
+    assert keys | {"exact", "log10_error"} <= set(result)
+    # ITGIS: the first of its 2 batches only adapts the proposal.
+    assert result["method"] == method and result["n_samples"] == (32 if method == "itgis" else 64)
+    low, high = result["ci95"]
+    assert low <= result["estimate"] <= high and result["ess"] > 0
     assert result["target_word"] == " fuck" and result["target_tokens"] == ["Ġfuck"]
     assert 0 < result["exact"] < 1e-2 and result["estimate"] > 0 and math.isfinite(result["std_err"])
     assert result["log10_error"] < 1.5
     assert result["distribution"]["support_sizes"] == [40, 34]
-    assert "estimate_rare_harmful_outputs: " + method in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "estimate_rare_harmful_outputs: " + method in printed.out and "95% CI" in printed.out
+    assert f"ESS {result['ess']:.0f}" in printed.out
+    # 32 or 64 samples are too few to trust: the warning is on stderr and in the JSON.
+    assert result["warnings"] and "warning: effective sample size" in printed.err
+
+
+@pytest.mark.parametrize(("method", "unit"), [("itgis", "sample"), ("mhis", "step"), ("bruteforce", "sample")])
+def test_estimators_show_a_progress_bar_unless_disabled(method, unit, capsys):
+    argv = [*SMALL, "--method", method, "--mhis_burn_in", "2"]
+    assert lpe_cli.main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"{method}: 100%" in err and f"{unit}/s" in err
+    assert lpe_cli.main([*argv, "--disable_progress_bar"]) == 0
+    assert "100%" not in capsys.readouterr().err
+
+
+def test_exact_shows_a_progress_bar_in_inputs(capsys):
+    assert lpe_cli.main([*SMALL, "--method", "exact"]) == 0
+    err = capsys.readouterr().err
+    assert "exact: 100%" in err and "1360/1360" in err and "input/s" in err
 
 
 def test_exact_method_reports_the_enumerated_probability(tmp_path):
@@ -47,6 +71,7 @@ def test_exact_method_reports_the_enumerated_probability(tmp_path):
         (["--method", "exact", "--distribution_name", "uniform", "--sequence_length", "4"], "--max_exact_inputs"),
         (["--distribution_name", "caps"], "all-caps"),
         (["--method", "nope"], "--method must be one of"),
+        (["--n_samples", "32"], "--method itgis needs --n_samples >= 2 x --batch_size"),
     ],
 )
 def test_estimate_bad_input_exits_2_with_one_line(argv, message, capsys):

@@ -2,7 +2,9 @@
 
 P = E_{x~D}[p(target | x)] over inputs x of --sequence_length tokens drawn from --distribution_name, by ITGIS,
 MHIS, naive Monte Carlo (bruteforce) or exact enumeration of the input space. Every estimate comes with a
-standard error and the wall time; --output_file gets a JSON document (docs/algorithms/lpe.md).
+standard error, a 95% interval, its effective sample size (a warning says when it is too small, or the sampled
+terms too heavy-tailed, to trust the interval) and the wall time; --output_file gets a JSON document
+(docs/algorithms/lpe.md).
 
     repulse estimate_rare_harmful_outputs --method itgis --sequence_length 8 --n_samples 4096   # embedded tiny LM
     repulse estimate_rare_harmful_outputs --pretrain HuggingFaceTB/SmolLM-135M-Instruct --target_word " kill" \\
@@ -12,27 +14,32 @@ standard error and the wall time; --output_file gets a JSON document (docs/algor
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
 from repulse.cli.runner import run_cli
-from repulse.config.common import ModelArgs
+from repulse.config.common import LoggingArgs, ModelArgs
 from repulse.config.lpe import LPEArgs
 from repulse.config.parser import parse_groups, to_flat_dict
 from repulse.infra.errors import UserError
+
+log = logging.getLogger("repulse")
 
 
 class LPEConfig(NamedTuple):
     model: ModelArgs
     lpe: LPEArgs
+    progress: LoggingArgs  # only --disable_progress_bar: nothing else is logged
 
 
-GROUPS = (ModelArgs, LPEArgs)
+GROUPS = (ModelArgs, LPEArgs, LoggingArgs)
+PROGRESS_ONLY = {LoggingArgs: ["disable_progress_bar"]}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> LPEConfig:
-    return LPEConfig(*parse_groups(GROUPS, argv, description=__doc__))
+    return LPEConfig(*parse_groups(GROUPS, argv, description=__doc__, only=PROGRESS_ONLY))
 
 
 def default_target_word() -> str:
@@ -55,29 +62,27 @@ def encode_target(tokenizer, word: str) -> list[int]:
     return ids
 
 
-def run_method(args: LPEArgs, scorer, dist, generator):
+def run_method(args: LPEArgs, scorer, dist, generator, progress: bool):
     from repulse.estimation.importance import estimate_itgis
     from repulse.estimation.mhis import estimate_mhis
-    from repulse.estimation.montecarlo import estimate_exact, estimate_naive
+    from repulse.estimation.montecarlo import estimate_naive
 
     n, b, t = args.samples(), args.batch_size, args.temperature
+    sampling = {"n_samples": n, "batch_size": b, "generator": generator, "progress": progress}
     if args.method == "itgis":
-        return estimate_itgis(
-            scorer,
-            dist,
-            n_samples=n,
-            batch_size=b,
-            temperature=t,
-            decay_rate=args.itgis_decay_rate,
-            generator=generator,
-        )
+        return estimate_itgis(scorer, dist, temperature=t, decay_rate=args.itgis_decay_rate, **sampling)
     if args.method == "mhis":
-        return estimate_mhis(
-            scorer, dist, n_samples=n, batch_size=b, temperature=t, burn_in=args.mhis_burn_in, generator=generator
-        )
+        return estimate_mhis(scorer, dist, temperature=t, burn_in=args.mhis_burn_in, **sampling)
     if args.method == "bruteforce":
-        return estimate_naive(scorer, dist, n_samples=n, batch_size=b, generator=generator)
-    return estimate_exact(scorer, dist, batch_size=max(b, 1024), max_inputs=args.max_exact_inputs)
+        return estimate_naive(scorer, dist, **sampling)
+    return run_exact(args, scorer, dist, progress)
+
+
+def run_exact(args: LPEArgs, scorer, dist, progress: bool):
+    from repulse.estimation.montecarlo import estimate_exact
+
+    batch = max(args.batch_size, 1024)
+    return estimate_exact(scorer, dist, batch_size=batch, max_inputs=args.max_exact_inputs, progress=progress)
 
 
 def check_enumerable(args: LPEArgs, dist) -> None:
@@ -95,7 +100,7 @@ def estimate(cfg: LPEConfig) -> dict:
     import torch
 
     from repulse.estimation.distributions import build_distribution
-    from repulse.estimation.montecarlo import LMTargetScorer, estimate_exact
+    from repulse.estimation.montecarlo import LMTargetScorer
     from repulse.infra.files import write_json_atomic
     from repulse.models.load import load_causal_lm, load_tokenizer, resolve_model_path
 
@@ -114,10 +119,11 @@ def estimate(cfg: LPEConfig) -> dict:
         raise UserError(f"--distribution_name {args.distribution_name}: {err}") from err
     check_enumerable(args, dist)
     scorer = LMTargetScorer(model, target)
-    result = run_method(args, scorer, dist, torch.Generator().manual_seed(args.seed))
+    progress = not cfg.progress.disable_progress_bar
+    result = run_method(args, scorer, dist, torch.Generator().manual_seed(args.seed), progress)
     exact = result if args.method == "exact" else None
     if exact is None and args.compare_exact:
-        exact = estimate_exact(scorer, dist, batch_size=max(args.batch_size, 1024), max_inputs=args.max_exact_inputs)
+        exact = run_exact(args, scorer, dist, progress)
     payload = {
         "config": to_flat_dict(*cfg),
         "model": path,
@@ -141,13 +147,20 @@ def log10_error(estimate: float, truth: float) -> float:
 
 
 def print_summary(p: dict, output_file: str | None) -> None:
+    low, high = p["ci95"]
+    trust = f", ESS {p['ess']:.0f}" if "ess" in p else ""
+    if math.isfinite(p.get("pareto_k", math.nan)):
+        trust += f", Pareto k {p['pareto_k']:.2f}"
     extra = f", exact {p['exact']:.4g}" if "exact" in p else ""
     where = f"; results in {output_file}" if output_file else ""
     print(
         f"estimate_rare_harmful_outputs: {p['method']} P({p['target_word']!r} | {p['distribution']['name']} x "
-        f"{p['config']['sequence_length']}) = {p['estimate']:.4g} ± {p['std_err']:.2g}{extra} "
-        f"(n={p['n_samples']}, {p['n_model_rows']} model rows, {p['wall_time_s']:.2f} s){where}"
+        f"{p['config']['sequence_length']}) = {p['estimate']:.4g} ± {p['std_err']:.2g} (95% CI {low:.3g} to "
+        f"{high:.3g}{trust}){extra} (n={p['n_samples']}, {p['n_model_rows']} model rows, "
+        f"{p['wall_time_s']:.2f} s){where}"
     )
+    for warning in p["warnings"]:
+        log.warning("warning: %s", warning)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

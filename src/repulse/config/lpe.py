@@ -21,16 +21,28 @@ class LPEArgs:
     )
     distribution_name: str = arg("uniform", f"Input distribution D: {', '.join(LPE_DISTRIBUTIONS)}.")
     sequence_length: int = arg(8, "Input length L (tokens drawn from D before the target).")
-    n_samples: int = arg(4096, "Inputs the estimate averages over (MHIS: recorded chain states, burn-in excluded).")
+    n_samples: int = arg(
+        4096,
+        "Inputs drawn (ITGIS: the first half of the batches only adapt the proposal and are left out of the estimate; "
+        "MHIS: recorded chain states, burn-in excluded).",
+    )
     batch_size: int = arg(256, "Inputs per model call; ITGIS proposal-update batch; MHIS number of chains.")
-    temperature: float = arg(4.0, "ITGIS/MHIS temperature T on the gradient scores and on MHIS's target D·f^(1/T).")
+    temperature: float = arg(
+        4.0,
+        "ITGIS/MHIS temperature T on the gradient scores and on MHIS's target D·f^(1/T); its scale depends on the "
+        "model's gradients (tiny models may need T < 1): retry another T when the result warns.",
+    )
     itgis_decay_rate: float = arg(0.9, "ITGIS: decay d of the running gradient-score sum.")
     mhis_burn_in: int = arg(64, "MHIS: chain steps discarded before recording (the reference default was 1024).")
     mhis_steps: int = arg(0, "MHIS: recorded steps per chain; > 0 overrides --n_samples with steps x --batch_size.")
     max_exact_inputs: int = arg(2_000_000, "exact / --compare_exact: refuse input spaces larger than this.")
     compare_exact: bool = arg(False, "Also enumerate the input space and report the exact P and the log10 error.")
     seed: int = arg(42, "Seed for the input samples and the chains.")
-    output_file: str | None = arg(None, "Write the result JSON (configuration, estimate, std_err, wall time) here.")
+    output_file: str | None = arg(
+        None,
+        "Write the result JSON (configuration, estimate, std_err, confidence interval, ESS, warnings, wall time) "
+        "here.",
+    )
 
     def __post_init__(self) -> None:
         require(self.method in LPE_METHODS, f"--method must be one of {', '.join(LPE_METHODS)}, got {self.method!r}")
@@ -51,6 +63,12 @@ class LPEArgs:
             require(
                 self.n_samples % self.batch_size == 0,
                 f"--n_samples {self.n_samples} must be a multiple of --batch_size {self.batch_size}",
+            )
+        if self.method == "itgis":
+            require(
+                self.n_samples >= 2 * self.batch_size,
+                f"--method itgis needs --n_samples >= 2 x --batch_size (the first half of the batches only adapt "
+                f"the proposal), got {self.n_samples} and {self.batch_size}",
             )
 
     def samples(self) -> int:

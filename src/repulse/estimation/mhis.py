@@ -12,11 +12,13 @@ only at i, so this is the exact MH ratio π(x') q(x | x') / (π(x) q(x' | x)) an
 After `burn_in` steps every chain records s(x) = log f(x) at each step; with weights D/π ∝ exp(-s/T) the
 self-normalised estimate is P̂ = Σ f·e^{-s/T} / Σ e^{-s/T} (consistent, biased at finite n).
 
-Standard error (not computed by the reference): batch means. Each chain's record is cut into contiguous
-segments (enough for >= 32 units over all chains); chains are independent and segment means of a mixing chain
-nearly so, so the ratio estimator's delta-method variance over units, Σ_u (A_u - P̂·W_u)² / (U(U-1)·W̄²) with
-A_u = Σ f·w and W_u = Σ w over unit u, accounts for autocorrelation inside the segments. It is too small when the
-chains have not mixed; the Kish ESS of the weights is reported alongside.
+Standard error (not computed by the reference): batch means. The units are whole chains, which are independent
+(with fewer than 16 chains, each is cut into contiguous segments to make >= 16 units; segment means of a mixing
+chain are nearly independent), so the ratio estimator's delta-method variance over units,
+Σ_u (A_u - P̂·W_u)² / (U(U-1)·W̄²) with A_u = Σ f·w and W_u = Σ w over unit u, accounts for the autocorrelation
+inside them; the 95% interval uses Student's t with U - 1 degrees of freedom. It is too small when the
+chains have not mixed: the split-R̂ of log f (estimation/diagnostics.py) flags that, and the reported ESS is the Kish
+ESS of the weights shrunk by the autocorrelation (chain_ess).
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ from dataclasses import dataclass
 
 import torch
 
+from repulse.estimation.diagnostics import kish_ess, pareto_k, split_rhat
 from repulse.estimation.distributions import FactorizedDistribution
-from repulse.estimation.montecarlo import LPEResult, TargetScorer, check_budget, kish_ess
+from repulse.estimation.montecarlo import LPEResult, TargetScorer, check_budget, progress_bar
 
-MIN_UNITS = 32
+MIN_UNITS = 16
 
 
 @dataclass
@@ -95,6 +98,7 @@ def run_chains(
     temperature: float,
     generator: torch.Generator | None = None,
     record_states: bool = False,
+    progress: bool = False,
 ) -> ChainTrace:
     """Run n_chains chains from D for burn_in + n_steps steps; record log f (and the states) after burn-in."""
     if temperature <= 0:
@@ -104,21 +108,25 @@ def run_chains(
     x = dist.sample(n_chains, generator)
     state = ChainState(x, *scorer.log_prob_and_grad(x))
     log_f, states, accepted = [], [], 0
-    for step in range(burn_in + n_steps):
-        accept = mh_step(scorer, dist, state, temperature, generator)
-        accepted += int(accept.sum())
-        if step >= burn_in:
-            log_f.append(state.log_f)
-            if record_states:
-                states.append(state.x)
+    with progress_bar(burn_in + n_steps, "mhis", "step", progress) as bar:
+        for step in range(burn_in + n_steps):
+            accept = mh_step(scorer, dist, state, temperature, generator)
+            accepted += int(accept.sum())
+            if step >= burn_in:
+                log_f.append(state.log_f)
+                if record_states:
+                    states.append(state.x)
+            bar.update(1)
     rate = accepted / max(1, n_chains * (burn_in + n_steps))
     return ChainTrace(torch.stack(log_f), rate, torch.stack(states) if record_states else None)
 
 
-def ratio_std_err(log_f: torch.Tensor, temperature: float) -> tuple[float, float, int]:
-    """The self-normalised estimate and its batch-means standard error from log_f [steps, chains]."""
+def ratio_std_err(log_f: torch.Tensor, temperature: float, segments: int | None = None) -> tuple[float, float, int]:
+    """The self-normalised estimate and its batch-means standard error from log_f [steps, chains], with each
+    chain cut into `segments` units (default: enough for >= MIN_UNITS units; `steps`: every state a unit)."""
     steps, chains = log_f.shape
-    segments = max(1, min(steps, math.ceil(MIN_UNITS / chains)))
+    if segments is None:
+        segments = max(1, min(steps, math.ceil(MIN_UNITS / chains)))
     log_w = -log_f / temperature
     shift = float(log_w.max())
     w = torch.exp(log_w - shift)
@@ -136,6 +144,16 @@ def ratio_std_err(log_f: torch.Tensor, temperature: float) -> tuple[float, float
     return estimate, se, units
 
 
+def chain_ess(log_f: torch.Tensor, temperature: float, se: float) -> float:
+    """Kish ESS of the weights e^{-s/T}, shrunk by the autocorrelation: × (SE as if every state were independent
+    / batch-means SE)²."""
+    kish = kish_ess(-log_f / temperature)
+    _, se_iid, _ = ratio_std_err(log_f, temperature, segments=log_f.shape[0])
+    if not (se > 0 and math.isfinite(se)):
+        return kish
+    return kish * min(1.0, (se_iid / se) ** 2) if se_iid > 0 else kish
+
+
 def estimate_mhis(
     scorer: TargetScorer,
     dist: FactorizedDistribution,
@@ -145,6 +163,7 @@ def estimate_mhis(
     temperature: float,
     burn_in: int = 1024,
     generator: torch.Generator | None = None,
+    progress: bool = False,
 ) -> LPEResult:
     """MHIS estimate of P = E_D[f]: batch_size chains, n_samples / batch_size recorded steps each."""
     check_budget(n_samples, batch_size)
@@ -159,14 +178,20 @@ def estimate_mhis(
         burn_in=burn_in,
         temperature=temperature,
         generator=generator,
+        progress=progress,
     )
     estimate, se, units = ratio_std_err(trace.log_f, temperature)
-    wall = time.perf_counter() - t0
+    log_w = -trace.log_f / temperature
     details = {
         "acceptance_rate": trace.acceptance_rate,
-        "ess": kish_ess(-trace.log_f.flatten() / temperature),
+        "ess": chain_ess(trace.log_f, temperature, se),
+        "kish_ess": kish_ess(log_w),
+        "pareto_k": pareto_k(log_w),
+        "split_rhat": split_rhat(trace.log_f),
         "se_units": units,
+        "se_dof": units - 1,
         "temperature": temperature,
         "burn_in": burn_in,
     }
+    wall = time.perf_counter() - t0
     return LPEResult("mhis", estimate, se, n_samples, scorer.rows - rows0, wall, details)

@@ -8,6 +8,8 @@ any model, or on an analytic toy in tests.
 
 - `estimate_naive`: naive Monte Carlo (`--method bruteforce`), mean of f over x ~ D, SE = sd(f)/√n (§7.6).
 - `estimate_exact`: Σ_x D(x) f(x) over the whole support, when |support| is small enough to enumerate.
+
+Every result carries its 95% interval and the reasons, if any, not to trust it (estimation/diagnostics.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, Protocol
 
 import torch
 
+from repulse.estimation.diagnostics import interval95, kish_ess, pareto_k, trust_warnings
 from repulse.estimation.distributions import FactorizedDistribution
 
 
@@ -34,17 +37,32 @@ class LPEResult:
     wall_time_s: float
     details: dict[str, Any] = field(default_factory=dict)
 
+    def interval(self) -> tuple[float, float]:
+        """The reported 95% interval P̂ ± 1.96·SE (Student t when the SE has few degrees of freedom, `se_dof`),
+        clipped at 0."""
+        return interval95(self.estimate, self.std_err, self.details.get("se_dof"))
+
+    def warnings(self) -> list[str]:
+        """Why the estimate or its error bar should not be trusted (ESS, Pareto k̂, a zero estimate)."""
+        if self.method == "exact":
+            return []
+        d = self.details
+        return trust_warnings(d.get("ess"), d.get("pareto_k"), self.estimate, d.get("split_rhat"))
+
     def as_dict(self) -> dict[str, Any]:
         log10 = math.log10(self.estimate) if self.estimate > 0 else float("-inf")
+        low, high = self.interval()
         return {
             "method": self.method,
             "estimate": self.estimate,
             "log10_estimate": log10,
             "std_err": self.std_err,
+            "ci95": [low, high],
             "n_samples": self.n_samples,
             "n_model_rows": self.n_model_rows,
             "wall_time_s": self.wall_time_s,
             **self.details,
+            "warnings": self.warnings(),
         }
 
 
@@ -86,8 +104,10 @@ class LMTargetScorer:
         return logp.gather(-1, self.target.expand(logits.shape[0], -1)[..., None]).squeeze(-1).sum(-1)
 
     def _ids(self, x: torch.Tensor) -> torch.Tensor:
+        # [x; y_1 .. y_{K-1}]: the last target token only predicts what follows the target, and a causal LM's
+        # earlier logits do not depend on it, so it is left out (for a one-token target this halves the work).
         x = x.to(self.device)
-        return torch.cat([x, self.target.expand(x.shape[0], -1)], dim=1)
+        return torch.cat([x, self.target[:-1].expand(x.shape[0], -1)], dim=1)
 
     @torch.no_grad()
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
@@ -124,10 +144,11 @@ def mean_and_std_err(log_values: torch.Tensor) -> tuple[float, float]:
     return math.exp(top) * float(scaled.mean()), math.exp(top) * sd / math.sqrt(n)
 
 
-def kish_ess(log_weights: torch.Tensor) -> float:
-    """Effective sample size (Σw)² / Σw² of importance weights given in log space."""
-    w = torch.exp(log_weights.double() - log_weights.max())
-    return float(w.sum() ** 2 / (w**2).sum())
+def progress_bar(total: int, desc: str, unit: str, enabled: bool):
+    """A tqdm bar on stderr (a no-op object when disabled); use as a context manager and call update(n)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True)
 
 
 def check_budget(n_samples: int, batch_size: int) -> None:
@@ -145,15 +166,22 @@ def estimate_naive(
     n_samples: int,
     batch_size: int,
     generator: torch.Generator | None = None,
+    progress: bool = False,
 ) -> LPEResult:
     """Naive Monte Carlo: P̂ = mean f(x) over x ~ D, SE = sd(f)/√n. Unbiased, but nearly all of P may sit on
     inputs that n draws never reach, so for rare targets it typically underestimates by orders of magnitude."""
     check_budget(n_samples, batch_size)
     t0, rows0 = time.perf_counter(), scorer.rows
-    log_f = torch.cat([scorer.log_prob(dist.sample(batch_size, generator)) for _ in range(n_samples // batch_size)])
+    log_f = []
+    with progress_bar(n_samples, "bruteforce", "sample", progress) as bar:
+        for _ in range(n_samples // batch_size):
+            log_f.append(scorer.log_prob(dist.sample(batch_size, generator)))
+            bar.update(batch_size)
+    log_f = torch.cat(log_f)
     estimate, se = mean_and_std_err(log_f)
     wall = time.perf_counter() - t0
-    return LPEResult("bruteforce", estimate, se, n_samples, scorer.rows - rows0, wall)
+    details = {"ess": kish_ess(log_f), "pareto_k": pareto_k(log_f)}
+    return LPEResult("bruteforce", estimate, se, n_samples, scorer.rows - rows0, wall, details)
 
 
 def enumerate_inputs(dist: FactorizedDistribution, start: int, stop: int) -> torch.Tensor:
@@ -168,7 +196,12 @@ def enumerate_inputs(dist: FactorizedDistribution, start: int, stop: int) -> tor
 
 
 def estimate_exact(
-    scorer: TargetScorer, dist: FactorizedDistribution, *, batch_size: int = 4096, max_inputs: int = 2_000_000
+    scorer: TargetScorer,
+    dist: FactorizedDistribution,
+    *,
+    batch_size: int = 4096,
+    max_inputs: int = 2_000_000,
+    progress: bool = False,
 ) -> LPEResult:
     """P = Σ_x D(x) f(x) over the whole support (std_err 0). Raises ValueError when |support| > max_inputs."""
     total = dist.num_inputs()
@@ -180,9 +213,11 @@ def estimate_exact(
         )
     t0, rows0 = time.perf_counter(), scorer.rows
     terms = []
-    for start in range(0, total, batch_size):
-        x = enumerate_inputs(dist, start, min(start + batch_size, total))
-        terms.append(torch.logsumexp(dist.log_prob(x) + scorer.log_prob(x), dim=0))
+    with progress_bar(total, "exact", "input", progress) as bar:
+        for start in range(0, total, batch_size):
+            x = enumerate_inputs(dist, start, min(start + batch_size, total))
+            terms.append(torch.logsumexp(dist.log_prob(x) + scorer.log_prob(x), dim=0))
+            bar.update(x.shape[0])
     log_p = float(torch.logsumexp(torch.stack(terms), dim=0))
     wall = time.perf_counter() - t0
     details = {"log_estimate": log_p, "support_size": total}

@@ -3,6 +3,8 @@
 Also holds the shared test beds of the estimator tests (imported by test_importance / test_mhis):
 - `ToyScorer`: an analytic target log f(x) = c + Σ_j θ[j, x_j] + Σ_{j<k} A[j, k, x_j, x_k] over one-hot inputs
   (embeddings = identity), with one "trigger" token per position, so that P can be made as rare as wanted;
+- `make_interaction_toy()`: a ToyScorer whose trigger is a pair (a, b) of rare tokens where a alone lowers f and
+  only b alone raises it, so a gradient-guided proposal first tilts away from a (the planted-LM failure in small);
 - `tiny_lm()` with `lm_subset(...)`: the embedded tiny LM with a small random support per position, so the input
   space is a few thousand sequences and exact enumeration is cheap.
 """
@@ -70,6 +72,26 @@ def make_toy(length: int, support: int, low: float, eps: float, offset: float = 
         theta[j, ids[0]] = 0.0
     pair = eps * torch.randn(length, length, vocab, vocab, generator=g, dtype=torch.float64)
     return ToyScorer(theta, pair, offset), FactorizedDistribution(probs, name="toy")
+
+
+def make_interaction_toy(length: int = 4, vocab: int = 12, rare: float = 1e-3, seed: int = 0):
+    """P ≈ 4.5e-7: log f = -9 + θ + 10·[a at L-2 and b at L-1], θ(a at L-2) = -2, θ(not b at L-1) = -12, other
+    positions N(0, 0.3²); a and b have D-probability `rare`, the other tokens (not 0) share the rest uniformly."""
+    g = torch.Generator().manual_seed(seed)
+    a, b, i, j = 1, 2, length - 2, length - 1
+    probs = torch.ones(length, vocab, dtype=torch.float64)
+    probs[:, 0] = 0.0
+    probs[i, a] = probs[j, b] = 0.0
+    probs = probs / probs.sum(-1, keepdim=True)
+    probs[i:] *= 1 - rare
+    probs[i, a] = probs[j, b] = rare
+    theta = 0.3 * torch.randn(length, vocab, generator=g, dtype=torch.float64)
+    theta[i, a] = -2.0
+    theta[j] -= 12.0
+    theta[j, b] = 0.0
+    pair = torch.zeros(length, length, vocab, vocab, dtype=torch.float64)
+    pair[i, j, a, b] = 10.0
+    return ToyScorer(theta, pair, -9.0), FactorizedDistribution(probs, name="interaction")
 
 
 @functools.cache
