@@ -117,9 +117,12 @@ def train(config: RLConfig) -> dict:
     if config.evaluation.only_evaluate_on_neg_data:
         return only_negative_data(config, strategy, path, tokenizer)
     flat = to_flat_dict(*config)
-    if strategy.is_rank_0():
-        write_resolved_config(config.ckpt.save_path, flat)
-    summary = run_train_ppo(config, strategy, path, tokenizer, flat)
+
+    def write_config() -> None:
+        if strategy.is_rank_0():
+            write_resolved_config(config.ckpt.save_path, flat)
+
+    summary = run_train_ppo(config, strategy, path, tokenizer, flat, write_config)
     shown = {k: v for k, v in summary.items() if isinstance(v, int | float)}
     summary_line = " ".join(f"{k}={v:.4g}" for k, v in shown.items())
     print(f"train_ppo: {summary_line}; outputs in {config.ckpt.save_path}")

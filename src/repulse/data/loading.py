@@ -119,7 +119,7 @@ def load_folder(path: Path, split: str):
     return datasets.load_dataset(str(path), split=split)
 
 
-def source_columns(data_args) -> list[str] | None:
+def source_columns(data_args: DataArgs) -> list[str] | None:
     """The keys of the first --dataset source, to recognise a data format before loading; None without --dataset
     (the embedded defaults have fixed keys)."""
     if not data_args.dataset:

@@ -20,6 +20,49 @@ from repulse.infra.errors import UserError
 log = logging.getLogger("repulse")
 
 
+# Flags that may change between a run and its resume: where things go, how often they are logged or saved,
+# and how the same computation is laid out on the hardware (the sampler makes micro-batching and process
+# count invisible to the result; recomputation, the attention kernel and offloading change no formula).
+# Every other flag is part of the run's fingerprint.
+RUN_NEUTRAL = frozenset(
+    {
+        "config",
+        "save_path",
+        "ckpt_path",
+        "load_checkpoint",
+        "max_ckpt_num",
+        "save_steps",
+        "save_hf_ckpt",
+        "logging_steps",
+        "eval_steps",
+        "use_wandb",
+        "wandb_project",
+        "wandb_run_name",
+        "use_tensorboard",
+        "disable_progress_bar",
+        "eval_dataset",
+        "eval_split",
+        "micro_train_batch_size",
+        "gradient_checkpointing",
+        "flash_attn",
+        "ref_offload",
+        "teacher_offload",
+        "zero_stage",
+        "local_rank",
+        "dist_backend",
+        # RL: when p_theta is checkpointed and where the evaluation files go
+        "save_steps_harmless",
+        "save_info_path",
+    }
+)
+
+
+def run_fingerprint(command: str | None, flat: dict[str, Any]) -> dict[str, Any]:
+    """The flags that shape training, stored in each checkpoint; a resume with other values is refused."""
+    kept = {k: v for k, v in flat.items() if k not in RUN_NEUTRAL}
+    return {"command": command, **kept} if command else kept
+
+
 def newest_checkpoint(checkpointer: Checkpointer) -> Path | None:
     """The checkpoint to resume from (--load_checkpoint), or None (logged) when the folder holds none yet."""
     path = checkpointer.latest()
@@ -28,35 +71,24 @@ def newest_checkpoint(checkpointer: Checkpointer) -> Path | None:
     return path
 
 
-def load_run_checkpoint(checkpointer: Checkpointer, path: Path, kind: Mapping[str, Any]) -> dict[str, Any]:
-    """The state saved at `path` (this rank's RNG restored), refused in one line unless it was written by a run
-    of the same `kind` (what must match for its weights and optimizer states to fit this run)."""
+def load_run_checkpoint(checkpointer: Checkpointer, path: Path) -> dict[str, Any]:
+    """The state saved at `path` (this rank's RNG restored). The Checkpointer refuses, in one line, a checkpoint
+    whose fingerprint (the flags that shape training, run_fingerprint) differs from this run's."""
     state = checkpointer.load(path)
-    saved = state.get("kind") if isinstance(state, dict) else None
-    if not isinstance(saved, dict):
-        raise UserError(f"--load_checkpoint: {path} holds no run description (written by another command?)")
-    for key, value in kind.items():
-        if saved.get(key) != value:
-            raise UserError(
-                f"--load_checkpoint: {path} comes from a different configuration ({key} was "
-                f"{saved.get(key)!r}, now {value!r}); use another --ckpt_path"
-            )
+    if "models" not in state:
+        raise UserError(f"--load_checkpoint: {path} holds no model weights (written by another command?)")
     return state
 
 
 def save_run_checkpoint(
-    checkpointer: Checkpointer,
-    step: int,
-    state: dict[str, Any],
-    kind: Mapping[str, Any],
-    extra: Callable[[Path], None] | None = None,
+    checkpointer: Checkpointer, step: int, state: dict[str, Any], extra: Callable[[Path], None] | None = None
 ) -> str:
-    """Checkpointer.save of `state` plus the run's `kind`; the folder written. Refuses non-finite weights."""
+    """Checkpointer.save of `state`; the folder written. Refuses non-finite weights."""
     for name, weights in state.get("models", {}).items():
         bad = [k for k, v in weights.items() if torch.is_tensor(v) and not bool(torch.isfinite(v).all())]
         if bad:
             raise RuntimeError(f"refusing to checkpoint non-finite weights of {name}: {bad[:3]}")
-    return str(checkpointer.save(step, {**state, "kind": dict(kind)}, extra=extra))
+    return str(checkpointer.save(step, state, extra=extra))
 
 
 def model_states(models: Mapping[str, torch.nn.Module | None], frozen: tuple[str, ...] = ()) -> dict[str, Any]:

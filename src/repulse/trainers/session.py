@@ -11,6 +11,7 @@ from repulse.config.common import CheckpointArgs, LoggingArgs, OptimArgs
 from repulse.infra.checkpoint import Checkpointer
 from repulse.infra.errors import DataError
 from repulse.infra.metrics import MetricLogger
+from repulse.trainers.checkpointing import run_fingerprint
 from repulse.trainers.loop import LoopSchedule, Trainable, TrainingRun, resume, run_training_loop
 from repulse.trainers.optim import build_optimizer, build_scheduler
 
@@ -76,46 +77,6 @@ def build_run(
         *(optim.micro_train_batch_size, accum, strategy.world_size),
     )
     return run
-
-
-# Flags that may change between a run and its resume: where things go, how often they are logged or saved,
-# and how the same computation is laid out on the hardware (the sampler makes micro-batching and process
-# count invisible to the result; recomputation, the attention kernel and offloading change no formula).
-# Every other flag is part of the run's fingerprint.
-RUN_NEUTRAL = frozenset(
-    {
-        "config",
-        "save_path",
-        "ckpt_path",
-        "load_checkpoint",
-        "max_ckpt_num",
-        "save_steps",
-        "save_hf_ckpt",
-        "logging_steps",
-        "eval_steps",
-        "use_wandb",
-        "wandb_project",
-        "wandb_run_name",
-        "use_tensorboard",
-        "disable_progress_bar",
-        "eval_dataset",
-        "eval_split",
-        "micro_train_batch_size",
-        "gradient_checkpointing",
-        "flash_attn",
-        "ref_offload",
-        "teacher_offload",
-        "zero_stage",
-        "local_rank",
-        "dist_backend",
-    }
-)
-
-
-def run_fingerprint(command: str | None, flat: dict[str, Any]) -> dict[str, Any]:
-    """The flags that shape training, stored in each checkpoint; a resume with other values is refused."""
-    kept = {k: v for k, v in flat.items() if k not in RUN_NEUTRAL}
-    return {"command": command, **kept} if command else kept
 
 
 def make_schedule(optim: OptimArgs, ckpt: CheckpointArgs, logging_args: LoggingArgs, accum: int) -> LoopSchedule:

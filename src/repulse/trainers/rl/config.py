@@ -81,18 +81,3 @@ class RLConfig(NamedTuple):
             threshold=r.threshold,
             reward_cap=r.reward_cap,
         )
-
-    def run_kind(self, model_names: list[str]) -> dict[str, object]:
-        """What must match for a checkpoint to fit this run: the models, the losses and the parameterization."""
-        harm = self.harm
-        return {
-            "command": "train_ppo",
-            "models": sorted(model_names),
-            "do_harmlessness_training": harm.do_harmlessness_training,
-            "harmlessness_training_loss_type": harm.harmlessness_training_loss_type
-            if self.mode == "harmlessness"
-            else None,
-            "actor_loss_type": self.proposal.actor_loss_type,
-            "parameterization": self.proposal.parameterization,
-            "lora_rank": self.lora.lora_rank,
-        }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 from repulse.infra.checkpoint import Checkpointer
@@ -20,6 +21,7 @@ from repulse.trainers.checkpointing import (
     load_run_checkpoint,
     model_states,
     newest_checkpoint,
+    run_fingerprint,
     save_run_checkpoint,
 )
 from repulse.trainers.rl.build import Recipe, build_recipe
@@ -32,11 +34,25 @@ log = logging.getLogger("repulse")
 FROZEN_IN_CHECKPOINT = ("ema",)  # not trained by an optimizer, so its whole state is what changed
 
 
-def run_train_ppo(config: RLConfig, strategy, path: str, tokenizer, config_dump: dict[str, Any]) -> dict[str, Any]:
+def run_train_ppo(
+    config: RLConfig,
+    strategy,
+    path: str,
+    tokenizer,
+    config_dump: dict[str, Any],
+    write_config: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """The run, resumed when --load_checkpoint says so. The checkpoint folder is claimed first, so a run that
+    cannot use it (another run's checkpoints) is refused before `write_config()` writes or a model loads."""
+    ckpt = config.ckpt
+    fingerprint = run_fingerprint("train_ppo", config_dump)
+    checkpointer = Checkpointer(ckpt.checkpoint_dir(), ckpt.max_ckpt_num, strategy, fingerprint)
+    checkpointer.start(resume=ckpt.load_checkpoint)
+    if write_config is not None:
+        write_config()
     recipe = build_recipe(config, strategy, path, tokenizer)
     config = recipe.config  # with --generate_max_len fitted to the model's positions
-    checkpointer = Checkpointer(config.ckpt.checkpoint_dir(), config.ckpt.max_ckpt_num, strategy)
-    state = resume(recipe, checkpointer, strategy) if config.ckpt.load_checkpoint else None
+    state = resume(recipe, checkpointer, strategy) if ckpt.load_checkpoint else None
     lg = config.logging
     logger = MetricLogger(
         config.ckpt.save_path,
@@ -58,7 +74,6 @@ def run_train_ppo(config: RLConfig, strategy, path: str, tokenizer, config_dump:
                 checkpointer,
                 loop.global_step,
                 checkpoint_state(recipe, loop, strategy),
-                run_kind(recipe),
                 extra=lambda tmp: save_models(models, tokenizer, strategy, str(tmp), twist=config.mode == "twist"),
             )
 
@@ -81,10 +96,6 @@ def run_train_ppo(config: RLConfig, strategy, path: str, tokenizer, config_dump:
     return summary
 
 
-def run_kind(recipe: Recipe) -> dict[str, Any]:
-    return recipe.config.run_kind(list(recipe.models.checkpointed()))
-
-
 def checkpoint_state(recipe: Recipe, loop: RLLoopState, strategy) -> dict[str, Any]:
     """Everything a resumed run needs besides the RNG (the Checkpointer adds that): plain tensors and values."""
     models = {k: strategy.unwrap(v) for k, v in recipe.models.checkpointed().items()}
@@ -102,7 +113,7 @@ def resume(recipe: Recipe, checkpointer: Checkpointer, strategy) -> RLLoopState 
     path = newest_checkpoint(checkpointer)
     if path is None:
         return None
-    saved = load_run_checkpoint(checkpointer, path, run_kind(recipe))
+    saved = load_run_checkpoint(checkpointer, path)
     models = {k: strategy.unwrap(v) for k, v in recipe.models.checkpointed().items()}
     load_model_states(models, saved["models"], frozen=FROZEN_IN_CHECKPOINT)
     recipe.trainer.load_state_dict(saved["trainer"])
