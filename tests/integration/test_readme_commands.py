@@ -54,7 +54,7 @@ SMALL = {
     "train_ppo": ["--fit_steps", "1", "--harmlessness_training_num_episodes", "1"],
     "evaluate_gcg": ["--max_targets", "1", "--gcg_steps", "2", "--samples_per_prompt", "4"],
     "evaluate_beast": ["--max_targets", "1", "--beast_length", "2", "--samples_per_prompt", "4"],
-    "estimate_rare_harmful_outputs": ["--n_samples", "256", "--batch_size", "256"],
+    "estimate_rare_harmful_outputs": ["--n_samples", "256", "--batch_size", "128"],
     "forecast_rare_outputs": ["--evaluation_set_size", "24", "--top_k_fit", "6"],
     "batch_inference": ["--max_samples", "8", "--max_new_tokens", "8"],
 }
