@@ -8,6 +8,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from repulse.config.common import CheckpointArgs, LoggingArgs, OptimArgs
+from repulse.distributed.strategy import OptimizerSpec
 from repulse.infra.checkpoint import Checkpointer
 from repulse.infra.errors import DataError
 from repulse.infra.metrics import MetricLogger
@@ -47,8 +48,7 @@ def build_run(
             f"training data has {len(train_set)} examples, fewer than one "
             f"--train_batch_size ({optim.train_batch_size})"
         )
-    optimizer = build_optimizer(trainer.model, optim)
-    scheduler = build_scheduler(optimizer, optim, steps_per_epoch * optim.max_epochs)
+    optimizer, scheduler = prepare_trainer(trainer, strategy, optim, accum, steps_per_epoch * optim.max_epochs)
     eval_loader = None
     if eval_set is not None:
         eval_loader = strategy.eval_dataloader(eval_set, optim.micro_train_batch_size, collate)
@@ -78,9 +78,25 @@ def build_run(
     return run
 
 
+def prepare_trainer(trainer: Trainable, strategy: Any, optim: OptimArgs, accum: int, total_steps: int) -> tuple:
+    """(optimizer, scheduler), built by the strategy with its model; the trainer gets the model the strategy
+    runs (DDP-wrapped, a DeepSpeed engine, or sharded in place by FSDP2)."""
+    spec = OptimizerSpec(
+        build_optimizer=lambda model: build_optimizer(model, optim),
+        build_scheduler=lambda optimizer: build_scheduler(optimizer, optim, total_steps),
+        micro_batch_size=optim.micro_train_batch_size,
+        accumulation_steps=accum,
+        max_norm=optim.max_norm,
+    )
+    trainer.model, optimizer, scheduler = strategy.prepare_train(trainer.model, spec)
+    return optimizer, scheduler
+
+
 # Flags that may change between a run and its resume: where things go, how often they are logged or saved,
 # and how the same computation is laid out on the hardware (the sampler makes micro-batching and process
-# count invisible to the result; recomputation, the attention kernel and offloading change no formula).
+# count invisible to the result; recomputation, the attention kernel and offloading change no formula). A
+# checkpoint's own layout (the strategy, ZeRO stage and process count that wrote sharded state) is checked
+# separately, from its manifest.
 # Every other flag is part of the run's fingerprint.
 RUN_NEUTRAL = frozenset(
     {
@@ -106,6 +122,7 @@ RUN_NEUTRAL = frozenset(
         "ref_offload",
         "teacher_offload",
         "zero_stage",
+        "strategy",
         "local_rank",
         "dist_backend",
     }
