@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import io
 import pickle
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from repulse.infra.state_files import CheckpointFileError, unpickler_reason
+from repulse.infra.state_files import CheckpointFileError, first_line, unpickler_reason
 
 SUBDIR = "dcp"
 METADATA_MODULE = "torch.distributed.checkpoint.metadata"
@@ -37,6 +36,9 @@ METADATA_CLASSES = {
 } | {
     (FILESYSTEM_MODULE, "_StorageInfo"),
     ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),  # how torch pickles a layout: a lookup among torch's layouts
+    ("pathlib", "PosixPath"),  # the checkpoint's own path (a path object: no file is touched)
+    ("pathlib", "WindowsPath"),
     ("collections", "OrderedDict"),
     ("builtins", "set"),
     ("builtins", "frozenset"),
@@ -57,11 +59,20 @@ class MetadataUnpickler(pickle.Unpickler):
 
 
 def safe_reader(path: Path) -> Any:
+    """DCP's file reader with the metadata read as data; `refusal` keeps the first refusal's message (DCP turns
+    exceptions raised inside it into its own, as text)."""
     from torch.distributed.checkpoint import FileSystemReader
 
     class SafeFileSystemReader(FileSystemReader):
+        refusal: str | None = None
+
         def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
-            return read_metadata(Path(self._get_metadata_path(kwargs.get("rank"))), self.load_id)
+            try:
+                return read_metadata(Path(self._get_metadata_path(kwargs.get("rank"))), self.load_id)
+            except CheckpointFileError as err:
+                if self.refusal is None and kwargs.get("rank") is None:  # the global file (per-rank ones are optional)
+                    self.refusal = str(err)
+                raise
 
     return SafeFileSystemReader(str(path))
 
@@ -90,12 +101,19 @@ def read_metadata(file: Path, load_id: Any) -> Any:
 
 
 def safe_planner(source: Path) -> Any:
+    """DCP's default load planner with non-tensor entries read by torch's weights-only unpickler."""
     from torch.distributed.checkpoint import DefaultLoadPlanner
-    from torch.distributed.checkpoint._nested_dict import set_element  # noqa: PLC2701 - DCP's own helper
+    from torch.distributed.checkpoint._nested_dict import set_element
 
     class WeightsOnlyLoadPlanner(DefaultLoadPlanner):
+        refusal: str | None = None
+
         def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
-            obj = weights_only(value, source)
+            try:
+                obj = weights_only(value, source)
+            except CheckpointFileError as err:
+                self.refusal = self.refusal or str(err)
+                raise
             if self.flatten_state_dict:
                 set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
             else:
@@ -132,38 +150,24 @@ def load(model: torch.nn.Module, optimizer: Any, folder: Path, strategy: Any) ->
     """Collective: restore the model and optimizer from folder/dcp (saved with any number of processes). A
     refused file stops every rank."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
     path = folder / SUBDIR
     model_state, optim_state = state_dicts(model, optimizer)
     state = {"model": model_state, "optimizer": optim_state}
+    reader, planner = safe_reader(path), safe_planner(path)
     problem = None
-    try:
-        dcp.load(state, storage_reader=safe_reader(path), planner=safe_planner(path))
-    except CheckpointFileError as err:
-        problem = str(err)
-    except Exception as err:  # DCP wraps a rank's exception in CheckpointException; find ours in it
-        problem = dcp_refusal(err) or f"{path}: not a readable checkpoint ({type(err).__name__}: {err})"
+    if not path.is_dir():
+        problem = f"{path}: missing (this checkpoint holds no FSDP2 state)"
+    else:
+        try:
+            dcp.load(state, storage_reader=reader, planner=planner)
+        except (Exception, CheckpointException) as err:  # DCP re-raises a rank's error as text: ours is kept aside
+            problem = reader.refusal or planner.refusal or f"{path}: not a readable checkpoint ({first_line(err)})"
     if strategy.all_reduce({"bad": float(problem is not None)}, op="max")["bad"]:
         raise CheckpointFileError(problem or f"{path}: another process refused one of its files (see its error)")
     options = StateDictOptions(ignore_frozen_params=True)
     set_state_dict(
         model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"], options=options
     )
-
-
-def dcp_refusal(err: BaseException) -> str | None:
-    """The CheckpointFileError message a DCP CheckpointException carries from some rank, if any."""
-    failures = getattr(err, "failures", None) or {}
-    for failure in failures.values():
-        inner = failure[0] if isinstance(failure, tuple) else failure
-        if isinstance(inner, CheckpointFileError):
-            return str(inner)
-    found = [str(e) for e in iter_causes(err) if isinstance(e, CheckpointFileError)]
-    return found[0] if found else None
-
-
-def iter_causes(err: BaseException | None) -> Iterator[BaseException]:
-    while err is not None:
-        yield err
-        err = err.__cause__ or err.__context__

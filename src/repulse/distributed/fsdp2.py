@@ -163,7 +163,9 @@ class FSDP2Strategy(DDPStrategy):
 
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         state = get_model_state_dict(model, options=options)
-        return state if self.is_rank_0() else None
+        # Tied weights appear under both names; like save_pretrained, keep each parameter once.
+        keep = {name for name, _ in model.named_parameters()} | {name for name, _ in model.named_buffers()}
+        return {k: v for k, v in state.items() if k in keep} if self.is_rank_0() else None
 
     def save_pretrained(self, model: torch.nn.Module, tokenizer: Any, path: str | Path) -> Path | None:
         from repulse.models.load import save_pretrained_atomic
