@@ -11,7 +11,10 @@ from repulse.trainers import loop
 
 
 def main() -> int:
-    stop_after, module, argv = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+    # The deepspeed launcher puts its --local_rank=N first: it goes on to the command.
+    launcher = [a for a in sys.argv[1:] if a.startswith("--local_rank")]
+    own = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]
+    stop_after, module, argv = int(own[0]), own[1], [*own[2:], *launcher]
     finish = loop.finish_optimizer_step
 
     def finish_then_stop(run, micro_metrics, bar):
