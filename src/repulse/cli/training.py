@@ -107,24 +107,28 @@ def train_and_save(
         strategy.save_pretrained(trainer.model, tokenizer, folder / "final")
 
     flat = to_flat_dict(*cfg)
-    run = build_run(
-        trainer,
-        strategy,
-        train_set,
-        collate,
-        optim=cfg.optim,
-        ckpt=cfg.ckpt,
-        logging_args=cfg.logging,
-        eval_set=eval_set,
-        config=flat,
-        command=name,
-        checkpoint_extra=hf_copy if cfg.ckpt.save_hf_ckpt else None,
-        write_config=lambda: write_resolved_config(cfg.ckpt.save_path, flat) if strategy.is_rank_0() else None,
-    )
-    fit(run)
-    if before_save is not None:
-        before_save(run)
-    final = strategy.save_pretrained(trainer.model, tokenizer, f"{cfg.ckpt.save_path}/final")
+    try:
+        run = build_run(
+            trainer,
+            strategy,
+            train_set,
+            collate,
+            optim=cfg.optim,
+            ckpt=cfg.ckpt,
+            logging_args=cfg.logging,
+            eval_set=eval_set,
+            config=flat,
+            command=name,
+            checkpoint_extra=hf_copy if cfg.ckpt.save_hf_ckpt else None,
+            write_config=lambda: write_resolved_config(cfg.ckpt.save_path, flat) if strategy.is_rank_0() else None,
+        )
+        fit(run)
+        if before_save is not None:
+            before_save(run)
+        final = strategy.save_pretrained(trainer.model, tokenizer, f"{cfg.ckpt.save_path}/final")
+    except BaseException:
+        strategy.cleanup(failed=True)  # a refused checkpoint, an interrupt: free the process group
+        raise
     if strategy.is_rank_0():
         last = run.state.history[-1] if run.state.history else {}
         shown = " ".join(f"{k} {v:.4g}" for k, v in last.items() if k in SUMMARY_KEYS)

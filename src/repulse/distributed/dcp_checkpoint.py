@@ -162,7 +162,11 @@ def load(model: torch.nn.Module, optimizer: Any, folder: Path, strategy: Any) ->
         problem = f"{path}: missing (this checkpoint holds no FSDP2 state)"
     else:
         try:
+            # Checked first on every rank: a refusal inside DCP would be logged by DCP with its traceback.
+            read_metadata(path / ".metadata", None)
             dcp.load(state, storage_reader=reader, planner=planner)
+        except CheckpointFileError as err:
+            problem = str(err)
         except (Exception, CheckpointException) as err:  # DCP re-raises a rank's error as text: ours is kept aside
             problem = reader.refusal or planner.refusal or f"{path}: not a readable checkpoint ({first_line(err)})"
     if strategy.all_reduce({"bad": float(problem is not None)}, op="max")["bad"]:

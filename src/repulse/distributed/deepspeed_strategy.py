@@ -28,7 +28,7 @@ from repulse.config.common import StrategyArgs
 from repulse.distributed import deepspeed_checkpoint
 from repulse.distributed.deepspeed_config import TrainLayout, eval_config, train_config
 from repulse.distributed.strategy import OptimizerSpec, raise_layout_mismatch
-from repulse.distributed.torch_ddp import TIMEOUT, DDPStrategy, ensure_process_env
+from repulse.distributed.torch_ddp import TIMEOUT, DDPStrategy, ensure_process_env, restore_env
 
 log = logging.getLogger("repulse")
 
@@ -240,6 +240,17 @@ class DeepSpeedStrategy(DDPStrategy):
         out = save_pretrained_atomic(self.unwrap(model), tokenizer, path, state) if self.is_rank_0() else None
         self.barrier()
         return out
+
+    def cleanup(self, failed: bool = False) -> None:
+        """Through DeepSpeed's own tear-down, which also drops the process groups it cached (a later run in the
+        same process, as in tests, would otherwise find destroyed groups)."""
+        import deepspeed.comm as ds_dist
+
+        if dist.is_initialized():
+            if not failed:
+                dist.barrier()
+            ds_dist.destroy_process_group()
+        restore_env(self._added_env)
 
     def full_weights(self, model: torch.nn.Module) -> contextlib.AbstractContextManager:
         if self.stage != 3:

@@ -76,7 +76,7 @@ class Strategy(Protocol):
     def full_weights(self, model: torch.nn.Module) -> contextlib.AbstractContextManager: ...
     def save_ckpt(self, state: dict[str, Any], path: Path) -> None: ...
     def load_ckpt(self, path: Path) -> dict[str, Any]: ...
-    def cleanup(self) -> None: ...
+    def cleanup(self, failed: bool = False) -> None: ...
 
 
 class SingleProcessStrategy:
@@ -228,7 +228,8 @@ class SingleProcessStrategy:
 
         return load_state(Path(path), "state")
 
-    def cleanup(self) -> None:
+    def cleanup(self, failed: bool = False) -> None:
+        """Tear the process group down (`failed`: without the final barrier, which a failed rank never reaches)."""
         return None
 
 

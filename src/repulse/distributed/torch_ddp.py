@@ -98,9 +98,10 @@ class DDPStrategy(SingleProcessStrategy):
     def barrier(self) -> None:
         dist.barrier()
 
-    def cleanup(self) -> None:
+    def cleanup(self, failed: bool = False) -> None:
         # Without a final barrier + destroy, gloo sometimes aborts at exit (SIGABRT).
         if dist.is_initialized():
-            dist.barrier()
+            if not failed:
+                dist.barrier()
             dist.destroy_process_group()
         restore_env(self._added_env)
