@@ -4,8 +4,9 @@ ZeRO-1/2/3, ZeRO-3 + --adam_offload and FSDP2, against TRL's SFTTrainer under ac
 Full fine-tuning in fp32 on the CPU (gloo), 2 processes under torchrun, the same model, synthetic rows, micro-batch,
 accumulation, AdamW (torch's, betas 0.9/0.95, no weight decay), constant learning rate, clipping at 1.0, sdpa,
 response-only loss. TRL gets the same DeepSpeed stage through TrainingArguments(deepspeed=...), its documented
-route (accelerate's DeepSpeed plugin underneath); its batches hold the same rows, split between the ranks its
-own way.
+route (accelerate's DeepSpeed plugin underneath), with the bucket sizes at "auto", which the Trainer resolves
+from the hidden size exactly as repulse's config sets them; its batches hold the same rows, split between the
+ranks its own way.
 
 Per rank:
 - **state MiB**: resident memory after an optimizer step (activations freed, malloc_trim'd) above the resident
@@ -146,8 +147,13 @@ def worker_trl(spec: dict[str, Any], stage: int) -> dict[str, Any]:
     # process group, and accelerate on CPU has not started one by then (DeepSpeed would see 1 process).
     deepspeed.init_distributed("gloo")
     clock, mem, marks = StepClock(), PeakRSS(), {"after_step": []}
-    ds_config = {
-        "zero_optimization": {"stage": stage},
+    ds_config = {  # "auto": the Trainer fills them from the model (h^2 buckets), as repulse's config does
+        "zero_optimization": {
+            "stage": stage,
+            "reduce_bucket_size": "auto",
+            "stage3_prefetch_bucket_size": "auto",
+            "stage3_param_persistence_threshold": "auto",
+        },
         "train_micro_batch_size_per_gpu": "auto",
         "gradient_accumulation_steps": "auto",
         "train_batch_size": "auto",

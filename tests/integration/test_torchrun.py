@@ -1,4 +1,4 @@
-"""Two gloo processes under torchrun give the same model as one process with the same global batch."""
+"""Two gloo processes under torchrun (torch DDP) give the same model as one process with the same global batch."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ def test_two_processes_equal_one(tmp_path, tiny_model_dir, sft_file):
     common = ["--pretrain", str(tiny_model_dir), "--dataset", str(sft_file), *TRAIN_FLAGS, "--max_samples", "24"]
     assert train_sft.main([*common, "--save_path", str(tmp_path / "one")]) == 0  # micro 4 x accumulation 2
 
-    run_torchrun("repulse.cli.train_sft", [*common, "--save_path", str(tmp_path / "two")])
+    done = run_torchrun("repulse.cli.train_sft", [*common, "--save_path", str(tmp_path / "two"), "--strategy", "ddp"])
+    assert "strategy: torch DDP, rank 0 of 2" in done.stderr
     one, two = load_weights(tmp_path / "one" / "final"), load_weights(tmp_path / "two" / "final")
     # The attention key bias has an analytically zero gradient (softmax is shift-invariant), so Adam turns
     # float summation noise there into updates of ~1e-5; everything else agrees to float precision.
