@@ -242,7 +242,9 @@ def test_checkpoint_layout_must_match(tmp_path, llama_dir, sft_file, capsys):
 
 
 def other_commands_argv(command, tmp_path, llama_dir, files, save):
-    """(module, argv) of train_kto / train_kd / train_prm / train_rm on the tiny Llama, at the shared sizes."""
+    """(module, argv) of train_kto / train_kd / train_prm / train_rm on the tiny Llama, at the shared sizes with a
+    global batch of 4 (their data sets are small): at least 2 optimizer steps each."""
+    small = ["--train_batch_size", "4"]
     if command == "kd":
         from transformers import LlamaForCausalLM
 
@@ -253,10 +255,10 @@ def other_commands_argv(command, tmp_path, llama_dir, files, save):
         extra = ["--teacher_model", str(teacher), "--kd_coef", "0.5"]
         return "train_kd", sft_argv(llama_dir, files["sft"], save, *extra)
     if command == "kto":
-        return "train_kto", sft_argv(llama_dir, files["unpaired"], save, "--beta", "0.5", "--max_samples", "16")
+        return "train_kto", sft_argv(llama_dir, files["unpaired"], save, "--beta", "0.5", *small)
     if command == "prm":
-        return "train_prm", sft_argv(llama_dir, files["prm"], save, "--label_key", "value", "--max_samples", "8")
-    return "train_rm", [*sft_argv(llama_dir, files["pref"], save), *DPO_FLAGS[:6]]  # the keys, no --beta
+        return "train_prm", sft_argv(llama_dir, files["prm"], save, "--label_key", "value", *small)
+    return "train_rm", [*sft_argv(llama_dir, files["pref"], save, *small), *DPO_FLAGS[:6]]  # the keys, no --beta
 
 
 @pytest.mark.slow
