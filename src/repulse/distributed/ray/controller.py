@@ -92,7 +92,20 @@ def start_workers(ray, config: RLConfig, args: RayArgs) -> tuple[dict[str, Any],
     )
     for role, handle in handles.items():
         wait(handle.ready.remote(), f"{role} worker (loading)", args.ray_timeout)
+    log_placement(handles, args.ray_timeout)
     return handles, groups
+
+
+def log_placement(handles: dict[str, Any], timeout: float) -> None:
+    """The roles grouped by the placement group each worker reports it runs in."""
+    by_group: dict[str | None, list[str]] = {}
+    for role, handle in handles.items():
+        by_group.setdefault(wait(handle.placement_group_id.remote(), f"{role} worker", timeout), []).append(role)
+    order = ("policy", "reference", "critic", "reward")
+    named = sorted(
+        ("+".join(sorted(r, key=order.index)) for r in by_group.values()), key=lambda g: order.index(g.split("+")[0])
+    )
+    log.info("workers by placement group: %s", ", ".join(named))
 
 
 def stop(ray, handles: dict[str, Any], groups: list, started: bool) -> None:
