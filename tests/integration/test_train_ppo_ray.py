@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from repulse.cli import train_ppo, train_ppo_ray
+from repulse.trainers.rl import loop
 from tests.integration.test_train_ppo import GEOMETRY, HARMLESS, REWARD, bad_words_file, prompt_file  # noqa: F401
 from tests.integration.test_train_ppo_resume import REPULSE, metric_rows, saved_tensors
 
@@ -64,6 +65,7 @@ def test_ppo_with_critic_equals_train_ppo_and_resumes_its_checkpoint(
     prompt_file,  # noqa: F811
     bad_words_file,  # noqa: F811
     capfd,
+    monkeypatch,
 ):
     flags = ppo_flags(prompt_file, bad_words_file)
     full = run(train_ppo, tmp_path, tiny_model_dir, flags, "train_ppo")
@@ -76,7 +78,15 @@ def test_ppo_with_critic_equals_train_ppo_and_resumes_its_checkpoint(
     resumed = tmp_path / "resumed"
     shutil.copytree(full / "checkpoints" / "global_step1", resumed / "checkpoints" / "global_step1")
     shutil.copy(full / "metrics.jsonl", resumed / "metrics.jsonl")
+    ran, step = [], loop.train_step  # seeded runs end equal anyway: the steps run show the resume
+
+    def counted(trainer, prompt_ids, index):
+        ran.append(index)
+        return step(trainer, prompt_ids, index)
+
+    monkeypatch.setattr(loop, "train_step", counted)
     run(train_ppo_ray, tmp_path, tiny_model_dir, [*flags, "--colocate_all_models", "--load_checkpoint"], "resumed")
+    assert ran == [1]
     assert_same_run(full, resumed)
 
 
