@@ -65,22 +65,22 @@ def start_ray(ray) -> bool:
 
 def driver_env() -> dict[str, str]:
     """The workers import what the driver imports (this checkout, the modules named by --reward_fn)."""
-    paths = [p for p in sys.path if p and os.path.isdir(p)]
+    paths = [p for p in sys.path if p and os.path.exists(p)]
     return {"PYTHONPATH": os.pathsep.join(paths), "TOKENIZERS_PARALLELISM": "false"}
 
 
-def start_workers(ray, config: RLConfig, args: RayArgs) -> tuple[dict[str, Any], list]:
-    """The workers of every role, each in its placement group, loaded (or one line naming the one that failed)."""
+def start_workers(ray, config: RLConfig, args: RayArgs, handles: dict[str, Any], groups: list) -> None:
+    """The workers of every role, each in its placement group, loaded (or one line naming the one that failed).
+    `handles` and `groups` fill as they are made, so that whatever was made is stopped if a later one fails."""
     from repulse.distributed.ray.policy_worker import PolicyWorker
     from repulse.distributed.ray.workers import CriticWorker, ReferenceWorker, RewardWorker
 
     roles = roles_of(config)
     placement = plan_placement(roles, args, use_gpu=ray.cluster_resources().get("GPU", 0) > 0)
     check_resources(placement, ray.cluster_resources())
-    groups = create_groups(placement)
+    groups.extend(create_groups(placement))
     env = driver_env()
     classes = {"reference": ReferenceWorker, "critic": CriticWorker, "reward": RewardWorker}
-    handles: dict[str, Any] = {}
     for role in roles[1:]:
         options = actor_options(placement, groups, role, env)
         threads = max(1, int(options["num_cpus"]))
@@ -93,7 +93,6 @@ def start_workers(ray, config: RLConfig, args: RayArgs) -> tuple[dict[str, Any],
     for role, handle in handles.items():
         wait(handle.ready.remote(), f"{role} worker (loading)", args.ray_timeout)
     log_placement(handles, args.ray_timeout)
-    return handles, groups
 
 
 def log_placement(handles: dict[str, Any], timeout: float) -> None:
@@ -126,7 +125,7 @@ def run_train_ppo_ray(config: RLConfig, args: RayArgs, flat: dict[str, Any], wri
     handles: dict[str, Any] = {}
     groups: list = []
     try:
-        handles, groups = start_workers(ray, config, args)
+        start_workers(ray, config, args, handles, groups)
         return drive(config, args, flat, write_config, handles["policy"])
     finally:
         stop(ray, handles, groups, started)
