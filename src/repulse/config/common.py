@@ -1,4 +1,9 @@
-"""Flag groups shared by the training commands. Names are the OpenRLHF / RePULSe flags, verbatim."""
+"""Flag groups of the model, its data and the training run. Names are the OpenRLHF / RePULSe flags, verbatim.
+
+Some flags are declared once here and held by every group that reads them: training data (DataArgs) and RL
+prompts (RolloutArgs) extend PromptArgs; the optimiser settings and the sampling flags extend SeedArgs; the groups
+of the scoring, estimating and forecasting commands extend BatchArgs.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +16,44 @@ LR_SCHEDULERS = ("linear", "cosine", "cosine_with_min_lr", "constant", "constant
 
 
 @dataclass
+class SeedArgs:
+    seed: int = arg(
+        42,
+        "Seed of every random draw: data order, new heads' initialisation, dropout and sampling (processes that "
+        "sample their own share of the data add their rank).",
+    )
+
+
+@dataclass
+class BatchArgs:
+    batch_size: int = arg(
+        16,
+        "Items (texts, inputs or queries) per model call. Serving: requests from many clients are merged up to it. "
+        "Rare-output estimates: also the ITGIS proposal-update batch and the number of MHIS chains.",
+    )
+
+    def __post_init__(self) -> None:
+        require(self.batch_size >= 1, f"--batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
 class ModelArgs:
     _argument_group_name = "model"
 
-    pretrain: str | None = arg(None, "Model folder or hub name. Default: the embedded tiny LM.")
-    bf16: bool = arg(False, "Load and train in bfloat16 (CPUs with AVX512-BF16 and any recent GPU).")
+    pretrain: str | None = arg(
+        None,
+        "Model folder or hub name (risk forecasts: several, comma-separated). Default: the embedded tiny LM (a LoRA "
+        "merge: the base its adapter records).",
+    )
+    bf16: bool = arg(
+        False,
+        "Load the model in bfloat16; training and merging also run and save in it (CPUs with AVX512-BF16 and any "
+        "recent GPU).",
+    )
     flash_attn: bool = arg(False, "Use FlashAttention-2 (needs a CUDA GPU and the flash-attn package).")
-    load_in_4bit: bool = arg(False, "Load the base weights in 4-bit NF4 (bitsandbytes, [gpu] extra); needs LoRA.")
+    load_in_4bit: bool = arg(
+        False, "Load the base weights in 4-bit NF4 (bitsandbytes, [gpu] extra); training needs LoRA with it."
+    )
     gradient_checkpointing: bool = arg(False, "Recompute activations in the backward pass to save memory.")
     disable_fast_tokenizer: bool = arg(False, "Use the slow (Python) tokenizer when one exists.")
 
@@ -38,7 +74,28 @@ class LoraArgs:
 
 
 @dataclass
-class DataArgs:
+class PromptArgs:
+    """Where each row's prompt is and how it is formatted: the training data and the RL prompts read them alike."""
+
+    input_key: str = arg("input", "Key (JSON field or column) of each row's prompt or input text.")
+    input_template: str | None = arg(
+        None,
+        "Template with one '{}' where the prompt (in a chat, each user turn) goes, e.g. 'User: {}\\nAssistant: '.",
+    )
+    apply_chat_template: bool = arg(
+        False, "Format prompts (in a chat, the whole conversation) with the tokenizer's chat template."
+    )
+    tokenizer_chat_template: str | None = arg(None, "Override the tokenizer's chat template (a Jinja string).")
+    max_samples: int = arg(100_000_000, "Use at most this many rows (examples or prompts) of the blended data.")
+
+    def __post_init__(self) -> None:
+        require(self.max_samples >= 1, f"--max_samples must be >= 1, got {self.max_samples}")
+        if self.input_template is not None:
+            require("{}" in self.input_template, "--input_template must contain '{}' where the prompt goes")
+
+
+@dataclass
+class DataArgs(PromptArgs):
     _argument_group_name = "data"
 
     dataset: str | None = arg(None, "Comma-separated data files, folders or hub names. Default: embedded tiny data.")
@@ -46,22 +103,28 @@ class DataArgs:
     dataset_split: str = arg("train", "Split to read from each dataset.")
     eval_dataset: str | None = arg(None, "Comma-separated evaluation datasets (same format as --dataset).")
     eval_split: str = arg("train", "Split to read from each eval dataset.")
-    input_key: str = arg("input", "JSON key of the prompt / input text.")
     output_key: str | None = arg(
         "output", "JSON key of the response in prompt/response rows (empty: rows hold whole conversations or text)."
     )
-    input_template: str | None = arg(None, "Template with one '{}' for the prompt, e.g. 'User: {}\\nAssistant: '.")
-    apply_chat_template: bool = arg(False, "Format prompts with the tokenizer's chat template.")
-    tokenizer_chat_template: str | None = arg(None, "Override the tokenizer's chat template (a Jinja string).")
-    max_len: int = arg(512, "Maximum tokens per example (prompt + response); longer ones are truncated.")
-    max_samples: int = arg(100_000_000, "Use at most this many examples from the blended dataset.")
-    packing_samples: bool = arg(False, "Pack several examples into one row (block-diagonal attention).")
+    label_key: str = arg(
+        "label",
+        "JSON key of each row's label: desirable (true/1) or undesirable (false/0) for unpaired preferences; the "
+        "per-step labels (reward tokens or probabilities) for process supervision.",
+    )
+    max_len: int = arg(
+        512,
+        "Most tokens per text (prompt + response), capped at the model's positions. Training examples and scored "
+        "texts keep their first tokens; prompts to generate from and chat messages keep their last.",
+    )
+    packing_samples: bool = arg(
+        False,
+        "Pack several supervised examples into one row (block-diagonal attention; the same loss as padding). "
+        "Preference pairs and step-labelled texts are padded: the flag is accepted for them and has no effect.",
+    )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         require(self.max_len >= 2, f"--max_len must be >= 2, got {self.max_len}")
-        require(self.max_samples >= 1, f"--max_samples must be >= 1, got {self.max_samples}")
-        if self.input_template is not None:
-            require("{}" in self.input_template, "--input_template must contain '{}' where the prompt goes")
         self.probabilities()  # fail at parse time, not after the model has loaded
 
     def probabilities(self) -> list[float]:
@@ -83,7 +146,7 @@ def raise_probs(value: str, why: str) -> None:
 
 
 @dataclass
-class ScheduleArgs:
+class ScheduleArgs(SeedArgs):
     """Optimizer settings other than the learning rate (PPO has one learning rate per model)."""
 
     _argument_group_name = "optimisation"
@@ -97,7 +160,6 @@ class ScheduleArgs:
     micro_train_batch_size: int = arg(8, "Examples per forward pass on each process.")
     train_batch_size: int = arg(128, "Examples per optimizer step over all processes (sets gradient accumulation).")
     max_epochs: int = arg(1, "Passes over the training data (PPO: over each rollout buffer).")
-    seed: int = arg(42, "Seed for data order, initialisation of new heads, dropout and sampling.")
 
     def __post_init__(self) -> None:
         require(self.lr_scheduler in LR_SCHEDULERS, f"--lr_scheduler must be one of {LR_SCHEDULERS}")
@@ -137,6 +199,20 @@ class OptimArgs(ScheduleArgs):
 
 
 @dataclass
+class PPOOptimArgs(ScheduleArgs):
+    """train_ppo's optimisation: one learning rate per model it trains."""
+
+    actor_learning_rate: float = arg(1e-6, "PPO actor, or the proposal q in harmlessness mode (0 freezes q).")
+    critic_learning_rate: float = arg(9e-6, "PPO critic learning rate.")
+    base_actor_learning_rate: float = arg(1e-6, "Harmlessness mode: learning rate of the base model p_theta.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for flag in ("actor_learning_rate", "critic_learning_rate", "base_actor_learning_rate"):
+            require(getattr(self, flag) >= 0, f"--{flag} must be >= 0")
+
+
+@dataclass
 class StrategyArgs:
     _argument_group_name = "strategy (processes and devices)"
 
@@ -160,9 +236,20 @@ class StrategyArgs:
 class CheckpointArgs:
     _argument_group_name = "checkpoints and outputs"
 
-    save_path: str = arg("./ckpt", "Output folder: config.yaml, metrics.jsonl and final/ (Hugging Face format).")
-    ckpt_path: str | None = arg(None, "Folder for resumable training checkpoints. Default: <save_path>/checkpoints.")
-    load_checkpoint: bool = arg(False, "Resume from the newest checkpoint in --ckpt_path.")
+    save_path: str = arg(
+        "./ckpt",
+        "Output folder of the run: config.yaml, metrics.jsonl and final/ (Hugging Face format); a comparison of "
+        "methods writes one such folder per method and seed there, with its table and plots.",
+    )
+    ckpt_path: str | None = arg(
+        None,
+        "Training: folder of resumable checkpoints (default: <save_path>/checkpoints). Evaluating a model: weights "
+        "(a state-dict file or Hugging Face folder) loaded strictly into it.",
+    )
+    load_checkpoint: bool = arg(
+        False,
+        "Training: resume from the newest checkpoint in --ckpt_path. Evaluating a model: load --ckpt_path into it.",
+    )
     max_ckpt_num: int = arg(3, "Keep at most this many checkpoints (oldest deleted first).")
     save_steps: int = arg(-1, "Save a resumable checkpoint every N optimizer steps (-1: only at the end).")
     save_hf_ckpt: bool = arg(

@@ -102,6 +102,15 @@ def make_reward_source(reward_args: RewardArgs, model_args: ModelArgs, device: t
         return lambda prompts, responses: remote(list(responses), list(prompts))
     if reward_args.reward_fn:
         return FunctionReward(reward_args.reward_fn)
+    return load_local_reward_model(
+        reward_args, model_args, device, normalize=reward_args.normalize_reward, max_len=reward_args.rm_max_len
+    )
+
+
+def load_local_reward_model(
+    reward_args: RewardArgs, model_args: ModelArgs, device: torch.device, *, normalize: bool, max_len: int | None
+) -> LocalRewardModel:
+    """--reward_pretrain (default: the embedded tiny RM) on `device`. `normalize` insists on stored statistics."""
     from repulse.models.load import load_tokenizer, resolve_model_path
     from repulse.models.reward import load_reward_model
 
@@ -111,8 +120,8 @@ def make_reward_source(reward_args: RewardArgs, model_args: ModelArgs, device: t
         model.to(device),
         load_tokenizer(path),
         value_head_prefix=reward_args.value_head_prefix,
-        normalize=reward_args.normalize_reward,
-        max_len=reward_args.rm_max_len,
+        normalize=normalize,
+        max_len=max_len,
     )
 
 
