@@ -28,8 +28,13 @@ class SeedArgs:
 class BatchArgs:
     batch_size: int = arg(
         16,
-        "Items (texts, inputs or queries) per model call. Serving: requests from many clients are merged up to it. "
-        "Rare-output estimates: also the ITGIS proposal-update batch and the number of MHIS chains.",
+        "Items per model call.",
+        roles={
+            "serve_rm": "Most texts in one model call; requests from many clients are merged up to this.",
+            "estimate_rare_harmful_outputs": "Inputs per model call; also the ITGIS proposal-update batch and the "
+            "number of MHIS chains.",
+            "forecast_rare_outputs": "Queries per model call.",
+        },
     )
 
     def __post_init__(self) -> None:
@@ -42,13 +47,24 @@ class ModelArgs:
 
     pretrain: str | None = arg(
         None,
-        "Model folder or hub name (risk forecasts: several, comma-separated). Default: the embedded tiny LM (a LoRA "
-        "merge: the base its adapter records).",
+        "Model folder or hub name. Default: the embedded tiny LM.",
+        roles={
+            "forecast_rare_outputs": "Model folders or hub names, comma-separated: one forecast each. Default: the "
+            "embedded tiny LM.",
+            "lora_combiner": "Base model folder or hub name. Default: the base the adapter records "
+            "(base_model_name_or_path in its adapter_config.json).",
+        },
     )
     bf16: bool = arg(
         False,
-        "Load the model in bfloat16; training and merging also run and save in it (CPUs with AVX512-BF16 and any "
-        "recent GPU).",
+        "Load the model in bfloat16 (CPUs with AVX512-BF16 and any recent GPU).",
+        roles={
+            **dict.fromkeys(
+                ("train_sft", "train_rm", "train_dpo", "train_kto", "train_kd", "train_prm", "train_ppo"),
+                "Load and train in bfloat16 (CPUs with AVX512-BF16 and any recent GPU).",
+            ),
+            "lora_combiner": "Load, merge and save in bfloat16.",
+        },
     )
     flash_attn: bool = arg(False, "Use FlashAttention-2 (needs a CUDA GPU and the flash-attn package).")
     load_in_4bit: bool = arg(
@@ -108,18 +124,32 @@ class DataArgs(PromptArgs):
     )
     label_key: str = arg(
         "label",
-        "JSON key of each row's label: desirable (true/1) or undesirable (false/0) for unpaired preferences; the "
-        "per-step labels (reward tokens or probabilities) for process supervision.",
+        "JSON key of each row's label.",
+        roles={
+            "train_kto": "JSON key of each row's label: desirable (true/1) or undesirable (false/0).",
+            "train_prm": "JSON key of each row's per-step labels (reward tokens or probabilities).",
+        },
     )
     max_len: int = arg(
         512,
-        "Most tokens per text (prompt + response), capped at the model's positions. Training examples and scored "
-        "texts keep their first tokens; prompts to generate from and chat messages keep their last.",
+        "Most tokens per example (prompt + response), capped at the model's positions; a longer one keeps its first "
+        "tokens.",
+        roles={
+            "serve_rm": "Most tokens per scored text (+ EOS), capped at the model's positions; a longer text keeps "
+            "its first tokens, as reward models are trained.",
+            "batch_inference": "Most tokens per text, capped at the model's positions: a prompt to generate from "
+            "keeps its last tokens; a scored text (+ EOS) keeps its first, as reward models are trained.",
+            "interactive_chat": "Most tokens of conversation + reply, capped at the model's positions: a longer "
+            "conversation starts afresh; a longer message keeps its last tokens.",
+        },
     )
     packing_samples: bool = arg(
         False,
-        "Pack several supervised examples into one row (block-diagonal attention; the same loss as padding). "
-        "Preference pairs and step-labelled texts are padded: the flag is accepted for them and has no effect.",
+        "Pack several examples into one row (block-diagonal attention; the same loss as padding).",
+        roles=dict.fromkeys(
+            ("train_rm", "train_dpo", "train_prm"),
+            "Accepted for command compatibility; no effect: the examples here are padded (the same loss).",
+        ),
     )
 
     def __post_init__(self) -> None:
@@ -238,17 +268,24 @@ class CheckpointArgs:
 
     save_path: str = arg(
         "./ckpt",
-        "Output folder of the run: config.yaml, metrics.jsonl and final/ (Hugging Face format); a comparison of "
-        "methods writes one such folder per method and seed there, with its table and plots.",
+        "Output folder of the run: config.yaml, metrics.jsonl and final/ (Hugging Face format).",
+        roles={"demo": "Output folder: one run folder per method and seed, demo.json and the plots."},
     )
     ckpt_path: str | None = arg(
         None,
-        "Training: folder of resumable checkpoints (default: <save_path>/checkpoints). Evaluating a model: weights "
-        "(a state-dict file or Hugging Face folder) loaded strictly into it.",
+        "Folder of resumable training checkpoints. Default: <save_path>/checkpoints.",
+        roles=dict.fromkeys(
+            ("evaluate_gcg", "evaluate_beast"),
+            "Weights to load into --pretrain (a state-dict file or Hugging Face folder), strictly.",
+        ),
     )
     load_checkpoint: bool = arg(
         False,
-        "Training: resume from the newest checkpoint in --ckpt_path. Evaluating a model: load --ckpt_path into it.",
+        "Resume from the newest checkpoint in --ckpt_path.",
+        roles=dict.fromkeys(
+            ("evaluate_gcg", "evaluate_beast"),
+            "Load --ckpt_path into the model (the fork needed both flags; --ckpt_path alone also loads).",
+        ),
     )
     max_ckpt_num: int = arg(3, "Keep at most this many checkpoints (oldest deleted first).")
     save_steps: int = arg(-1, "Save a resumable checkpoint every N optimizer steps (-1: only at the end).")

@@ -13,11 +13,23 @@ class OutputArgs:
 
     output_path: str | None = arg(
         None,
-        "Where the result goes: the JSON report of an attack evaluation, the JSON Lines file of batch inference "
-        "(one {input, output[, reward]} object per line), or the folder of a merged model (replaced atomically).",
+        "Where the result goes.",
+        roles={
+            **dict.fromkeys(
+                ("evaluate_gcg", "evaluate_beast"),
+                "Write the JSON report here (configuration, ASR, reward statistics, one row per target).",
+            ),
+            "batch_inference": "JSON Lines output: one {input, output[, reward]} object per line.",
+            "lora_combiner": "Folder for the merged model and tokenizer (replaced atomically).",
+        },
     )
     output_file: str | None = arg(
         None,
-        "Result JSON. Rare-output estimates: configuration, estimate, std_err, confidence interval, ESS, warnings "
-        "and wall time. Forecasts: the fit and Q_p(n) of each model, with the plot next to it (same name, .png).",
+        "Result JSON.",
+        roles={
+            "estimate_rare_harmful_outputs": "Result JSON: configuration, estimate, std_err, confidence interval, "
+            "ESS, warnings and wall time.",
+            "forecast_rare_outputs": "Result JSON: the fit and Q_p(n) of each model; the plot goes next to it (same "
+            "name, .png).",
+        },
     )

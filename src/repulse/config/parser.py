@@ -96,12 +96,25 @@ def field_default(field: dataclasses.Field) -> Any:
     return field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
 
 
-def add_field(section: Any, field: dataclasses.Field, kind: Any, default: Any, aliases: Sequence[str] = ()) -> None:
-    """One dataclass field as a flag: `--name` (the hyphenated spelling and `aliases` too), typed as the field is."""
+def field_help(field: dataclasses.Field, command: str | None) -> str:
+    """The help of a flag in `command`: its role there (`arg(roles=...)`) or its general text."""
+    return field.metadata.get("roles", {}).get(command, field.metadata.get("help", ""))
+
+
+def add_field(
+    section: Any,
+    field: dataclasses.Field,
+    kind: Any,
+    default: Any,
+    aliases: Sequence[str] = (),
+    command: str | None = None,
+) -> None:
+    """One dataclass field as a flag: `--name` (the hyphenated spelling and `aliases` too), typed as the field is,
+    with the help of its role in `command`."""
     names = [f"--{field.name}", *aliases]
     if "_" in field.name:
         names.append(f"--{field.name.replace('_', '-')}")
-    kwargs: dict[str, Any] = {"default": default, "help": field.metadata.get("help", ""), "dest": field.name}
+    kwargs: dict[str, Any] = {"default": default, "help": field_help(field, command), "dest": field.name}
     kind = unwrap_optional(kind)
     if kind is bool:
         kwargs.update(type=to_bool, nargs="?", const=True, metavar="BOOL")
@@ -164,7 +177,7 @@ def make_parser(
         hints = typing.get_type_hints(group)
         for field in group_fields(group, only):
             default = defaults.pop(field.name, field_default(field))
-            add_field(section, field, hints[field.name], default, aliases.pop(field.name, ()))
+            add_field(section, field, hints[field.name], default, aliases.pop(field.name, ()), name)
     if defaults or aliases:
         raise TypeError(f"defaults or aliases for flags the command does not take: {sorted({*defaults, *aliases})}")
     return parser

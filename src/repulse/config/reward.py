@@ -19,7 +19,11 @@ class RewardArgs:
     reward_pretrain: str | None = arg(
         None,
         "Reward model folder (a sequence-regression model in Hugging Face format) or hub name. Default: the "
-        "embedded tiny RM where rewards are needed (batch generation scores its samples only when one is given).",
+        "embedded tiny RM.",
+        roles={
+            "batch_inference": "Reward model folder or hub name. --eval_task rm: the scorer (default: the embedded "
+            "tiny RM); generate: keep the best of --best_of_n by reward and write the reward.",
+        },
     )
     remote_rm_url: str | None = arg(
         None, "URL of a reward-model server speaking OpenRLHF's HTTP reward protocol, instead of a local model."
@@ -30,9 +34,16 @@ class RewardArgs:
     )
     normalize_reward: bool = arg(
         False,
-        "Reward normalisation. Training a reward model: store the mean and std of its training rewards in its "
-        "config (every scorer then applies (r - mean) / std). RL and serving: stored statistics always apply; the "
-        "flag makes their absence an error. Batch scoring: z-score the written rewards over the whole file.",
+        "Reward normalisation.",
+        roles={
+            "train_rm": "Store the mean and std of the trained model's rewards on the training pairs in its config: "
+            "every scorer of the model then applies (r - mean) / std.",
+            "train_ppo": "Insist on the reward model's stored mean/std (an error when its config has none). Stored "
+            "statistics apply with or without the flag.",
+            "serve_rm": "Insist on the reward model's stored mean/std (an error when its config has none). Stored "
+            "statistics apply with or without the flag, as in training.",
+            "batch_inference": "Standardize the written rewards over the whole file (z-scores).",
+        },
     )
     rm_max_len: int | None = arg(
         None,

@@ -17,8 +17,13 @@ from repulse.config.fields import arg, require
 class SamplingArgs:
     temperature: float = arg(
         1.0,
-        "Sampling temperature. Rare-output estimates: the temperature T of the ITGIS/MHIS proposal over inputs "
-        "(its scale depends on the model's gradients; try another T when the result warns).",
+        "Sampling temperature.",
+        roles={
+            "estimate_rare_harmful_outputs": "Temperature T of the ITGIS/MHIS proposal over inputs (its scale depends "
+            "on the model's gradients; try another T when the result warns).",
+            "batch_inference": "Sampling temperature (ignored with --greedy_sampling).",
+            "interactive_chat": "Sampling temperature (ignored with --greedy_sampling).",
+        },
     )
     top_p: float = arg(1.0, "Nucleus sampling: keep the smallest token set with this much probability (1 = off).")
     top_k: int = arg(0, "Top-k sampling: keep the k most likely tokens (0 = off).")
