@@ -1,8 +1,7 @@
 """Reward sources for RL: a local reward model, a remote serve_rm server, or a Python function.
 
 Every source maps (prompt texts, response texts) to one float reward per pair. The local model scores
-prompt + response + EOS (as train_rm trains it), truncated from the left to --rm_max_len so the last token,
-where the reward is read, is kept.
+prompt + response + EOS, its first --rm_max_len tokens: exactly as train_rm trains it (`encode_for_reward`).
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ import torch
 from repulse.config.common import ModelArgs
 from repulse.config.reward import RewardArgs
 from repulse.data.collate import pad_sequences
+from repulse.data.tokenize import encode_for_reward
 from repulse.infra.errors import UserError
 
 log = logging.getLogger("repulse")
@@ -48,15 +48,7 @@ class LocalRewardModel:
         self.max_len, self.batch_size = max_len, batch_size
 
     def encode(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        eos = self.tokenizer.eos_token_id
-        seqs = []
-        for text in texts:
-            ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
-            if eos is not None and (not ids or ids[-1] != eos):
-                ids = [*ids, eos]
-            if self.max_len is not None:
-                ids = ids[-self.max_len :]
-            seqs.append(torch.tensor(ids, dtype=torch.long))
+        seqs = [torch.tensor(ids, dtype=torch.long) for ids in encode_for_reward(self.tokenizer, texts, self.max_len)]
         masks = [torch.ones(len(s), dtype=torch.long) for s in seqs]
         return pad_sequences(seqs, self.tokenizer.pad_token_id), pad_sequences(masks, 0)
 

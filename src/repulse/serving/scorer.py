@@ -14,25 +14,12 @@ import torch
 from repulse.config.common import ModelArgs
 from repulse.config.reward import RewardArgs
 from repulse.config.serve import ServeArgs
+from repulse.data.tokenize import encode_for_reward
 from repulse.infra.errors import UserError
 from repulse.models.load import config_positions
 from repulse.models.reward import hf_model, sequence_rewards
 
 log = logging.getLogger("repulse")
-
-
-def encode_texts(tokenizer, texts: list[str], max_len: int) -> list[list[int]]:
-    """Token ids of each text + EOS, truncated to the first max_len tokens: exactly what train_rm scores
-    (`data.tokenize.encode_pair` of the whole text). A text longer than max_len is scored at its max_len-th
-    token, as train_rm trained on it; the EOS is then cut off, as in training."""
-    eos = tokenizer.eos_token_id
-    encoded = tokenizer(texts, add_special_tokens=True)["input_ids"] if texts else []
-    out = []
-    for ids in encoded:
-        if eos is not None and (not ids or ids[-1] != eos):
-            ids = [*ids, eos]
-        out.append(ids[:max_len])
-    return out
 
 
 def effective_max_len(requested: int, positions: int | None) -> int:
@@ -94,7 +81,7 @@ class RewardScorer:
 
     def score_texts(self, texts: list[str]) -> list[float]:
         """Rewards of `texts` (already prompt + response), in order; model calls of at most batch_size texts."""
-        seqs = encode_texts(self.tokenizer, texts, self.max_len)
+        seqs = encode_for_reward(self.tokenizer, texts, self.max_len)
         rewards: list[float] = []
         for start in range(0, len(seqs), self.batch_size):
             rewards.extend(self.score_ids(seqs[start : start + self.batch_size]))

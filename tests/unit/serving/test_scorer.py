@@ -9,29 +9,11 @@ import pytest
 import torch
 
 from repulse.infra.errors import UserError
-from repulse.serving.scorer import encode_texts, normalization_stats
-from tests.conftest import make_tokenizer
+from repulse.serving.scorer import normalization_stats
 from tests.unit.serving.conftest import STATS
-from tests.unit.serving.reference import reference_rewards, training_ids
+from tests.unit.serving.reference import reference_rewards
 
 TEXTS = ["this man is a good man .", "a", "", "the woman is so very nice and kind ."]
-
-
-def test_encode_matches_training_tokenization_and_appends_eos():
-    tok = make_tokenizer()
-    encoded = encode_texts(tok, TEXTS, max_len=1000)
-    assert encoded == [training_ids(tok, "", t, 1000) for t in TEXTS]
-    assert all(ids[-1] == tok.eos_token_id for ids in encoded)
-    # A text that already ends with EOS gets no second one (encode_pair's rule).
-    assert encode_texts(tok, ["a good man<eos>"], 100)[0].count(tok.eos_token_id) == 1
-
-
-def test_truncation_is_train_rms():
-    tok = make_tokenizer()
-    full = encode_texts(tok, [TEXTS[3]], max_len=1000)[0]
-    cut = encode_texts(tok, [TEXTS[3]], max_len=4)[0]
-    assert len(full) > 4 and cut == full[:4]
-    assert cut == training_ids(tok, "the woman is", TEXTS[3].removeprefix("the woman is"), 4)
 
 
 def test_max_len_is_capped_at_the_models_positions(load, caplog):
