@@ -1,6 +1,6 @@
 """train_ppo: PPO / REINFORCE, twist (proposal) learning, and RePULSe harmlessness training, on one process.
 
-Modes (METHODS §1):
+Modes:
 - PPO (`--actor_loss_type ppo`, critic + GAE + KL penalty) or REINFORCE (`--actor_loss_type reinforce`,
   `--reinforce_baseline_type expectation` = RLOO);
 - twist learning (`--actor_loss_type ctl|ctl_nosecondterm|dpg|sixo|sixo_approxneg` with a policy_psi_*
