@@ -20,26 +20,34 @@ from repulse.cli.runner import run_cli
 from repulse.config.attack import (
     ATTACK_DEFAULTS,
     ATTACK_GROUPS,
+    ATTACK_NOT_APPLICABLE,
     ATTACK_ONLY,
     AttackEvalConfig,
     BEASTArgs,
     check_attack_eval,
 )
+from repulse.config.common import StrategyArgs
 from repulse.config.parser import parse_groups, to_flat_dict
 
 
 class BEASTEvalConfig(NamedTuple):
     shared: AttackEvalConfig
     beast: BEASTArgs
+    strategy: StrategyArgs
 
 
-GROUPS = (*ATTACK_GROUPS, BEASTArgs)
+GROUPS = (*ATTACK_GROUPS, BEASTArgs, StrategyArgs)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> BEASTEvalConfig:
-    *shared, beast = parse_groups(GROUPS, argv, description=__doc__, only=ATTACK_ONLY, defaults=ATTACK_DEFAULTS)
-    cfg = BEASTEvalConfig(AttackEvalConfig(*shared), beast)
+    from repulse.distributed.launch import note_not_applicable
+
+    *shared, beast, strategy = parse_groups(
+        GROUPS, argv, description=__doc__, only=ATTACK_ONLY, defaults=ATTACK_DEFAULTS
+    )
+    cfg = BEASTEvalConfig(AttackEvalConfig(*shared), beast, strategy)
     check_attack_eval(cfg.shared)
+    note_not_applicable(cfg.strategy, "evaluate_beast", ATTACK_NOT_APPLICABLE)
     return cfg
 
 
@@ -86,7 +94,7 @@ def evaluate(cfg: BEASTEvalConfig) -> dict:
     evaluator = build_evaluator(shared)
     rows = evaluate_all(evaluator, pairs, make_attack(cfg, evaluator), "evaluate_beast")
     seconds = time.perf_counter() - start
-    flat = to_flat_dict(*shared, cfg.beast, only=ATTACK_ONLY)
+    flat = to_flat_dict(*shared, cfg.beast, cfg.strategy, only=ATTACK_ONLY)
     payload = finish("evaluate_beast", flat, rows, seconds, shared.output.output_path)
     print(format_summary("evaluate_beast", payload, seconds, shared.output.output_path))
     return payload

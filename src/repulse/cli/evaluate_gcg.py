@@ -24,26 +24,34 @@ from repulse.cli.runner import run_cli
 from repulse.config.attack import (
     ATTACK_DEFAULTS,
     ATTACK_GROUPS,
+    ATTACK_NOT_APPLICABLE,
     ATTACK_ONLY,
     AttackEvalConfig,
     GCGArgs,
     check_attack_eval,
 )
+from repulse.config.common import StrategyArgs
 from repulse.config.parser import parse_groups, to_flat_dict
 
 
 class GCGEvalConfig(NamedTuple):
     shared: AttackEvalConfig
     gcg: GCGArgs
+    strategy: StrategyArgs
 
 
-GROUPS = (*ATTACK_GROUPS, GCGArgs)
+GROUPS = (*ATTACK_GROUPS, GCGArgs, StrategyArgs)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> GCGEvalConfig:
-    *shared, gcg = parse_groups(GROUPS, argv, description=__doc__, only=ATTACK_ONLY, defaults=ATTACK_DEFAULTS)
-    cfg = GCGEvalConfig(AttackEvalConfig(*shared), gcg)
+    from repulse.distributed.launch import note_not_applicable
+
+    *shared, gcg, strategy = parse_groups(
+        GROUPS, argv, description=__doc__, only=ATTACK_ONLY, defaults=ATTACK_DEFAULTS
+    )
+    cfg = GCGEvalConfig(AttackEvalConfig(*shared), gcg, strategy)
     check_attack_eval(cfg.shared)
+    note_not_applicable(cfg.strategy, "evaluate_gcg", ATTACK_NOT_APPLICABLE)
     return cfg
 
 
@@ -97,7 +105,7 @@ def evaluate(cfg: GCGEvalConfig) -> dict:
     evaluator = build_evaluator(shared, cfg.gcg.gcg_add_space_before_target)
     rows = evaluate_all(evaluator, pairs, make_attack(cfg, evaluator, pairs), "evaluate_gcg")
     seconds = time.perf_counter() - start
-    flat = to_flat_dict(*shared, cfg.gcg, only=ATTACK_ONLY)
+    flat = to_flat_dict(*shared, cfg.gcg, cfg.strategy, only=ATTACK_ONLY)
     payload = finish("evaluate_gcg", flat, rows, seconds, shared.output.output_path)
     print(format_summary("evaluate_gcg", payload, seconds, shared.output.output_path))
     return payload

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from repulse.config.common import CheckpointArgs, ModelArgs
+from repulse.config.common import CheckpointArgs, ModelArgs, StrategyArgs
 from repulse.config.fields import arg, require
 from repulse.config.output import OutputArgs
 from repulse.config.ppo import ProposalArgs
@@ -18,6 +18,7 @@ from repulse.config.sampling import GenerationArgs
 SCENARIOS = ("behaviors", "behaviours", "strings")
 SUCCESS_CRITERIA = ("reward", "prefix", "judge")
 RM_INPUTS = ("prompt_response", "response")
+ATTACK_NOT_APPLICABLE = "the attack runs in one process and trains nothing"
 
 
 @dataclass
@@ -93,6 +94,9 @@ ATTACK_ONLY = {
     CheckpointArgs: ["ckpt_path", "load_checkpoint"],
     ProposalArgs: ["parameterization"],
     OutputArgs: ["output_path"],
+    # The fork's attack commands were copied from its training commands and pass --zero_stage (and, under the
+    # deepspeed launcher, --local_rank): accepted, and reported as not applicable (the attack trains nothing).
+    StrategyArgs: ["zero_stage", "local_rank"],
 }
 # top_k 50: the Hugging Face default the reference sampled with.
 ATTACK_DEFAULTS = {"top_k": 50, "max_new_tokens": 20}
