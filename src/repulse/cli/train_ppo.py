@@ -1,6 +1,6 @@
 """train_ppo: PPO / REINFORCE, twist (proposal) learning, and RePULSe harmlessness training, on one process.
 
-Modes (METHODS §1):
+Modes:
 - PPO (`--actor_loss_type ppo`, critic + GAE + KL penalty) or REINFORCE (`--actor_loss_type reinforce`,
   `--reinforce_baseline_type expectation` = RLOO);
 - twist learning (`--actor_loss_type ctl|ctl_nosecondterm|dpg|sixo|sixo_approxneg` with a policy_psi_*
@@ -26,12 +26,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from repulse.cli.runner import run_cli, write_resolved_config
-from repulse.config.common import CheckpointArgs, LoggingArgs, LoraArgs, ModelArgs, StrategyArgs
-from repulse.config.harmlessness import EvalArgs, HarmlessnessArgs
+from repulse.config.common import CheckpointArgs, LoggingArgs, LoraArgs, ModelArgs, PPOOptimArgs, StrategyArgs
+from repulse.config.evaluation import EvalArgs
+from repulse.config.harmlessness import HarmlessnessArgs
 from repulse.config.parser import parse_groups, to_flat_dict
 from repulse.config.ppo import PPOArgs, ProposalArgs
 from repulse.config.reward import RewardArgs
-from repulse.config.rollout import PPOOptimArgs, RolloutArgs
+from repulse.config.rollout import RolloutArgs
 from repulse.trainers.rl.config import RLConfig
 
 # The order of RLConfig's fields.
@@ -49,12 +50,14 @@ GROUPS = (
     HarmlessnessArgs,
     EvalArgs,
 )
+# The paper's prompt datasets (and the embedded prompts) keep the prompt under "prompt".
+DEFAULTS = {"input_key": "prompt"}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> RLConfig:
     from repulse.config.validate import check_train_ppo
 
-    config = RLConfig(*parse_groups(GROUPS, argv, description=__doc__))
+    config = RLConfig(*parse_groups(GROUPS, argv, description=__doc__, defaults=DEFAULTS))
     check_train_ppo(config.rollout, config.ppo, config.proposal, config.harm, config.evaluation, config.optim)
     return config
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-from repulse.config.rollout import PPOOptimArgs, RolloutArgs
+from repulse.config.common import PPOOptimArgs
+from repulse.config.rollout import RolloutArgs
 from repulse.data.prompts import format_prompts, load_prompt_texts
 from repulse.infra.errors import UserError
 from repulse.infra.seed import set_seed
