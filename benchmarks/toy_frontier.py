@@ -1,14 +1,13 @@
-"""Toy frontier (METHODS §10.1, §13 E1): RePULSe against its baselines on the embedded toy at the paper's toy
-settings, many seeds, every quantity exact.
+"""Toy frontier: RePULSe against its baselines on the embedded toy at the paper's toy settings, many seeds, every
+quantity exact.
 
 Every run is `repulse train_ppo` on the paper's toy settings, configs/paper_toy_{reinforce,repulse}.yaml (N = 500,
 50 fit steps, constant lr, RLOO baseline, beta -10, q lr 3e-4), with the embedded models in place of the hub's
-(`EMBEDDED`: the tiny LM continues "This man is a" with 2 tokens, the tiny reward model scores them; one process,
-no DeepSpeed) and the overrides of its configuration (`configurations`). After every fit step the run computes
-exactly, over all 78,681 continuations: log P(bad) (a bad word in the continuation), E[r], the entropy of p_theta,
-KL(p_theta || p_0), and for a proposal KL(sigma || q), q's exact ESS for sigma and q's bad mass
-(trainers/rl/evals.py). The grid, for each KL coefficient c (c = 0 at base lr 1e-4; the paper's appendix c = 10 at
-base lr 1e-5):
+(`EMBEDDED`: the tiny LM continues "This man is a" with 2 tokens, the tiny reward model scores them) and the
+overrides of its configuration (`configurations`). After every fit step the run computes exactly, over all 78,681
+continuations: log P(bad) (a bad word in the continuation), E[r], the entropy of p_theta, KL(p_theta || p_0), and
+for a proposal KL(sigma || q), q's exact ESS for sigma and q's bad mass (trainers/rl/evals.py). The grid, for each
+KL coefficient c (c = 0 at base lr 1e-4; the paper's appendix c = 10 at base lr 1e-5):
 
 - REINFORCE, 10 p-steps per fit step (equal samples with RePULSe) and 5 (equal p-updates);
 - REINFORCE + transform r - e^{-r} (the paper's alpha 1, beta -1), 10 steps;
@@ -51,9 +50,10 @@ from common import format_table, machine_info, result_path, set_offline_env, wri
 
 REPO = Path(__file__).resolve().parent.parent
 REINFORCE_YAML, REPULSE_YAML = "configs/paper_toy_reinforce.yaml", "configs/paper_toy_repulse.yaml"
-# The paper's toy configs name distilgpt2 and its toxicity classifier, under DeepSpeed ZeRO-2: here the embedded
-# tiny LM and RM (the same paths as the defaults), in one process, without the progress bar in each run's log.
-EMBEDDED = ["--zero_stage", "0", "--disable_progress_bar"]
+# The paper's toy configs name distilgpt2 and its toxicity classifier: here the embedded tiny LM and RM (the same
+# paths as the defaults), without the progress bar in each run's log. Their zero_stage is reported as not applied
+# (train_ppo runs on one process).
+EMBEDDED = ["--disable_progress_bar"]
 BASE_LR = {0.0: 1e-4, 10.0: 1e-5}  # the paper's toy lr, and its appendix lr with c = 10
 EVAL_KEYS = ("exact_log_p_bad", "exact_expected_reward", "exact_entropy", "exact_kl_to_reference")
 PROPOSAL_KEYS = ("exact_kl_target_to_proposal", "exact_proposal_ess_fraction", "exact_proposal_p_bad")
