@@ -48,15 +48,10 @@ class LocalRewardModel:
         self.max_len, self.batch_size = max_len, batch_size
 
     def encode(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        eos = self.tokenizer.eos_token_id
-        seqs = []
-        for text in texts:
-            ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
-            if eos is not None and (not ids or ids[-1] != eos):
-                ids = [*ids, eos]
-            if self.max_len is not None:
-                ids = ids[-self.max_len :]
-            seqs.append(torch.tensor(ids, dtype=torch.long))
+        from repulse.models.reward import encode_for_reward
+
+        # One batched tokenizer call: per-text calls cost more than the RM's forward on the enumerable toy.
+        seqs = [torch.tensor(ids, dtype=torch.long) for ids in encode_for_reward(self.tokenizer, texts, self.max_len)]
         masks = [torch.ones(len(s), dtype=torch.long) for s in seqs]
         return pad_sequences(seqs, self.tokenizer.pad_token_id), pad_sequences(masks, 0)
 
