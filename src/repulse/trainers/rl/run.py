@@ -66,7 +66,6 @@ def run_train_ppo(
     )
     models = recipe.models
     try:
-        # The trainers with a proposal say what beta its target sigma had at each step (annealed or not).
         evaluate = exact_evaluator(config, models, tokenizer, getattr(recipe.trainer, "target_beta", None))
 
         def save(loop: RLLoopState) -> str:
