@@ -1,5 +1,5 @@
 """Long-running inference shows a tqdm bar counting meaningful units, hidden by --disable_progress_bar; the
---zero_stage notice appears only where ZeRO would apply (training)."""
+strategy flags are reported where they are not applied."""
 
 from __future__ import annotations
 
@@ -42,7 +42,14 @@ def test_batch_inference_refuses_the_training_logging_flags(flag, tmp_path, caps
     assert f"unrecognized arguments: {flag[0]}" in capsys.readouterr().err
 
 
-def test_training_says_that_zero_stage_has_no_effect(tmp_path, capsys):
+def test_training_in_one_process_says_that_zero_stage_is_not_applied(tmp_path, capsys):
     argv = [*TRAIN_FLAGS, "--max_samples", "8", "--save_path", str(tmp_path / "sft"), "--zero_stage", "3"]
     assert train_sft.main(argv) == 0
-    assert "--zero_stage 3 has no effect" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--zero_stage 3 is not applied: one process" in err and "strategy: single process" in err
+
+
+def test_inference_names_the_strategy_flags_it_does_not_apply(tmp_path, capsys):
+    argv = [*GEN, "--output_path", str(tmp_path / "o.jsonl"), "--zero_stage", "2", "--adam_offload"]
+    assert batch_inference.main(argv) == 0
+    assert "--zero_stage 2 --adam_offload: not applicable to batch_inference" in capsys.readouterr().err

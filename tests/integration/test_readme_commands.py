@@ -5,7 +5,7 @@ from, and no warning says that no step had a non-zero learning rate.
 Commands are parsed from the ```bash and ```python blocks of README.md. Each runs at small sizes: the flags in
 SMALL are appended (the last value of a flag wins), and nothing else about the command changes. A command that
 a test cannot or should not run here is marked in MARKS by a piece of its text:
-- "slow": run only with `pytest -m slow` (torchrun, the real SmolLM2 model);
+- "slow": run only with `pytest -m slow` (torchrun and the deepspeed launcher, the real SmolLM2 model);
 - "server": needs the serve_rm server, which test_server_commands starts from the README's own serve_rm line
   (then runs the README's requests against it);
 - "never": installs packages or runs the suite itself (make, pip).
@@ -37,7 +37,9 @@ NO_LEARNING = "no optimizer step of this run has a non-zero learning rate"
 MARKS = {  # the first piece found in a command decides
     "make ": "never",
     ".venv/bin/": "never",
+    "pip install": "never",
     "torchrun": "slow",
+    "deepspeed --": "slow",
     "smollm2": "slow",
     "serve_rm": "server",
     "curl ": "server",
@@ -54,7 +56,7 @@ SMALL = {
     "train_ppo": ["--fit_steps", "1", "--harmlessness_training_num_episodes", "1"],
     "evaluate_gcg": ["--max_targets", "1", "--gcg_steps", "2", "--samples_per_prompt", "4"],
     "evaluate_beast": ["--max_targets", "1", "--beast_length", "2", "--samples_per_prompt", "4"],
-    "estimate_rare_harmful_outputs": ["--n_samples", "256", "--batch_size", "256"],
+    "estimate_rare_harmful_outputs": ["--n_samples", "256", "--batch_size", "128"],
     "forecast_rare_outputs": ["--evaluation_set_size", "24", "--top_k_fit", "6"],
     "batch_inference": ["--max_samples", "8", "--max_new_tokens", "8"],
 }
@@ -223,11 +225,15 @@ def test_slow_readme_command(snippet: Snippet, workdir, monkeypatch, capsys):
             smollm2_dir()
         except Exception as err:  # not installed here: `make test-slow` installs it
             pytest.skip(f"SmolLM2 is not available: {err}")
-    if words[0] == "torchrun":
+    if words[0] in ("torchrun", "deepspeed"):
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-        command = words[words.index("-m") + 1].rsplit(".", 1)[-1]
-        rendezvous = ["--master_addr", "127.0.0.1", "--master_port", str(free_port())]
-        cmd = [sys.executable, "-m", "torch.distributed.run", *rendezvous, *words[1:], *SMALL.get(command, [])]
+        module = words[words.index("-m" if words[0] == "torchrun" else "--module") + 1]
+        command = module.rsplit(".", 1)[-1]
+        if words[0] == "torchrun":
+            launcher = ["torch.distributed.run", "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
+        else:
+            launcher = ["deepspeed.launcher.runner", "--master_port", str(free_port())]
+        cmd = [sys.executable, "-m", *launcher, *words[1:], *SMALL.get(command, [])]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]
         return

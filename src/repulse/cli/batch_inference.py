@@ -120,7 +120,7 @@ def generate_rows(cfg: InferenceConfig, strategy, prompts: list, texts: list[str
 def run(cfg: InferenceConfig) -> list[dict]:
     from repulse.data.postprocess import post_process
     from repulse.data.templates import format_prompt
-    from repulse.distributed.launch import make_strategy
+    from repulse.distributed.launch import make_strategy, note_not_applicable
     from repulse.generation import batch
     from repulse.infra.files import write_jsonl_atomic
     from repulse.infra.seed import set_seed
@@ -131,8 +131,8 @@ def run(cfg: InferenceConfig) -> list[dict]:
         from repulse.generation.vllm_backend import import_vllm
 
         import_vllm()  # a missing extra is reported before anything loads
-    # ZeRO partitions training state; generation has none, so --zero_stage is not reported here.
-    strategy = make_strategy(cfg.strategy.dist_backend, adam_offload=cfg.strategy.adam_offload)
+    note_not_applicable(cfg.strategy, "batch_inference", "it trains nothing: each process holds the model")
+    strategy = make_strategy(StrategyArgs(dist_backend=cfg.strategy.dist_backend))
     try:
         set_seed(inf.seed + strategy.rank)
         rm = task == "rm"

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from repulse.cli.runner import run_cli
-from repulse.config.attack import AttackEvalArgs, BEASTArgs
-from repulse.config.common import ModelArgs
+from repulse.config.attack import ATTACK_NOT_APPLICABLE, ATTACK_STRATEGY_FLAGS, AttackEvalArgs, BEASTArgs
+from repulse.config.common import ModelArgs, StrategyArgs
 from repulse.config.parser import parse_groups, to_flat_dict
 
 
@@ -26,13 +26,18 @@ class BEASTEvalConfig(NamedTuple):
     model: ModelArgs
     eval: AttackEvalArgs
     beast: BEASTArgs
+    strategy: StrategyArgs
 
 
-GROUPS = (ModelArgs, AttackEvalArgs, BEASTArgs)
+GROUPS = (ModelArgs, AttackEvalArgs, BEASTArgs, StrategyArgs)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> BEASTEvalConfig:
-    return BEASTEvalConfig(*parse_groups(GROUPS, argv, description=__doc__))
+    from repulse.distributed.launch import note_not_applicable
+
+    cfg = BEASTEvalConfig(*parse_groups(GROUPS, argv, description=__doc__, only=ATTACK_STRATEGY_FLAGS))
+    note_not_applicable(cfg.strategy, "evaluate_beast", ATTACK_NOT_APPLICABLE)
+    return cfg
 
 
 def beast_config(args: BEASTArgs, seed: int):

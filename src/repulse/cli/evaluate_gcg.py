@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from repulse.cli.runner import run_cli
-from repulse.config.attack import AttackEvalArgs, GCGArgs
-from repulse.config.common import ModelArgs
+from repulse.config.attack import ATTACK_NOT_APPLICABLE, ATTACK_STRATEGY_FLAGS, AttackEvalArgs, GCGArgs
+from repulse.config.common import ModelArgs, StrategyArgs
 from repulse.config.parser import parse_groups, to_flat_dict
 
 
@@ -30,13 +30,18 @@ class GCGEvalConfig(NamedTuple):
     model: ModelArgs
     eval: AttackEvalArgs
     gcg: GCGArgs
+    strategy: StrategyArgs
 
 
-GROUPS = (ModelArgs, AttackEvalArgs, GCGArgs)
+GROUPS = (ModelArgs, AttackEvalArgs, GCGArgs, StrategyArgs)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> GCGEvalConfig:
-    return GCGEvalConfig(*parse_groups(GROUPS, argv, description=__doc__))
+    from repulse.distributed.launch import note_not_applicable
+
+    cfg = GCGEvalConfig(*parse_groups(GROUPS, argv, description=__doc__, only=ATTACK_STRATEGY_FLAGS))
+    note_not_applicable(cfg.strategy, "evaluate_gcg", ATTACK_NOT_APPLICABLE)
+    return cfg
 
 
 def gcg_config(args: GCGArgs, seed: int):

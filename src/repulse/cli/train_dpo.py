@@ -58,16 +58,13 @@ def parse_args(argv: Sequence[str] | None = None) -> DPOConfig:
 
 
 def train(cfg: DPOConfig):
-    from repulse.cli.training import start_run, train_and_save
+    from repulse.cli.training import load_frozen_lm, load_trained_lm, start_run, train_and_save
     from repulse.data.preference import PairCollator, build_preference_datasets
-    from repulse.models.load import load_causal_lm, load_reference_lm
     from repulse.trainers.dpo import DPOTrainer
 
-    strategy, path, tokenizer = start_run(cfg)
-    model = strategy.prepare(load_causal_lm(path, cfg.model, cfg.lora))
-    reference = load_reference_lm(
-        cfg.ref.ref_pretrain or path, cfg.model, offload=cfg.ref.ref_offload, device=strategy.device
-    )
+    strategy, path, tokenizer = start_run(cfg, sharded=True)
+    model = load_trained_lm(strategy, path, cfg)
+    reference = load_frozen_lm(strategy, cfg.ref.ref_pretrain or path, cfg, offload=cfg.ref.ref_offload)
     train_set, eval_set = build_preference_datasets(cfg.data, cfg.keys, tokenizer, seed=cfg.optim.seed)
     d = cfg.dpo
     trainer = DPOTrainer(model, reference, d.beta, d.label_smoothing, d.ipo, d.nll_loss_coef)

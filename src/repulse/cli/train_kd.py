@@ -38,8 +38,7 @@ def parse_args(argv: Sequence[str] | None = None) -> KDConfig:
 def check_vocabularies(student, teacher, student_path: str, teacher_path: str) -> None:
     from repulse.infra.errors import UserError
 
-    s = student.get_output_embeddings().weight.shape[0]
-    t = teacher.get_output_embeddings().weight.shape[0]
+    s, t = output_tokens(student), output_tokens(teacher)
     if s != t:
         raise UserError(
             f"--teacher_model {teacher_path} has {t} output tokens, the student {student_path} {s}: "
@@ -47,22 +46,28 @@ def check_vocabularies(student, teacher, student_path: str, teacher_path: str) -
         )
 
 
+def output_tokens(model) -> int:
+    """Rows of the output head; under ZeRO-3 a rank holds a shard, and DeepSpeed keeps the full shape aside."""
+    weight = model.get_output_embeddings().weight
+    return getattr(weight, "ds_shape", weight.shape)[0]
+
+
 def train(cfg: KDConfig):
-    from repulse.cli.training import start_run, train_and_save
+    from repulse.cli.training import load_frozen_lm, load_trained_lm, start_run, train_and_save
     from repulse.data.collate import PadCollator
     from repulse.data.sft import build_sft_datasets
-    from repulse.models.load import load_causal_lm, load_reference_lm, resolve_model_path
+    from repulse.models.load import resolve_model_path
     from repulse.trainers.kd import KDTrainer
 
-    strategy, path, tokenizer = start_run(cfg)
-    student = load_causal_lm(path, cfg.model, cfg.lora)
+    strategy, path, tokenizer = start_run(cfg, sharded=True)
+    student = load_trained_lm(strategy, path, cfg)
     teacher_path = resolve_model_path(cfg.kd.teacher_model, what="teacher model")
-    teacher = load_reference_lm(teacher_path, cfg.model, offload=cfg.kd.teacher_offload, device=strategy.device)
-    check_vocabularies(student, teacher, path, teacher_path)
+    teacher = load_frozen_lm(strategy, teacher_path, cfg, offload=cfg.kd.teacher_offload)
+    check_vocabularies(student, strategy.unwrap(teacher), path, teacher_path)
     train_set, eval_set = build_sft_datasets(
         cfg.data, tokenizer, pretrain_mode=cfg.kd.pretrain_mode, default="distill", seed=cfg.optim.seed
     )
-    trainer = KDTrainer(strategy.prepare(student), teacher, cfg.kd.kd_coef)
+    trainer = KDTrainer(student, teacher, cfg.kd.kd_coef)
     collate = PadCollator(tokenizer.pad_token_id)
     return train_and_save(cfg, strategy, trainer, tokenizer, train_set, collate, name="train_kd", eval_set=eval_set)
 

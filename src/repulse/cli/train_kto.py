@@ -64,16 +64,13 @@ def build_datasets(cfg: KTOConfig, tokenizer):
 
 
 def train(cfg: KTOConfig):
-    from repulse.cli.training import start_run, train_and_save
+    from repulse.cli.training import load_frozen_lm, load_trained_lm, start_run, train_and_save
     from repulse.data.unpaired import UnpairedCollator
-    from repulse.models.load import load_causal_lm, load_reference_lm
     from repulse.trainers.kto import KTOTrainer
 
-    strategy, path, tokenizer = start_run(cfg)
-    model = strategy.prepare(load_causal_lm(path, cfg.model, cfg.lora))
-    reference = load_reference_lm(
-        cfg.ref.ref_pretrain or path, cfg.model, offload=cfg.ref.ref_offload, device=strategy.device
-    )
+    strategy, path, tokenizer = start_run(cfg, sharded=True)
+    model = load_trained_lm(strategy, path, cfg)
+    reference = load_frozen_lm(strategy, cfg.ref.ref_pretrain or path, cfg, offload=cfg.ref.ref_offload)
     train_set, eval_set = build_datasets(cfg, tokenizer)
     k = cfg.kto
     trainer = KTOTrainer(model, reference, k.beta, k.desirable_loss_weight, k.undesirable_loss_weight)

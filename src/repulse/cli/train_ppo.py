@@ -84,8 +84,7 @@ def start(config: RLConfig):
     from repulse.infra.seed import set_seed
     from repulse.models.load import load_tokenizer, resolve_model_path
 
-    s = config.strategy
-    strategy = make_strategy(s.dist_backend, s.zero_stage, s.adam_offload)
+    strategy = make_strategy(config.strategy, command="train_ppo")
     set_seed(config.optim.seed)
     path = resolve_model_path(config.model.pretrain, "tiny_lm")
     tokenizer = load_tokenizer(

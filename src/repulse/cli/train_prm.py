@@ -59,13 +59,12 @@ def build_datasets(cfg: PRMConfig, tokenizer):
 
 
 def train(cfg: PRMConfig):
-    from repulse.cli.training import start_run, train_and_save
+    from repulse.cli.training import load_trained_lm, start_run, train_and_save
     from repulse.data.process_reward import ProcessRewardCollator
-    from repulse.models.load import load_causal_lm
     from repulse.trainers.prm import PRMTrainer
 
-    strategy, path, tokenizer = start_run(cfg)
-    model = strategy.prepare(load_causal_lm(path, cfg.model, cfg.lora))
+    strategy, path, tokenizer = start_run(cfg, sharded=True)
+    model = load_trained_lm(strategy, path, cfg)
     train_set, eval_set = build_datasets(cfg, tokenizer)
     trainer = PRMTrainer(model, train_set.label_ids)
     collate = ProcessRewardCollator(tokenizer.pad_token_id)

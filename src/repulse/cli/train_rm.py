@@ -56,8 +56,9 @@ def store_normalization(trainer, strategy, dataset, collate, batch_size: int) ->
     from repulse.models.reward import store_reward_normalization
 
     trainer.model.eval()
+    loader = strategy.eval_dataloader(dataset, batch_size, collate)
     with torch.no_grad():
-        rewards = trainer.collect_rewards(strategy.eval_dataloader(dataset, batch_size, collate))
+        rewards = trainer.collect_rewards(loader, repeated=loader.batch_sampler.padding)
     stats = strategy.all_reduce(
         {"sum": rewards.sum().item(), "sq": (rewards**2).sum().item(), "n": len(rewards)}, op="sum"
     )
@@ -72,9 +73,11 @@ def train(cfg: RMConfig):
     from repulse.models.reward import load_reward_model
     from repulse.trainers.rm import RewardModelTrainer
 
-    strategy, path, tokenizer = start_run(cfg)
-    model = load_reward_model(path, cfg.model, cfg.lora, value_head_prefix=cfg.rm.value_head_prefix, trainable=True)
-    model = strategy.prepare(model)
+    strategy, path, tokenizer = start_run(cfg, sharded=True)
+    with strategy.model_init(trainable=True, bf16=cfg.model.bf16):
+        model = load_reward_model(
+            path, cfg.model, cfg.lora, value_head_prefix=cfg.rm.value_head_prefix, trainable=True
+        )
     train_set, eval_set = build_datasets(cfg, tokenizer)
     collate = PairCollator(tokenizer.pad_token_id)
     trainer = RewardModelTrainer(model, cfg.rm.loss, cfg.rm.value_head_prefix)

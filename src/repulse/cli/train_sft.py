@@ -2,7 +2,8 @@
 
 Loss: mean next-token NLL over response tokens (prompt tokens masked), or over every token with
 --pretrain_mode. --packing_samples packs a micro-batch into one row with block-diagonal attention, which
-gives the same loss as padding. Runs on one CPU/GPU, or data-parallel under torchrun.
+gives the same loss as padding. Runs on one CPU/GPU, or over processes under torchrun or the deepspeed
+launcher (--strategy: DeepSpeed ZeRO, FSDP2 or DDP).
 
     repulse train_sft --save_path runs/sft --train_batch_size 32 --micro_train_batch_size 16 \\
         --learning_rate 1e-3                                          # embedded tiny LM + data (300 rows)
@@ -10,6 +11,8 @@ gives the same loss as padding. Runs on one CPU/GPU, or data-parallel under torc
     repulse train_sft --pretrain HuggingFaceTB/SmolLM2-135M-Instruct --dataset data.jsonl \\
         --input_key prompt --output_key response --apply_chat_template --lora_rank 8 --save_path runs/sft
     torchrun --nproc_per_node 2 -m repulse.cli.train_sft --train_batch_size 16 --micro_train_batch_size 4
+    deepspeed --num_gpus 2 --module repulse.cli.train_sft --zero_stage 3 --train_batch_size 16 \\
+        --micro_train_batch_size 4 --save_path runs/sft_zero3
 """
 
 from __future__ import annotations
@@ -51,13 +54,12 @@ def build_datasets(cfg: SFTConfig, tokenizer):
 
 
 def train(cfg: SFTConfig):
-    from repulse.cli.training import start_run, train_and_save
+    from repulse.cli.training import load_trained_lm, start_run, train_and_save
     from repulse.data.collate import PackCollator, PadCollator
-    from repulse.models.load import load_causal_lm
     from repulse.trainers.sft import SFTTrainer
 
-    strategy, path, tokenizer = start_run(cfg)
-    model = strategy.prepare(load_causal_lm(path, cfg.model, cfg.lora))
+    strategy, path, tokenizer = start_run(cfg, sharded=True)
+    model = load_trained_lm(strategy, path, cfg)
     train_set, eval_set = build_datasets(cfg, tokenizer)
     collate = (
         PackCollator(not cfg.model.flash_attn) if cfg.data.packing_samples else PadCollator(tokenizer.pad_token_id)

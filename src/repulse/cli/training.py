@@ -16,18 +16,19 @@ from repulse.config.parser import to_flat_dict
 log = logging.getLogger("repulse")
 
 
-def start_run(cfg: Any, default_model: str = "tiny_lm") -> tuple[Any, str, Any]:
+def start_run(cfg: Any, default_model: str = "tiny_lm", *, sharded: bool = False) -> tuple[Any, str, Any]:
     """(strategy, model path, tokenizer) with the seed set; the model path falls back to the embedded one.
 
     Checks first what a run needs from the user's input: output folders it can write, a model folder with a
     tokenizer and readable weights, and a --max_len within the model's positions (capped, with a warning).
+    `sharded`: the command trains through the loop's prepare_train, so DeepSpeed and FSDP2 can run it.
     """
     from repulse.distributed.launch import make_strategy
     from repulse.infra.seed import set_seed
     from repulse.models.load import load_tokenizer, resolve_model_path
 
     check_output_folders(cfg)
-    strategy = make_strategy(cfg.strategy.dist_backend, cfg.strategy.zero_stage, cfg.strategy.adam_offload)
+    strategy = make_strategy(cfg.strategy, sharded=sharded)
     set_seed(cfg.optim.seed)
     path = resolve_model_path(cfg.model.pretrain, default_model)
     tokenizer = load_tokenizer(
@@ -35,6 +36,24 @@ def start_run(cfg: Any, default_model: str = "tiny_lm") -> tuple[Any, str, Any]:
     )
     cap_max_len(cfg, path)
     return strategy, path, tokenizer
+
+
+def load_trained_lm(strategy: Any, path: str, cfg: Any):
+    """The causal LM a command trains, loaded the way its strategy needs (ZeRO-3: each rank's shard only)."""
+    from repulse.models.load import load_causal_lm
+
+    with strategy.model_init(trainable=True, bf16=cfg.model.bf16):
+        return load_causal_lm(path, cfg.model, cfg.lora)
+
+
+def load_frozen_lm(strategy: Any, path: str, cfg: Any, *, offload: bool):
+    """A frozen causal LM (reference, teacher) placed by the strategy: replicated on the device, on the CPU with
+    `offload`, or sharded under ZeRO-3 and FSDP2."""
+    from repulse.models.load import load_reference_lm
+
+    with strategy.model_init(trainable=False, bf16=cfg.model.bf16, offload=offload):
+        model = load_reference_lm(path, cfg.model, offload=offload, device=strategy.device)
+    return strategy.prepare_frozen(model, offload=offload)
 
 
 def check_output_folders(cfg: Any) -> None:
@@ -82,32 +101,35 @@ def train_and_save(
     before_save: Any = None,
 ) -> Any:
     """Write config.yaml, run the loop, save `save_path/final` (HF format) and print a one-line summary."""
-    from repulse.models.load import save_pretrained_atomic
     from repulse.trainers.session import build_run, fit
 
     def hf_copy(folder: Path) -> None:  # --save_hf_ckpt: each checkpoint also holds the model as final/ would
-        save_pretrained_atomic(strategy.unwrap(trainer.model), tokenizer, folder / "final")
+        strategy.save_pretrained(trainer.model, tokenizer, folder / "final")
 
     flat = to_flat_dict(*cfg)
-    run = build_run(
-        trainer,
-        strategy,
-        train_set,
-        collate,
-        optim=cfg.optim,
-        ckpt=cfg.ckpt,
-        logging_args=cfg.logging,
-        eval_set=eval_set,
-        config=flat,
-        command=name,
-        checkpoint_extra=hf_copy if cfg.ckpt.save_hf_ckpt else None,
-        write_config=lambda: write_resolved_config(cfg.ckpt.save_path, flat) if strategy.is_rank_0() else None,
-    )
-    fit(run)
-    if before_save is not None:
-        before_save(run)
+    try:
+        run = build_run(
+            trainer,
+            strategy,
+            train_set,
+            collate,
+            optim=cfg.optim,
+            ckpt=cfg.ckpt,
+            logging_args=cfg.logging,
+            eval_set=eval_set,
+            config=flat,
+            command=name,
+            checkpoint_extra=hf_copy if cfg.ckpt.save_hf_ckpt else None,
+            write_config=lambda: write_resolved_config(cfg.ckpt.save_path, flat) if strategy.is_rank_0() else None,
+        )
+        fit(run)
+        if before_save is not None:
+            before_save(run)
+        final = strategy.save_pretrained(trainer.model, tokenizer, f"{cfg.ckpt.save_path}/final")
+    except BaseException:
+        strategy.cleanup(failed=True)  # a refused checkpoint, an interrupt: free the process group
+        raise
     if strategy.is_rank_0():
-        final = save_pretrained_atomic(strategy.unwrap(trainer.model), tokenizer, f"{cfg.ckpt.save_path}/final")
         last = run.state.history[-1] if run.state.history else {}
         shown = " ".join(f"{k} {v:.4g}" for k, v in last.items() if k in SUMMARY_KEYS)
         print(f"{name}: {run.state.global_step} steps; last {shown}; model saved to {final}")

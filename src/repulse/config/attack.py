@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from repulse.config.common import StrategyArgs
 from repulse.config.fields import arg, require
 
 SCENARIOS = ("behaviors", "behaviours", "strings")
 SUCCESS_CRITERIA = ("reward", "prefix", "judge")
 RM_INPUTS = ("prompt_response", "response")
+# The fork's attack commands were copied from its training commands and pass --zero_stage (and, under the
+# deepspeed launcher, --local_rank): accepted, and reported as not applicable (the attack trains nothing).
+ATTACK_STRATEGY_FLAGS = {StrategyArgs: ["zero_stage", "local_rank"]}
+ATTACK_NOT_APPLICABLE = "the attack runs in one process and trains nothing"
 
 
 @dataclass

@@ -136,24 +136,67 @@ class OptimArgs(ScheduleArgs):
         )
 
 
+STRATEGIES = ("auto", "deepspeed", "fsdp2", "ddp")
+
+
 @dataclass
 class StrategyArgs:
     _argument_group_name = "strategy (processes and devices)"
 
-    zero_stage: int = arg(
-        2,
-        "DeepSpeed ZeRO stage (0-3). Accepted so the fork's commands parse; it has no effect until the "
-        "DeepSpeed strategy ships (the log says so).",
+    strategy: str = arg(
+        "auto",
+        "How training spreads over processes: deepspeed (ZeRO, see --zero_stage), fsdp2 (torch fully_shard per "
+        "decoder layer), ddp (torch DistributedDataParallel under torchrun, else one process), or auto: deepspeed "
+        "where it is installed and the run has several processes, was started by the deepspeed launcher or uses "
+        "--adam_offload; ddp otherwise (the log says which, and why).",
     )
-    adam_offload: bool = arg(False, "Offload Adam states to CPU (needs the DeepSpeed strategy).")
-    local_rank: int = arg(-1, "Set by the deepspeed launcher; torchrun uses the LOCAL_RANK variable instead.")
+    zero_stage: int | None = arg(
+        None,
+        "DeepSpeed ZeRO stage: 0 (data parallel), 1 (optimizer state sharded), 2 (and gradients), 3 (and "
+        "parameters). Default 2, as in the fork's commands; where DeepSpeed does not run, the log says so.",
+    )
+    adam_offload: bool = arg(
+        False,
+        "DeepSpeed ZeRO-Offload: Adam's state and step on the CPU (DeepSpeedCPUAdam; ZeRO stage 1-3; with stage 3 "
+        "the parameters too, as in OpenRLHF).",
+    )
+    local_rank: int = arg(
+        -1, "The process's rank on its node, passed by the deepspeed launcher (torchrun sets LOCAL_RANK instead)."
+    )
     dist_backend: str = arg(
-        "auto", "torch.distributed backend under torchrun: auto (nccl on GPU, gloo on CPU), nccl or gloo."
+        "auto",
+        "torch.distributed backend: auto (nccl on GPU, gloo on CPU; DeepSpeed's choice under it), nccl or gloo.",
     )
 
     def __post_init__(self) -> None:
-        require(self.zero_stage in (0, 1, 2, 3), f"--zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        require(
+            self.strategy in STRATEGIES, f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}"
+        )
+        require(self.zero_stage in (None, 0, 1, 2, 3), f"--zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
         require(self.dist_backend in ("auto", "nccl", "gloo"), "--dist_backend must be auto, nccl or gloo")
+        require(
+            not (self.adam_offload and self.strategy in ("fsdp2", "ddp")),
+            f"--adam_offload is DeepSpeed's ZeRO-Offload: it needs --strategy deepspeed or auto, not {self.strategy}",
+        )
+        require(
+            not (self.adam_offload and self.zero_stage == 0),
+            "--adam_offload needs --zero_stage 1, 2 or 3 (ZeRO-Offload moves the partitioned optimizer to the CPU)",
+        )
+
+    def stage(self) -> int:
+        """The ZeRO stage DeepSpeed runs with: --zero_stage, or the fork's 2."""
+        return 2 if self.zero_stage is None else self.zero_stage
+
+    def given(self) -> list[str]:
+        """The training-only flags this run set (for commands that train nothing, which report them)."""
+        shown = []
+        if self.strategy != "auto":
+            shown.append(f"--strategy {self.strategy}")
+        if self.zero_stage is not None:
+            shown.append(f"--zero_stage {self.zero_stage}")
+        if self.adam_offload:
+            shown.append("--adam_offload")
+        return shown
 
 
 @dataclass

@@ -66,10 +66,22 @@ class GlobalBatchSampler:
 
 
 class ShardSampler:
-    """Evaluation / inference: process r takes examples r, r + world, ... in order, batched, nothing dropped."""
+    """Evaluation / inference: process r takes examples r, r + world, ... in order, batched, nothing dropped.
 
-    def __init__(self, num_examples: int, batch_size: int, world_size: int = 1, rank: int = 0) -> None:
-        self.indices = list(range(rank, num_examples, world_size))
+    With `even`, the index list is first padded to a multiple of the world size by repeating its first examples
+    (as torch's DistributedSampler does), so every rank runs the same number of batches: needed where a forward
+    pass is a collective (ZeRO-3, FSDP2). `padding` is how many of this rank's indices (its last ones) repeat.
+    """
+
+    def __init__(
+        self, num_examples: int, batch_size: int, world_size: int = 1, rank: int = 0, even: bool = False
+    ) -> None:
+        order = list(range(num_examples))
+        if even and num_examples % world_size:
+            extra = world_size - num_examples % world_size
+            order += [order[i % num_examples] for i in range(extra)] if num_examples else []
+        self.indices = order[rank::world_size]
+        self.padding = sum(1 for i in range(rank, len(order), world_size) if i >= num_examples)
         self.batch_size = batch_size
 
     def __iter__(self) -> Iterator[list[int]]:

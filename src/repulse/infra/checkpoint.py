@@ -3,9 +3,12 @@
 Each checkpoint is a folder `global_step{N}` that appears only once complete (written to a temporary folder,
 then renamed); the oldest are deleted beyond `max_keep`. Inside:
 
-    checkpoint.json                  format version, step, world size and the run's fingerprint (JSON)
+    checkpoint.json                  format version, step, world size, the state's layout (the strategy that
+                                     wrote it) and the run's fingerprint (JSON)
     training_state.{safetensors,pt}  the state (infra/state_files.py: tensors + plain data, no code)
     rng_rank{R}.{safetensors,pt}     each rank's RNG streams, the same way
+    deepspeed/ or dcp/               a sharded strategy's own files (DeepSpeed's, or torch.distributed.checkpoint's),
+                                     written by every rank and read only through a restricted loader
 
 A checkpoint folder belongs to one run. A run that does not resume refuses to start in a folder that holds
 another run's checkpoints (its pruning would delete its own newer-numbered ones, and a later resume would pick
@@ -112,21 +115,32 @@ class Checkpointer:
                 "resume it, or give this run another --save_path (or --ckpt_path), or delete that folder"
             )
 
-    def save(self, global_step: int, state: dict[str, Any], extra: Callable[[Path], None] | None = None) -> Path:
-        """Every rank calls this; rank 0 assembles the folder. `extra(folder)` adds more files (e.g. the models
-        in Hugging Face format) inside the same atomic write."""
+    def save(
+        self,
+        global_step: int,
+        state: dict[str, Any],
+        extra: Callable[[Path], None] | None = None,
+        collective: Callable[[Path], None] | None = None,
+    ) -> Path:
+        """Every rank calls this; rank 0 assembles the folder. `extra(folder)` (rank 0) adds more files (e.g. the
+        models in Hugging Face format) inside the same atomic write. `collective(folder)` is called on every rank
+        with one folder they share (a sharded strategy's files, a model gathered from its shards); what it writes
+        there goes into the checkpoint, in the same atomic write."""
         if not self._owned:  # a caller that never called start(): the first save makes the same check
             self._refuse_foreign()
             self._owned = True
         encoded = encode_state(state) if self.strategy.is_rank_0() else None  # fails before any file is written
         self.dir.mkdir(parents=True, exist_ok=True)
         save_state(self._rng_dir(global_step, self.strategy.rank, create=True), "rng", get_rng_state())
-        self.strategy.barrier()
+        shared = self._shared_dir(global_step, collective)
         target = self.dir / f"global_step{global_step}"
         if self.strategy.is_rank_0():
 
             def write(tmp: Path) -> None:
                 save_state(tmp, STATE, state, encoded)
+                if shared is not None:
+                    for entry in sorted(shared.iterdir()):
+                        entry.replace(tmp / entry.name)
                 for r in range(self.strategy.world_size):
                     for suffix in (".safetensors", ".pt"):
                         (self._rng_dir(global_step, r) / f"rng{suffix}").replace(tmp / f"rng_rank{r}{suffix}")
@@ -135,6 +149,7 @@ class Checkpointer:
                     "version": VERSION,
                     "global_step": global_step,
                     "world_size": self.strategy.world_size,
+                    "layout": self.layout(),
                     "fingerprint": self.fingerprint,
                 }
                 (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -146,10 +161,27 @@ class Checkpointer:
             finally:
                 for r in range(self.strategy.world_size):
                     shutil.rmtree(self._rng_dir(global_step, r), ignore_errors=True)
+                if shared is not None:
+                    shutil.rmtree(shared, ignore_errors=True)
             self._prune(keep=target)
             log.info("checkpoint saved: %s", target)
         self.strategy.barrier()
         return target
+
+    def _shared_dir(self, global_step: int, collective: Callable[[Path], None] | None) -> Path | None:
+        """Rank 0 creates the folder the ranks share, every rank fills it, all wait until each has finished."""
+        shared = None
+        if collective is not None:
+            shared = staging_dir(self.dir, f"shared_step{global_step}", create=self.strategy.is_rank_0())
+            self.strategy.barrier()
+            collective(shared)
+        self.strategy.barrier()
+        return shared
+
+    def layout(self) -> dict[str, Any]:
+        """How the strategy laid the state out (replicated, DeepSpeed's ZeRO stage, FSDP2)."""
+        describe = getattr(self.strategy, "checkpoint_layout", None)
+        return describe() if describe is not None else {"kind": "replicated"}
 
     def _rng_dir(self, global_step: int, rank: int, create: bool = False) -> Path:
         """Where each rank stages its RNG state for rank 0 to move into the checkpoint."""
@@ -166,6 +198,7 @@ class Checkpointer:
         path = Path(path)
         manifest = read_manifest(path)
         self.check_fingerprint(path, manifest.get("fingerprint"))
+        self.check_layout(path, manifest.get("layout"))
         state = load_state(path, STATE)
         if not isinstance(state, dict):
             raise CheckpointFileError(f"{path / (STATE + '.pt')}: holds a {type(state).__name__}, not a state")
@@ -182,6 +215,15 @@ class Checkpointer:
         if path.parent.resolve() == self.dir.resolve():
             self._owned = True
         return state
+
+    def check_layout(self, path: Path, saved: Any) -> None:
+        """Refuse state laid out by another strategy (a checkpoint without a layout predates sharded ones)."""
+        saved = saved if isinstance(saved, dict) else {"kind": "replicated"}
+        check = getattr(self.strategy, "check_layout", None)
+        if check is not None:
+            check(saved, str(path))
+        elif saved.get("kind", "replicated") != "replicated":
+            raise UserError(f"--load_checkpoint: {path} holds sharded state ({saved}); this run cannot read it")
 
     def check_fingerprint(self, path: Path, saved: dict[str, Any] | None) -> None:
         """Refuse a checkpoint written with other values of the flags that shape training."""

@@ -15,6 +15,7 @@ that does not load that way is refused with a CheckpointFileError naming it.
 from __future__ import annotations
 
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -121,16 +122,19 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointFileError(f"{path}: not a readable safetensors file ({first_line(err)})") from err
 
 
-def load_skeleton(path: Path) -> Any:
+def load_skeleton(path: Path, allowed: Sequence[type] = (), map_location: Any = "cpu", what: str = "repulse") -> Any:
+    """torch.load(weights_only=True): containers, numbers, strings and tensors, plus the classes in `allowed`
+    (plain-data classes a library's own files hold, e.g. DeepSpeed's loss scaler); anything else is refused."""
     if not path.is_file():
         raise CheckpointFileError(f"{path}: missing")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(allowed)):
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         # The weights-only unpickler met a global it does not allow: code, or an object that needs code.
         raise CheckpointFileError(
             f"{path}: refused, it holds more than plain data ({unpickler_reason(err)}); checkpoints are only "
-            "loaded as data, and this file was not written by repulse"
+            f"loaded as data, and this file was not written by {what}"
         ) from err
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError) as err:
         raise CheckpointFileError(f"{path}: not a readable checkpoint file ({first_line(err)})") from err

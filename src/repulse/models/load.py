@@ -212,12 +212,14 @@ def apply_lora(model, lora: LoraArgs, task_type: str):
     return model
 
 
-def save_pretrained_atomic(model, tokenizer, path: str | Path) -> Path:
-    """Hugging Face format (an adapter folder for LoRA), written to a temp folder then renamed."""
+def save_pretrained_atomic(model, tokenizer, path: str | Path, state_dict: dict | None = None) -> Path:
+    """Hugging Face format (an adapter folder for LoRA), written to a temp folder then renamed. `state_dict`:
+    the full weights when the model itself holds only a shard of them (gathered by the strategy)."""
     from repulse.infra.files import write_dir_atomic
 
     def write(tmp: Path) -> None:
-        model.save_pretrained(tmp, safe_serialization=True)
+        kwargs = {"state_dict": state_dict} if state_dict is not None else {}
+        model.save_pretrained(tmp, safe_serialization=True, **kwargs)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
 

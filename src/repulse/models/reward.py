@@ -78,11 +78,29 @@ def token_values(
 ) -> torch.Tensor:
     """The head applied at every position -> [B, S] (a critic's per-token values)."""
     base = hf_model(model)
-    backbone = getattr(base, base.base_model_prefix)
     if "position_ids" not in extra and attention_mask.dim() == 2:
         extra["position_ids"] = position_ids_from_mask(attention_mask)
+    head = value_head(model, value_head_prefix)
+    if strategy_wrapped(model):
+        # A strategy's wrapper must run its own forward: DDP reduces gradients only for outputs of its forward,
+        # and ZeRO-3 / FSDP2 gather their shards there. The head's output at every position is read off a hook.
+        captured: list[torch.Tensor] = []
+        handle = head.register_forward_hook(lambda module, args, out: captured.append(out))
+        try:
+            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra)
+        finally:
+            handle.remove()
+        return captured[-1].squeeze(-1).float()
+    backbone = getattr(base, base.base_model_prefix)
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra).last_hidden_state
-    return value_head(model, value_head_prefix)(hidden).squeeze(-1).float()
+    return head(hidden).squeeze(-1).float()
+
+
+def strategy_wrapped(model) -> bool:
+    """Whether `model` is a DDP wrapper, a DeepSpeed engine (both hold `.module`) or an FSDP2-sharded module."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return hasattr(model, "module") or isinstance(model, FSDPModule)
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:

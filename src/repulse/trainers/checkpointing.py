@@ -22,7 +22,9 @@ log = logging.getLogger("repulse")
 
 # Flags that may change between a run and its resume: where things go, how often they are logged or saved,
 # and how the same computation is laid out on the hardware (the sampler makes micro-batching and process
-# count invisible to the result; recomputation, the attention kernel and offloading change no formula).
+# count invisible to the result; recomputation, the attention kernel and offloading change no formula). A
+# checkpoint's own layout (the strategy, ZeRO stage and process count that wrote sharded state) is checked
+# separately, from its manifest.
 # Every other flag is part of the run's fingerprint.
 RUN_NEUTRAL = frozenset(
     {
@@ -48,6 +50,7 @@ RUN_NEUTRAL = frozenset(
         "ref_offload",
         "teacher_offload",
         "zero_stage",
+        "strategy",
         "local_rank",
         "dist_backend",
         # RL: when p_theta is checkpointed and where the evaluation files go

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
-from repulse.infra.checkpoint import Checkpointer, load_trainable_state, trainable_state
+from repulse.infra.checkpoint import Checkpointer
 from repulse.infra.errors import UserError
 from repulse.infra.metrics import MetricLogger
 from repulse.trainers import guard
@@ -66,7 +66,8 @@ class TrainingRun:
     eval_loader: Any = None
     state: LoopState = field(default_factory=LoopState)
     on_step: Callable[[LoopState], None] | None = None
-    # Writes more into each checkpoint folder (--save_hf_ckpt: the model in Hugging Face format).
+    # Writes more into each checkpoint (--save_hf_ckpt: the model in Hugging Face format). Called on every rank
+    # with a folder they share, since gathering a sharded model takes every rank.
     checkpoint_extra: Callable[[Any], None] | None = None
 
 
@@ -74,7 +75,6 @@ def move_to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-SAVED_KEYS = ("model", "optimizer", "scheduler", "loop")
 LOOP_KEYS = ("epoch", "step_in_epoch", "global_step", "consumed_samples")
 
 
@@ -85,17 +85,12 @@ def resume(run: TrainingRun) -> None:
         log.info("--load_checkpoint: no checkpoint found, starting from scratch")
         return
     saved = run.checkpointer.load(path)
+    # The weights and optimizer: from the data files (replicated strategies) or the strategy's own shards.
+    run.strategy.load_training_state(run.trainer.model, run.optimizer, run.scheduler, saved, path)
     loop = saved.get("loop") if isinstance(saved.get("loop"), dict) else {}
-    missing = [k for k in SAVED_KEYS if k not in saved] + [f"loop.{k}" for k in LOOP_KEYS if k not in loop]
+    missing = [f"loop.{k}" for k in LOOP_KEYS if k not in loop]
     if missing:
         raise UserError(f"--load_checkpoint: {path} is not a checkpoint of this command (it lacks {missing})")
-    load_trainable_state(run.strategy.unwrap(run.trainer.model), saved["model"], source=f"--load_checkpoint {path}")
-    try:
-        run.optimizer.load_state_dict(saved["optimizer"])
-        if run.scheduler is not None:
-            run.scheduler.load_state_dict(saved["scheduler"])
-    except (ValueError, KeyError, TypeError) as err:
-        raise UserError(f"--load_checkpoint: {path}: optimizer or scheduler state does not fit ({err})") from err
     run.state = LoopState(**{k: loop[k] for k in LOOP_KEYS})
     run.state.last_checkpoint = str(path)
     log.info("resumed from %s (step %d, epoch %d)", path, run.state.global_step, run.state.epoch + 1)
@@ -104,14 +99,18 @@ def resume(run: TrainingRun) -> None:
 def save_checkpoint(run: TrainingRun) -> None:
     if run.checkpointer is None:
         return
-    st = run.state
+    st, model = run.state, run.trainer.model
     state = {
-        "model": trainable_state(run.strategy.unwrap(run.trainer.model)),
-        "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
+        **run.strategy.training_state(model, run.optimizer, run.scheduler),
         "loop": {k: getattr(st, k) for k in LOOP_KEYS},
     }
-    st.last_checkpoint = str(run.checkpointer.save(st.global_step, state, extra=run.checkpoint_extra))
+
+    def collective(folder: Any) -> None:  # every rank: a sharded strategy's files, the --save_hf_ckpt copy
+        run.strategy.save_shards(model, run.optimizer, folder)
+        if run.checkpoint_extra is not None:
+            run.checkpoint_extra(folder)
+
+    st.last_checkpoint = str(run.checkpointer.save(st.global_step, state, collective=collective))
 
 
 def check_finite(run: TrainingRun, loss: torch.Tensor) -> None:

@@ -35,15 +35,18 @@ class RewardModelTrainer:
             "reward_margin": (chosen - rejected).mean().item(),
         }
 
-    def collect_rewards(self, loader: Any) -> torch.Tensor:
-        """Rewards of every chosen and rejected text in `loader` (unnormalised) -> [2N]."""
+    def collect_rewards(self, loader: Any, repeated: int = 0) -> torch.Tensor:
+        """Rewards of every chosen and rejected text in `loader` (unnormalised) -> [2N], leaving out the last
+        `repeated` pairs (examples a rank's loader repeats only to keep pace with the other ranks)."""
         device = next(self.model.parameters()).device
-        out = []
+        chosen, rejected = [], []
         for batch in loader:
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            chosen, rejected = self._rewards(batch)
-            out += [chosen, rejected]
-        return torch.cat(out).float().cpu()
+            c, r = self._rewards(batch)
+            chosen.append(c)
+            rejected.append(r)
+        keep = sum(len(c) for c in chosen) - repeated
+        return torch.cat([torch.cat(chosen)[:keep], torch.cat(rejected)[:keep]]).float().cpu()
 
     def evaluate(self, loader: Any) -> dict[str, float]:
         device = next(self.model.parameters()).device

@@ -8,6 +8,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from repulse.config.common import CheckpointArgs, LoggingArgs, OptimArgs
+from repulse.distributed.strategy import OptimizerSpec
 from repulse.infra.checkpoint import Checkpointer
 from repulse.infra.errors import DataError
 from repulse.infra.metrics import MetricLogger
@@ -48,8 +49,7 @@ def build_run(
             f"training data has {len(train_set)} examples, fewer than one "
             f"--train_batch_size ({optim.train_batch_size})"
         )
-    optimizer = build_optimizer(trainer.model, optim)
-    scheduler = build_scheduler(optimizer, optim, steps_per_epoch * optim.max_epochs)
+    optimizer, scheduler = prepare_trainer(trainer, strategy, optim, accum, steps_per_epoch * optim.max_epochs)
     eval_loader = None
     if eval_set is not None:
         eval_loader = strategy.eval_dataloader(eval_set, optim.micro_train_batch_size, collate)
@@ -77,6 +77,20 @@ def build_run(
         *(optim.micro_train_batch_size, accum, strategy.world_size),
     )
     return run
+
+
+def prepare_trainer(trainer: Trainable, strategy: Any, optim: OptimArgs, accum: int, total_steps: int) -> tuple:
+    """(optimizer, scheduler), built by the strategy with its model; the trainer gets the model the strategy
+    runs (DDP-wrapped, a DeepSpeed engine, or sharded in place by FSDP2)."""
+    spec = OptimizerSpec(
+        build_optimizer=lambda model: build_optimizer(model, optim),
+        build_scheduler=lambda optimizer: build_scheduler(optimizer, optim, total_steps),
+        micro_batch_size=optim.micro_train_batch_size,
+        accumulation_steps=accum,
+        max_norm=optim.max_norm,
+    )
+    trainer.model, optimizer, scheduler = strategy.prepare_train(trainer.model, spec)
+    return optimizer, scheduler
 
 
 def make_schedule(optim: OptimArgs, ckpt: CheckpointArgs, logging_args: LoggingArgs, accum: int) -> LoopSchedule:

@@ -105,3 +105,15 @@ def test_shard_sampler_covers_every_index_once(n, batch, world):
 def test_shard_sampler_strided_order():
     # Rank 1 of 3 over 10 examples takes 1, 4, 7 in batches of 2.
     assert list(ShardSampler(10, 2, 3, 1)) == [[1, 4], [7]]
+
+
+@pytest.mark.parametrize(("n", "world", "batch"), [(7, 2, 2), (10, 4, 3), (3, 4, 1), (8, 2, 3)])
+def test_even_shards_run_the_same_number_of_batches(n, world, batch):
+    """Under ZeRO-3/FSDP2 a forward is a collective: every rank needs as many batches as the others."""
+    samplers = [ShardSampler(n, batch, world, rank, even=True) for rank in range(world)]
+    assert len({len(s) for s in samplers}) == 1
+    real = [i for s in samplers for i in s.indices[: len(s.indices) - s.padding]]
+    assert sorted(real) == list(range(n))  # every example once, once the repeats are left out
+    assert sum(s.padding for s in samplers) == (-n) % world
+    plain = [ShardSampler(n, batch, world, rank) for rank in range(world)]
+    assert sorted(i for s in plain for i in s.indices) == list(range(n)) and all(s.padding == 0 for s in plain)
