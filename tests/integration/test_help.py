@@ -14,6 +14,7 @@ from repulse.cli.__main__ import COMMANDS
 # reward}.py); empty this as they are reworded.
 KNOWN_LEAKS = {
     ("train_ppo", "--remote_rm_url", "serve_rm"),
+    ("train_ppo_ray", "--remote_rm_url", "serve_rm"),
 }
 
 

@@ -78,13 +78,13 @@ def check_single_process() -> None:
         raise UserError("train_ppo runs on one process (CPU or one GPU); multi-process RL is train_ppo_ray's job")
 
 
-def start(config: RLConfig):
+def start(config: RLConfig, command: str = "train_ppo"):
     """(strategy, model path, tokenizer), with the seed set; the embedded tiny LM without --pretrain."""
     from repulse.distributed.launch import make_strategy
     from repulse.infra.seed import set_seed
     from repulse.models.load import load_tokenizer, resolve_model_path
 
-    strategy = make_strategy(config.strategy, command="train_ppo")
+    strategy = make_strategy(config.strategy, command=command)
     set_seed(config.optim.seed)
     path = resolve_model_path(config.model.pretrain, "tiny_lm")
     tokenizer = load_tokenizer(

@@ -7,12 +7,14 @@ import dataclasses
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from repulse.config.rollout import PPOOptimArgs, RolloutArgs
 from repulse.data.prompts import format_prompts, load_prompt_texts
 from repulse.infra.errors import UserError
+from repulse.infra.seed import set_seed
 from repulse.rl.kl import AdaptiveKLController, FixedKLController
 from repulse.rl.rewards import NegativeDataRecorder, RewardSource, make_reward_source
 from repulse.rl.rollout import encode_prompts_left_truncated
@@ -22,7 +24,7 @@ from repulse.trainers.rl.config import RLConfig
 from repulse.trainers.rl.harmlessness import Annealing, HarmlessnessSettings, HarmlessnessTrainer
 from repulse.trainers.rl.loop import RLLoopSettings, RLTrainer, schedule
 from repulse.trainers.rl.models import RLModels, load_models
-from repulse.trainers.rl.ppo import PPOSettings, PPOTrainer
+from repulse.trainers.rl.ppo import Critic, PPOSettings, PPOTrainer
 from repulse.trainers.rl.proposal import ProposalLoss
 from repulse.trainers.rl.steps import BatchPlan, TrainedModel
 from repulse.trainers.rl.twist import TwistTrainer
@@ -43,11 +45,24 @@ class Recipe:
     recorder: NegativeDataRecorder | None
 
 
-def build_recipe(config: RLConfig, strategy, path: str, tokenizer) -> Recipe:
-    reward = make_reward_source(config.reward, config.model, strategy.device)
+@dataclass
+class RemoteRoles:
+    """Models that other processes hold (train_ppo_ray's workers): stand-ins that the trainers call as they call
+    local ones (the reference through response_token_logps, the reward source, PPO's Critic)."""
+
+    reference: Any
+    reward: RewardSource
+    critic: Any = None
+
+
+def build_recipe(config: RLConfig, strategy, path: str, tokenizer, remote: RemoteRoles | None = None) -> Recipe:
+    reward = remote.reward if remote else make_reward_source(config.reward, config.model, strategy.device)
     # --save_negdata records what the trainers score; the evaluations score through the plain source.
     recorder = NegativeDataRecorder(reward, config.harm.save_negdata_threshold) if config.harm.save_negdata else None
-    models = load_models(config, path, strategy, reward)
+    models = load_models(config, path, strategy, reward, reference=remote.reference if remote else None)
+    # Sampling draws from the seed whichever models this process loaded (a critic's new value head draws from
+    # it), so runs that spread the models over processes sample the same tokens.
+    set_seed(config.optim.seed)
     prompt_ids = load_prompt_ids(config, tokenizer)
     config = config._replace(rollout=fit_to_positions(config.rollout, models.evaluated.config, prompt_ids))
     settings = loop_settings(config, len(prompt_ids))
@@ -57,7 +72,8 @@ def build_recipe(config: RLConfig, strategy, path: str, tokenizer) -> Recipe:
     plan = batch_plan(config)
     warn_partial_steps(plan, buffers)
     guard = Guard(strategy)
-    trainer = build_trainer(config, models, tokenizer, guard, plan, buffers, recorder or reward)
+    remote_critic = remote.critic if remote else None
+    trainer = build_trainer(config, models, tokenizer, guard, plan, buffers, recorder or reward, remote_critic)
     return Recipe(config, models, trainer, prompt_ids, settings, guard, recorder)
 
 
@@ -153,6 +169,7 @@ def build_trainer(
     plan: BatchPlan,
     buffers: list[int],
     reward: RewardSource,
+    remote_critic=None,
 ) -> RLTrainer:
     steps = sum(plan.steps_per_buffer(rows) for rows in buffers)  # optimizer steps of each model over the run
     if config.mode == "harmlessness":
@@ -174,7 +191,7 @@ def build_trainer(
             guard,
             prompts_per_generation=config.rollout.micro_rollout_batch_size,
         )
-    return build_ppo(config, models, tokenizer, guard, plan, steps, reward)
+    return build_ppo(config, models, tokenizer, guard, plan, steps, reward, remote_critic)
 
 
 def proposal_loss_spec(config: RLConfig) -> ProposalLoss:
@@ -233,27 +250,39 @@ def build_harmlessness(
     )
 
 
+def critic_of(config: RLConfig, model, guard: Guard, steps: int) -> Critic:
+    """PPO's critic: the value model with AdamW at --critic_learning_rate over the run's `steps` optimizer steps."""
+    o = config.optim
+    trained_critic = trained("critic", model, o, o.critic_learning_rate, steps, config.ppo.model_eval)
+    return Critic(trained_critic, guard, config.reward.value_head_prefix, config.ppo.value_clip)
+
+
 def build_ppo(
-    config: RLConfig, models: RLModels, tokenizer, guard: Guard, plan: BatchPlan, steps: int, reward
+    config: RLConfig,
+    models: RLModels,
+    tokenizer,
+    guard: Guard,
+    plan: BatchPlan,
+    steps: int,
+    reward,
+    remote_critic=None,
 ) -> PPOTrainer:
     o, p, eval_mode = config.optim, config.ppo, config.ppo.model_eval
     actor = trained("actor", models.policy, o, o.actor_learning_rate, steps, eval_mode)
-    critic = None
-    if models.critic is not None:
-        critic = trained("critic", models.critic, o, o.critic_learning_rate, steps, eval_mode)
+    critic = critic_of(config, models.critic, guard, steps) if models.critic is not None else None
+    if remote_critic is not None:  # held by another process, which builds the same critic_of there
+        critic = remote_critic.prepare(steps)
     kl = AdaptiveKLController(p.init_kl_coef, p.kl_target, p.kl_horizon) if p.kl_target is not None else None
     settings = PPOSettings(
         group_size=config.rollout.duplicate_rollout_batch_by,
         loss_type=config.proposal.actor_loss_type,
         eps_clip=p.eps_clip,
-        value_clip=p.value_clip,
         gamma=p.gamma,
         lambd=p.lambd,
         baseline_type=p.reinforce_baseline_type,
         hardcoded_baseline=p.reinforce_hardcoded_baseline,
         freezing_actor_steps=p.freezing_actor_steps,
         ptx_coef=p.ptx_coef if p.pretrain_data else 0.0,
-        value_head_prefix=config.reward.value_head_prefix,
         ema_beta=p.ema_beta if p.enable_ema else None,
         prompts_per_generation=config.rollout.micro_rollout_batch_size,
     )

@@ -55,10 +55,32 @@ def modulated_proposal(config: RLConfig, path: str, base) -> torch.nn.Module:
     )
 
 
-def load_models(config: RLConfig, path: str, strategy, reward: RewardSource) -> RLModels:
-    """The models the mode needs, each from `path` (--pretrain), prepared on the strategy's device."""
-    device = strategy.device
-    models = RLModels(load_reference_lm(path, config.model, offload=False, device=device), reward)
+def load_reference(config: RLConfig, path: str, strategy) -> torch.nn.Module:
+    return load_reference_lm(path, config.model, offload=False, device=strategy.device)
+
+
+def load_critic(config: RLConfig, path: str, strategy) -> torch.nn.Module:
+    """PPO's value model: --critic_pretrain (default --pretrain) with a value head."""
+    from repulse.models.reward import load_reward_model
+
+    critic = load_reward_model(
+        config.ppo.critic_pretrain or path,
+        config.model,
+        config.lora,
+        value_head_prefix=config.reward.value_head_prefix,
+        trainable=True,
+    )
+    return strategy.prepare(critic)
+
+
+def has_critic(config: RLConfig) -> bool:
+    return config.mode == "ppo" and config.proposal.actor_loss_type == "ppo" and not config.ppo.no_critic
+
+
+def load_models(config: RLConfig, path: str, strategy, reward: RewardSource, reference=None) -> RLModels:
+    """The models the mode needs, each from `path` (--pretrain), prepared on the strategy's device. A `reference`
+    given (held by another process) is used as is, and then the critic is also another process's."""
+    models = RLModels(reference if reference is not None else load_reference(config, path, strategy), reward)
     trainable_q = config.optim.actor_learning_rate > 0
     if config.mode == "twist":
         # q = p_0 e^m modulates the frozen p_0 itself; a policy-parameterized q is a full trainable copy.
@@ -74,17 +96,8 @@ def load_models(config: RLConfig, path: str, strategy, reward: RewardSource) -> 
                 q = load_causal_lm(path, config.model, config.lora, trainable=trainable_q)
             models.proposal = strategy.prepare(q)
         return models
-    if config.proposal.actor_loss_type == "ppo" and not config.ppo.no_critic:
-        from repulse.models.reward import load_reward_model
-
-        critic = load_reward_model(
-            config.ppo.critic_pretrain or path,
-            config.model,
-            config.lora,
-            value_head_prefix=config.reward.value_head_prefix,
-            trainable=True,
-        )
-        models.critic = strategy.prepare(critic)
+    if has_critic(config) and reference is None:
+        models.critic = load_critic(config, path, strategy)
     if config.ppo.enable_ema:
         models.ema = copy.deepcopy(strategy.unwrap(models.policy)).to("cpu").requires_grad_(False)
     return models
