@@ -87,8 +87,8 @@ class PolicyWorker(RoleWorker):
     def report(self, updates: list) -> dict[str, float]:
         return self.recipe.trainer.report(self.experience, updates)
 
-    def evaluate(self, fit_step: int) -> dict[str, Any]:
-        return self.evaluate_fn(fit_step)
+    def evaluate(self, fit_step: int, step: int) -> dict[str, Any]:
+        return self.evaluate_fn(fit_step, step)
 
     # --------------------------------------------------------------------------------------- checkpoints, outputs
     def checkpoint_state(self, loop) -> dict[str, Any]:
