@@ -66,7 +66,7 @@ def run_train_ppo(
     )
     models = recipe.models
     try:
-        evaluate = exact_evaluator(config, models.evaluated, tokenizer, models.reward)
+        evaluate = exact_evaluator(config, models, tokenizer, getattr(recipe.trainer, "target_beta", None))
 
         def save(loop: RLLoopState) -> str:
             # The models also go in Hugging Face format, so a checkpoint can start a new run via --pretrain.
@@ -126,6 +126,8 @@ def resume(recipe: Recipe, checkpointer: Checkpointer, strategy) -> RLLoopState 
 
 
 def summarize(state: RLLoopState) -> dict[str, Any]:
+    """The last step's reward and samples; each exact evaluation's numbers before training and at the end
+    (`exact_<name>_initial`, `exact_<name>_final`)."""
     last = state.history[-1] if state.history else {}
     summary = {
         "steps": state.global_step,
@@ -133,9 +135,12 @@ def summarize(state: RLLoopState) -> dict[str, Any]:
         "samples_used": int(last["samples_used"]) if "samples_used" in last else None,
     }
     if state.evaluations:
-        summary["exact_log_p_bad_initial"] = state.evaluations[0]["exact_log_p_bad"]
-        summary["exact_log_p_bad_final"] = state.evaluations[-1]["exact_log_p_bad"]
-        summary["exact_log10_p_bad_final"] = state.evaluations[-1]["exact_log_p_bad"] / math.log(10)
+        first, final = state.evaluations[0], state.evaluations[-1]
+        for key in (k for k in final if k.startswith("exact_") or k == "target_beta"):
+            if key in first:
+                summary[f"{key}_initial"] = first[key]
+            summary[f"{key}_final"] = final[key]
+        summary["exact_log10_p_bad_final"] = final["exact_log_p_bad"] / math.log(10)
     return summary
 
 
