@@ -13,11 +13,12 @@ import torch
 from repulse.cli import train_ppo
 from repulse.config.rollout import DEFAULT_SINGLE_PROMPT
 from tests.conftest import write_jsonl
-from tests.integration.helpers import load_weights, run_torchrun
+from tests.integration.helpers import changed_and_unchanged, load_weights, run_torchrun
 from tests.integration.launchers import launch
 
 # The demo's RePULSe toy (embedded tiny LM and reward model, "This man is a" + 2 tokens), 2 fit steps, two q
-# updates per step, 2 prompts x 16 samples per step: one per rank on 2 processes, one optimizer step of 32 rows.
+# updates per step, 4 prompts x 8 samples per step (2 per rank on 2 processes), one optimizer step of 32 rows in
+# micro-batches of 8 (accumulated over 4 on one process, over 2 on each of 2).
 TOY = [
     "--config",
     "configs/toy_repulse.yaml",
@@ -30,13 +31,13 @@ TOY = [
     "--num_episodes",
     "2",
     "--duplicate_rollout_batch_by",
-    "16",
+    "8",
     "--rollout_batch_size",
-    "2",
+    "4",
     "--micro_rollout_batch_size",
     "1",
     "--micro_train_batch_size",
-    "16",
+    "8",
     "--train_batch_size",
     "32",
 ]
@@ -44,8 +45,8 @@ TOY = [
 
 @pytest.fixture(scope="module")
 def toy_prompts(tmp_path_factory) -> Path:
-    """The toy's prompt twice: one process samples both groups, two processes one each."""
-    rows = [{"prompt": DEFAULT_SINGLE_PROMPT}] * 2
+    """The toy's prompt 4 times: one process samples the 4 groups, each of two processes 2."""
+    rows = [{"prompt": DEFAULT_SINGLE_PROMPT}] * 4
     return write_jsonl(tmp_path_factory.mktemp("prompts") / "prompts.jsonl", rows)
 
 
@@ -89,7 +90,18 @@ def assert_same_run(one: Path, two: Path, folders: tuple[str, ...]) -> None:
         a, b = load_weights(one / folder), load_weights(two / folder)
         assert a.keys() == b.keys()
         for key in a:
-            torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-5, msg=f"{folder}: {key}")
+            expected, got = without_key_bias(key, a[key]), without_key_bias(key, b[key])
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5, msg=f"{folder}: {key}")
+
+
+def without_key_bias(name: str, weight: torch.Tensor) -> torch.Tensor:
+    """GPT-2's fused query/key/value bias without its key third: softmax is shift-invariant, so the key bias has
+    an analytically zero gradient, and Adam turns float summation noise there (which differs with the number of
+    micro-batches summed) into updates of ~1e-5. Its query and value thirds are compared."""
+    if not name.endswith("attn.c_attn.bias"):
+        return weight
+    third = weight.shape[0] // 3
+    return torch.cat([weight[:third], weight[2 * third :]])
 
 
 def test_repulse_ddp_two_processes_equal_one(tmp_path, toy_prompts, one_process):
@@ -99,6 +111,7 @@ def test_repulse_ddp_two_processes_equal_one(tmp_path, toy_prompts, one_process)
     assert_same_run(one_process, save, ("final", "final_proposal"))
 
 
+@pytest.mark.slow
 def test_repulse_ddp_resumed_equals_one_process(tmp_path, toy_prompts, one_process):
     """Stopped after step 2 of 4 (checkpoints every 2 steps), resumed on 2 processes: the same run."""
     save = tmp_path / "two"
@@ -111,7 +124,7 @@ def test_repulse_ddp_resumed_equals_one_process(tmp_path, toy_prompts, one_proce
     assert_same_run(one_process, save, ("final", "final_proposal"))
 
 
-@pytest.mark.parametrize("stage", [2, 3])
+@pytest.mark.parametrize("stage", [pytest.param(2, marks=pytest.mark.slow), 3])
 def test_repulse_deepspeed_two_processes_equal_one(tmp_path, toy_prompts, one_process, stage):
     """One DeepSpeed engine per trained model (p_theta, q), ZeRO-3 sampling in lock-step; stopped after step 2
     and resumed from DeepSpeed's own shards."""
@@ -123,3 +136,73 @@ def test_repulse_deepspeed_two_processes_equal_one(tmp_path, toy_prompts, one_pr
     resumed = launch("torchrun", "repulse.cli.train_ppo", [*argv, "--load_checkpoint"])
     assert f"resumed from {save / 'checkpoints' / 'global_step2'} (step 2)" in resumed.stderr
     assert_same_run(one_process, save, ("final", "final_proposal"))
+
+
+@pytest.fixture(scope="module")
+def four_prompts(tmp_path_factory) -> Path:
+    rows = [{"prompt": p} for p in ("this man is a", "the woman is", "this man is so", "the man is very")]
+    return write_jsonl(tmp_path_factory.mktemp("four") / "prompts.jsonl", rows)
+
+
+GEOMETRY = [
+    "--reward_fn",
+    "tests.integration.toy_reward:score",
+    "--duplicate_rollout_batch_by",
+    "4",
+    "--micro_train_batch_size",
+    "4",
+    "--train_batch_size",
+    "8",
+    "--rollout_batch_size",
+    "2",
+    "--micro_rollout_batch_size",
+    "1",
+    "--generate_max_len",
+    "3",
+    "--actor_learning_rate",
+    "1e-2",
+    "--critic_learning_rate",
+    "1e-2",
+    "--lr_scheduler",
+    "constant",
+    "--lr_warmup_ratio",
+    "0",
+    "--disable_progress_bar",
+    "--seed",
+    "1",
+]
+MODES = {
+    "reinforce_rloo": ["--actor_loss_type", "reinforce", "--reinforce_baseline_type", "expectation"],
+    "twist_ctl": ["--actor_loss_type", "ctl", "--parameterization", "policy_psi_q_p_s_t", "--target_dist_beta", "-1"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_group_wise_modes_two_processes_equal_one(tmp_path, tiny_model_dir, four_prompts, mode):
+    """REINFORCE with RLOO baselines and twist learning (CTL) are group-wise, so 2 processes equal 1."""
+    common = ["--pretrain", str(tiny_model_dir), "--prompt_data", str(four_prompts), *GEOMETRY, *MODES[mode]]
+    common += ["--init_kl_coef", "0"]
+    assert train_ppo.main([*common, "--save_path", str(tmp_path / "one")]) == 0
+    run_torchrun("repulse.cli.train_ppo", [*common, "--save_path", str(tmp_path / "two"), "--strategy", "ddp"])
+    ref, got = step_rows(tmp_path / "one"), step_rows(tmp_path / "two")
+    assert [r["reward_mean"] for r in got] == pytest.approx([r["reward_mean"] for r in ref], abs=1e-6)
+    a, b = load_weights(tmp_path / "one" / "final"), load_weights(tmp_path / "two" / "final")
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-5, msg=key)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", [["--strategy", "ddp"], ["--zero_stage", "3"]], ids=["ddp", "zero3"])
+def test_ppo_with_critic_trains_actor_and_critic_on_two_processes(tmp_path, tiny_model_dir, four_prompts, strategy):
+    """PPO whitens advantages over each rank's buffer (as the fork does), so it is not compared with one process:
+    both trained models change everywhere, the reference-KL path runs, and the outputs are rank 0's."""
+    save = tmp_path / "two"
+    argv = ["--pretrain", str(tiny_model_dir), "--prompt_data", str(four_prompts), *GEOMETRY, "--init_kl_coef", "0.01"]
+    run_torchrun("repulse.cli.train_ppo", [*argv, *strategy, "--save_path", str(save)])
+    initial = load_weights(tiny_model_dir)
+    changed, unchanged = changed_and_unchanged(initial, load_weights(save / "final"))
+    assert changed and not [k for k in unchanged if "bias" not in k], unchanged
+    critic = load_weights(save / "final_critic")
+    assert [k for k in initial if k in critic and torch.equal(initial[k], critic[k]) and "bias" not in k] == []
+    assert len(step_rows(save)) == 2

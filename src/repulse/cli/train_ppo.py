@@ -75,12 +75,9 @@ def warn_inert_flags(evaluation: EvalArgs) -> None:
 def start(config: RLConfig):
     """(strategy, model path, tokenizer), with the seed set; the embedded tiny LM without --pretrain."""
     from repulse.distributed.launch import make_strategy
-    from repulse.infra.errors import UserError
     from repulse.infra.seed import set_seed
     from repulse.models.load import load_tokenizer, resolve_model_path
 
-    if config.strategy.strategy == "fsdp2":
-        raise UserError("--strategy fsdp2: train_ppo runs on one process, torch DDP or DeepSpeed ZeRO 0-3 for now")
     strategy = make_strategy(config.strategy, sharded=True, command="train_ppo")
     set_seed(config.optim.seed)
     path = resolve_model_path(config.model.pretrain, "tiny_lm")

@@ -70,16 +70,24 @@ def build_recipe(config: RLConfig, strategy, path: str, tokenizer) -> Recipe:
 
 
 def check_strategy(config: RLConfig, strategy) -> None:
-    """What does not run where each rank holds only a shard of the weights (ZeRO-3), said before anything loads."""
+    """What does not run on several processes, or where each rank holds only a shard of the weights (ZeRO-3,
+    FSDP2), said before anything loads."""
+    if strategy.world_size > 1 and config.harm.save_negdata:
+        raise UserError("--save_negdata: the negative samples are recorded on one process only for now")
     if not getattr(strategy, "forward_collectives", False):
         return
+    if strategy.world_size > 1 and config.evaluation.evaluate_heldout_sampling:
+        raise UserError("--evaluate_heldout_sampling: held-out sampling does not run on sharded weights yet")
     if config.modulated:
         raise UserError(
             f"--parameterization {config.proposal.parameterization}: a modulated proposal (q = p e^m, built on the "
-            "full weights of its base) does not run under ZeRO-3; use --zero_stage 2 or a policy_psi_* proposal"
+            "full weights of its base) does not run on sharded weights (ZeRO-3, FSDP2); use --zero_stage 2 or a "
+            "policy_psi_* proposal"
         )
     if config.ppo.enable_ema:
-        raise UserError("--enable_ema: the EMA copy of the actor is kept from full weights; use --zero_stage 0-2")
+        raise UserError(
+            "--enable_ema: the EMA copy of the actor is kept from full weights; use --zero_stage 0-2 or ddp"
+        )
 
 
 @dataclass
@@ -317,12 +325,13 @@ def build_ppo(config: RLConfig, models: RLModels, tokenizer, guard: Guard, plan:
         guard,
         critic=critic,
         ema=models.ema,
-        ptx_batches=ptx_batches(config, tokenizer, guard.strategy.device) if p.pretrain_data else None,
+        ptx_batches=ptx_batches(config, tokenizer, guard.strategy) if p.pretrain_data else None,
     )
 
 
-def ptx_batches(config: RLConfig, tokenizer, device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
-    """An endless, seeded stream of pre-training batches (full-sequence LM loss) for the PPO-ptx term."""
+def ptx_batches(config: RLConfig, tokenizer, strategy) -> Iterator[dict[str, torch.Tensor]]:
+    """An endless, seeded stream of pre-training batches (full-sequence LM loss) for the PPO-ptx term; on N
+    processes rank r takes batches r, r + N, ... of the one seeded order."""
     from repulse.data.collate import PadCollator
     from repulse.data.loading import blend_datasets
     from repulse.data.sft import SFTDataset
@@ -334,8 +343,11 @@ def ptx_batches(config: RLConfig, tokenizer, device: torch.device) -> Iterator[d
     )
     collate, size = PadCollator(tokenizer.pad_token_id), config.optim.micro_train_batch_size
     gen = torch.Generator().manual_seed(config.optim.seed)
+    rank, world, n = strategy.rank, strategy.world_size, 0
     while True:
         order = torch.randperm(len(data), generator=gen).tolist()
         for i in range(0, len(order), size):
-            batch = collate([data[j] for j in order[i : i + size]])
-            yield {k: v.to(device) for k, v in batch.items()}
+            n += 1
+            if (n - 1) % world == rank:
+                batch = collate([data[j] for j in order[i : i + size]])
+                yield {k: v.to(strategy.device) for k, v in batch.items()}
