@@ -124,15 +124,26 @@ def test_repulse_ddp_resumed_equals_one_process(tmp_path, toy_prompts, one_proce
     assert_same_run(one_process, save, ("final", "final_proposal"))
 
 
-@pytest.mark.parametrize("stage", [pytest.param(2, marks=pytest.mark.slow), 3])
-def test_repulse_deepspeed_two_processes_equal_one(tmp_path, toy_prompts, one_process, stage):
-    """One DeepSpeed engine per trained model (p_theta, q), ZeRO-3 sampling in lock-step; stopped after step 2
-    and resumed from DeepSpeed's own shards."""
+SHARDED = {
+    "zero2": ("deepspeed", ["--zero_stage", "2"], "DeepSpeed ZeRO-2, rank 0 of 2", "deepspeed"),
+    "zero3": ("deepspeed", ["--zero_stage", "3"], "DeepSpeed ZeRO-3, rank 0 of 2", "deepspeed"),
+    "fsdp2": ("torchrun", ["--strategy", "fsdp2"], "FSDP2, rank 0 of 2", "dcp"),
+}
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param("zero2", marks=pytest.mark.slow), "zero3", pytest.param("fsdp2", marks=pytest.mark.slow)]
+)
+def test_repulse_sharded_two_processes_equal_one(tmp_path, toy_prompts, one_process, name):
+    """One engine (or FSDP2 module) per trained model (p_theta, q), p_0 sharded too, sampling in lock-step;
+    stopped after step 2 (ZeRO: under the fork's deepspeed launcher) and resumed under torchrun from the
+    strategy's own shards."""
+    launcher, flags, announced, shards = SHARDED[name]
     save = tmp_path / "two"
-    argv = toy_argv(toy_prompts, save, "--zero_stage", str(stage), "--save_steps_harmless", "2")
-    stopped = launch("deepspeed", "tests.integration.interrupt", ["2", "repulse.cli.train_ppo", *argv], ok=False)
-    assert f"DeepSpeed ZeRO-{stage}, rank 0 of 2" in stopped.stderr
-    assert (save / "checkpoints" / "global_step2" / "proposal" / "deepspeed").is_dir(), stopped.stderr[-3000:]
+    argv = toy_argv(toy_prompts, save, *flags, "--save_steps_harmless", "2")
+    stopped = launch(launcher, "tests.integration.interrupt", ["2", "repulse.cli.train_ppo", *argv], ok=False)
+    assert announced in stopped.stderr
+    assert (save / "checkpoints" / "global_step2" / "proposal" / shards).is_dir(), stopped.stderr[-3000:]
     resumed = launch("torchrun", "repulse.cli.train_ppo", [*argv, "--load_checkpoint"])
     assert f"resumed from {save / 'checkpoints' / 'global_step2'} (step 2)" in resumed.stderr
     assert_same_run(one_process, save, ("final", "final_proposal"))

@@ -10,7 +10,7 @@ Modes (METHODS §1):
   learned proposal q of sigma_theta ∝ p_theta e^{beta r}; q trained with CTL/DPG alongside.
 Each step samples --rollout_batch_size prompts x --duplicate_rollout_batch_by responses and trains on them for
 --max_epochs: --train_batch_size sequences per optimizer step, in micro-batches of --micro_train_batch_size.
-Under torchrun or the deepspeed launcher (torch DDP, or DeepSpeed ZeRO 0-3 with --zero_stage) each of the N
+Under torchrun or the deepspeed launcher (torch DDP, DeepSpeed ZeRO 0-3 with --zero_stage, or FSDP2) each of the N
 processes samples and trains on its share of both (rollout_batch_size = N x micro_rollout_batch_size, as in the
 fork) and the strategy averages the gradients.
 Departures from the reference code: importance weights use masked sums; scoring runs in eval mode; nothing is

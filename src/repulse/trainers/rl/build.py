@@ -61,7 +61,7 @@ def build_recipe(config: RLConfig, strategy, path: str, tokenizer) -> Recipe:
         for *_, batch, _ in schedule(len(prompt_ids), settings)
     ]
     plan = batch_plan(config, world)
-    warn_partial_steps(plan, buffers)
+    warn_partial_steps(plan, buffers, world)
     steps = sum(plan.steps_per_buffer(rows) for rows in buffers)  # optimizer steps of each model over the run
     models = load_models(config, path, strategy, reward, StrategyPreparer(config, strategy, plan, steps))
     guard = Guard(strategy)
@@ -188,15 +188,18 @@ def batch_plan(config: RLConfig, world: int = 1) -> BatchPlan:
     return BatchPlan(o.micro_train_batch_size, o.train_batch_size // world, o.max_epochs, shuffle)
 
 
-def warn_partial_steps(plan: BatchPlan, buffers: list[int]) -> None:
-    """Say once when an experience buffer is not a whole number of --train_batch_size (its last step is smaller)."""
+def warn_partial_steps(plan: BatchPlan, buffers: list[int], world: int = 1) -> None:
+    """Say once when a process's experience buffer is not a whole number of its share of --train_batch_size (its
+    last step is smaller)."""
     odd = sorted({rows for rows in buffers if rows % plan.global_batch})
     if odd:
+        share = f" (each of {world} processes: {plan.global_batch})" if world > 1 else ""
         log.warning(
-            "experience buffers of %s sequences are not multiples of --train_batch_size %d: the last optimizer "
+            "experience buffers of %s sequences are not multiples of --train_batch_size %d%s: the last optimizer "
             "step of each such buffer takes the sequences left over",
             ", ".join(map(str, odd)),
-            plan.global_batch,
+            plan.global_batch * world,
+            share,
         )
 
 
