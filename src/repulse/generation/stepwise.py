@@ -9,6 +9,8 @@ sampling from softmax(logits).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from repulse.losses.lm import token_log_probs
@@ -93,7 +95,7 @@ def sample_stepwise(
     streamer=None,
     return_logprobs: bool = False,
     generator: torch.Generator | None = None,
-    others_running=None,
+    others_running: Callable[[bool], bool] | None = None,
 ):
     """Left-padded prompts [B, P] -> [B * num_samples, P + T] (prompt then response, rows grouped by prompt).
 
