@@ -207,10 +207,13 @@ def test_group_wise_modes_two_processes_equal_one(tmp_path, tiny_model_dir, four
 @pytest.mark.parametrize("strategy", [["--strategy", "ddp"], ["--zero_stage", "3"]], ids=["ddp", "zero3"])
 def test_ppo_with_critic_trains_actor_and_critic_on_two_processes(tmp_path, tiny_model_dir, four_prompts, strategy):
     """PPO whitens advantages over each rank's buffer (as the fork does), so it is not compared with one process:
-    both trained models change everywhere, the reference-KL path runs, and the outputs are rank 0's."""
+    both trained models change everywhere, the reference-KL path runs, the held-out sampling after training runs
+    (in lock-step under ZeRO-3), and the outputs are rank 0's."""
     save = tmp_path / "two"
     argv = ["--pretrain", str(tiny_model_dir), "--prompt_data", str(four_prompts), *GEOMETRY, "--init_kl_coef", "0.01"]
-    run_torchrun("repulse.cli.train_ppo", [*argv, *strategy, "--save_path", str(save)])
+    heldout = ["--evaluate_heldout_sampling", "--heldout_prompt_data", str(four_prompts), "--sampling_iters", "2"]
+    run_torchrun("repulse.cli.train_ppo", [*argv, *heldout, *strategy, "--save_path", str(save)])
+    assert json.loads((save / "summary.json").read_text())["heldout"]["n_samples"] == 2 * 4 * 4
     initial = load_weights(tiny_model_dir)
     changed, unchanged = changed_and_unchanged(initial, load_weights(save / "final"))
     assert changed and not [k for k in unchanged if "bias" not in k], unchanged

@@ -21,7 +21,6 @@ ZERO3 = SimpleNamespace(world_size=2, forward_collectives=True)
     [
         (["--save_negdata"], DDP2, "--save_negdata"),
         (["--parameterization", "modulation_linear_head"], ZERO3, "--parameterization modulation_linear_head"),
-        (["--evaluate_heldout_sampling"], ZERO3, "--evaluate_heldout_sampling"),
     ],
 )
 def test_refused_where_it_does_not_run(flags, strategy, message):

@@ -76,8 +76,6 @@ def check_strategy(config: RLConfig, strategy) -> None:
         raise UserError("--save_negdata: the negative samples are recorded on one process only for now")
     if not getattr(strategy, "forward_collectives", False):
         return
-    if strategy.world_size > 1 and config.evaluation.evaluate_heldout_sampling:
-        raise UserError("--evaluate_heldout_sampling: held-out sampling does not run on sharded weights yet")
     if config.modulated:
         raise UserError(
             f"--parameterization {config.proposal.parameterization}: a modulated proposal (q = p e^m, built on the "

@@ -50,7 +50,9 @@ def exact_evaluator(config: RLConfig, model, tokenizer, reward: RewardSource) ->
     return evaluate
 
 
-def heldout_pass(config: RLConfig, model, reference, tokenizer, reward: RewardSource) -> dict[str, Any]:
+def heldout_pass(
+    config: RLConfig, model, reference, tokenizer, reward: RewardSource, others_running=None
+) -> dict[str, Any]:
     e, r = config.evaluation, config.rollout
     raw = load_prompt_texts(
         e.heldout_prompt_data,
@@ -73,6 +75,7 @@ def heldout_pass(config: RLConfig, model, reference, tokenizer, reward: RewardSo
         params=config.sampling,
         iters=e.sampling_iters,
         threshold=config.reward.threshold,
+        others_running=others_running,
     )
     log.info(
         "held-out: reward mean %.4f, fraction below %.2f = %.3g (95%% CI %s) over %d samples",
@@ -115,11 +118,14 @@ def negative_data_pass(evaluation: EvalArgs, rollout: RolloutArgs, model, tokeni
     return result
 
 
-def post_training_evaluations(config: RLConfig, model, reference, tokenizer, reward: RewardSource) -> dict[str, Any]:
-    """--evaluate_heldout_sampling and --evaluate_on_neg_data, after training."""
+def post_training_evaluations(
+    config: RLConfig, model, reference, tokenizer, reward: RewardSource, others_running=None
+) -> dict[str, Any]:
+    """--evaluate_heldout_sampling and --evaluate_on_neg_data, after training (on every rank: `others_running`
+    is the sampler's lock-step where a forward is a collective)."""
     out: dict[str, Any] = {}
     if config.evaluation.evaluate_heldout_sampling:
-        out["heldout"] = heldout_pass(config, model, reference, tokenizer, reward)
+        out["heldout"] = heldout_pass(config, model, reference, tokenizer, reward, others_running)
     if config.evaluation.evaluate_on_neg_data:
         out["negative_data"] = negative_data_pass(config.evaluation, config.rollout, model, tokenizer)
     return out

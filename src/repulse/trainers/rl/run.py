@@ -28,7 +28,7 @@ from repulse.trainers.checkpointing import (
 from repulse.trainers.rl.build import Recipe, build_recipe
 from repulse.trainers.rl.config import RLConfig
 from repulse.trainers.rl.evals import exact_evaluator, post_training_evaluations
-from repulse.trainers.rl.loop import RLLoopState, run_rl_loop
+from repulse.trainers.rl.loop import RLLoopState, lock_step, run_rl_loop
 from repulse.trainers.rl.models import save_models
 
 log = logging.getLogger("repulse")
@@ -92,7 +92,8 @@ def run_train_ppo(
         logger.close()
     summary = summarize(state)
     evaluated, reference = strategy.unwrap(models.evaluated), strategy.unwrap(models.reference)
-    summary.update(post_training_evaluations(config, evaluated, reference, tokenizer, models.reward))
+    steps = lock_step(strategy)
+    summary.update(post_training_evaluations(config, evaluated, reference, tokenizer, models.reward, steps))
     write_outputs(recipe, state, summary, tokenizer, strategy)
     return summary
 
