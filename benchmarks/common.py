@@ -1,7 +1,7 @@
 """Shared helpers for the benchmarks: offline env, step timing, peak memory, tables, result files, SmolLM2.
 
 Every benchmark compares repulse with a peer in the same run (as a ratio), prints a table and writes
-`benchmarks/results/<name>.json` (DESIGN.md §9). Timings are reported, never asserted.
+`benchmarks/results/<name>.json`. Timings are reported, never asserted.
 """
 
 from __future__ import annotations

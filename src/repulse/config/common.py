@@ -161,7 +161,7 @@ class StrategyArgs:
         "the parameters too, as in OpenRLHF).",
     )
     local_rank: int = arg(
-        -1, "Set by the deepspeed launcher (which selects DeepSpeed under --strategy auto); torchrun sets LOCAL_RANK."
+        -1, "The process's rank on its node, passed by the deepspeed launcher (torchrun sets LOCAL_RANK instead)."
     )
     dist_backend: str = arg(
         "auto",
