@@ -90,12 +90,15 @@ def run_train_ppo(
         )
     finally:
         logger.close()
-    summary = summarize(state)
-    evaluated, reference = strategy.unwrap(models.evaluated), strategy.unwrap(models.reference)
-    steps = lock_step(strategy)
-    summary.update(post_training_evaluations(config, evaluated, reference, tokenizer, models.reward, steps))
+    summary = summarize(state) | after_training(config, models, tokenizer, strategy)
     write_outputs(recipe, state, summary, tokenizer, strategy)
     return summary
+
+
+def after_training(config: RLConfig, models, tokenizer, strategy) -> dict[str, Any]:
+    """The post-training evaluations, on every rank (sampling in lock-step where a forward is a collective)."""
+    evaluated, reference = strategy.unwrap(models.evaluated), strategy.unwrap(models.reference)
+    return post_training_evaluations(config, evaluated, reference, tokenizer, models.reward, lock_step(strategy))
 
 
 def gathered_evaluator(config: RLConfig, models, tokenizer, strategy) -> Callable[[int], dict] | None:
