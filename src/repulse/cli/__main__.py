@@ -14,6 +14,7 @@ COMMANDS = {
     "train_kd": "Knowledge distillation: SFT loss plus KL(teacher || student).",
     "train_prm": "Process reward model: label tokens predicted at step markers (hard or soft labels).",
     "train_ppo": "PPO / REINFORCE, twist learning, and RePULSe harmlessness training with exact evaluation.",
+    "train_ppo_ray": "train_ppo's PPO / REINFORCE and RePULSe on Ray workers (policy, reference, critic, reward).",
     "evaluate_gcg": "GCG attack per target (nanoGCG-compatible): ASR by reward, refusal prefix or judge, JSON report.",
     "evaluate_beast": "BEAST beam-search attack per target: ASR by reward, refusal prefix or judge, JSON report.",
     "estimate_rare_harmful_outputs": "P(rare target output) under an input distribution: ITGIS, MHIS, MC, exact.",

@@ -22,7 +22,10 @@ from typing import NamedTuple
 from repulse.cli.runner import run_cli
 from repulse.config.common import DataArgs, LoggingArgs, ModelArgs, StrategyArgs
 from repulse.config.inference import InferenceArgs, check_batch_inference
-from repulse.config.parser import parse_groups
+from repulse.config.output import OutputArgs
+from repulse.config.parser import all_but, parse_groups
+from repulse.config.reward import RewardArgs
+from repulse.config.sampling import GenerationArgs
 
 log = logging.getLogger("repulse")
 
@@ -30,18 +33,28 @@ log = logging.getLogger("repulse")
 class InferenceConfig(NamedTuple):
     model: ModelArgs
     data: DataArgs
+    sampling: GenerationArgs
+    reward: RewardArgs
+    output: OutputArgs
     strategy: StrategyArgs
     logging: LoggingArgs
     inference: InferenceArgs
 
 
-GROUPS = (ModelArgs, DataArgs, StrategyArgs, LoggingArgs, InferenceArgs)
-PROGRESS_ONLY = {LoggingArgs: ["disable_progress_bar"]}  # nothing is logged: no metric flags
+GROUPS = (ModelArgs, DataArgs, GenerationArgs, RewardArgs, OutputArgs, StrategyArgs, LoggingArgs, InferenceArgs)
+ONLY = {
+    # One --dataset is read as given: no eval set, no labels, nothing packed.
+    DataArgs: all_but(DataArgs, "eval_dataset", "eval_split", "label_key", "packing_samples"),
+    GenerationArgs: all_but(GenerationArgs, "top_k"),
+    RewardArgs: ["reward_pretrain", "value_head_prefix", "normalize_reward"],
+    OutputArgs: ["output_path"],
+    LoggingArgs: ["disable_progress_bar"],  # nothing is logged: no metric flags
+}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> InferenceConfig:
-    cfg = InferenceConfig(*parse_groups(GROUPS, argv, description=__doc__, only=PROGRESS_ONLY))
-    check_batch_inference(cfg.model, cfg.data, cfg.inference)
+    cfg = InferenceConfig(*parse_groups(GROUPS, argv, description=__doc__, only=ONLY))
+    check_batch_inference(cfg.model, cfg.sampling, cfg.reward, cfg.output, cfg.inference)
     return cfg
 
 
@@ -58,40 +71,26 @@ def load_inputs(data: DataArgs, task: str, seed: int) -> tuple[list, list | None
     return list(rows[keys[0]]), (list(rows[keys[1]]) if task == "rm" else None)
 
 
-def load_scorer(cfg: InferenceConfig, strategy):
-    from repulse.models.load import load_tokenizer, resolve_model_path
-    from repulse.models.reward import load_reward_model
-    from repulse.rl.rewards import LocalRewardModel
-
-    inf = cfg.inference
-    path = resolve_model_path(inf.reward_pretrain, "tiny_rm", what="reward model")
-    model = load_reward_model(path, ModelArgs(bf16=cfg.model.bf16), value_head_prefix=inf.value_head_prefix)
-    return LocalRewardModel(
-        model.to(strategy.device),
-        load_tokenizer(path),
-        value_head_prefix=inf.value_head_prefix,
-        max_len=cfg.data.max_len,
-    )
-
-
 def generate_rows(cfg: InferenceConfig, strategy, prompts: list, texts: list[str], tokenizer, path: str) -> list:
     from repulse.generation import batch
+    from repulse.rl.rewards import load_local_reward_model
 
-    inf, ids = cfg.inference, batch.encode_prompts_left_truncated(tokenizer, texts, cfg.data.max_len)
+    inf, sampling = cfg.inference, cfg.sampling
+    ids = batch.encode_prompts_left_truncated(tokenizer, texts, cfg.data.max_len)
     if inf.task() == "generate_vllm":
         from transformers import AutoConfig
 
         from repulse.generation.vllm_backend import generate_vllm
 
-        params = batch.sampling_params(
-            inf, batch.cap_new_tokens(AutoConfig.from_pretrained(path), ids, inf.max_new_tokens), inf.best_of_n
-        )
-        groups = generate_vllm(path, ids, params, tp_size=inf.tp_size, seed=inf.seed, bf16=cfg.model.bf16)
+        new_tokens = batch.cap_new_tokens(AutoConfig.from_pretrained(path), ids, sampling.max_new_tokens)
+        params = batch.sampling_params(sampling, new_tokens, inf.best_of_n)
+        groups = generate_vllm(path, ids, params, tp_size=inf.tp_size, seed=sampling.seed, bf16=cfg.model.bf16)
     else:
         from repulse.models.load import load_causal_lm
 
         model = load_causal_lm(path, cfg.model, trainable=False).to(strategy.device)
-        params = batch.sampling_params(inf, batch.cap_new_tokens(model.config, ids, inf.max_new_tokens), inf.best_of_n)
+        new_tokens = batch.cap_new_tokens(model.config, ids, sampling.max_new_tokens)
+        params = batch.sampling_params(sampling, new_tokens, inf.best_of_n)
         groups = batch.generate_sharded(
             strategy,
             model,
@@ -102,11 +101,11 @@ def generate_rows(cfg: InferenceConfig, strategy, prompts: list, texts: list[str
             progress=not cfg.logging.disable_progress_bar,
         )
     rewards = None
-    if inf.reward_pretrain:
+    if cfg.reward.reward_pretrain:
         flat = [t for t, g in zip(texts, groups) for _ in g]
         rewards = batch.score_sharded(
             strategy,
-            load_scorer(cfg, strategy),
+            load_local_reward_model(cfg.reward, cfg.model, strategy.device, normalize=False, max_len=cfg.data.max_len),
             flat,
             [o for g in groups for o in g],
             inf.micro_batch_size,
@@ -125,6 +124,7 @@ def run(cfg: InferenceConfig) -> list[dict]:
     from repulse.infra.files import write_jsonl_atomic
     from repulse.infra.seed import set_seed
     from repulse.models.load import load_tokenizer, resolve_model_path
+    from repulse.rl.rewards import load_local_reward_model
 
     inf, d, task = cfg.inference, cfg.data, cfg.inference.task()
     if task == "generate_vllm":
@@ -134,10 +134,10 @@ def run(cfg: InferenceConfig) -> list[dict]:
     note_not_applicable(cfg.strategy, "batch_inference", "it trains nothing: each process holds the model")
     strategy = make_strategy(StrategyArgs(dist_backend=cfg.strategy.dist_backend))
     try:
-        set_seed(inf.seed + strategy.rank)
+        set_seed(cfg.sampling.seed + strategy.rank)
         rm = task == "rm"
         path = resolve_model_path(
-            inf.reward_pretrain if rm else cfg.model.pretrain,
+            cfg.reward.reward_pretrain if rm else cfg.model.pretrain,
             "tiny_rm" if rm else "tiny_lm",
             what="reward model" if rm else "model",
         )
@@ -147,22 +147,25 @@ def run(cfg: InferenceConfig) -> list[dict]:
             padding_side="left",
             chat_template=d.tokenizer_chat_template,
         )
-        prompts, responses = load_inputs(d, task, inf.seed)
+        prompts, responses = load_inputs(d, task, cfg.sampling.seed)
         texts = [
             format_prompt(p, tokenizer, input_template=d.input_template, chat=d.apply_chat_template) for p in prompts
         ]
         if task == "rm":
-            scorer, show = load_scorer(cfg, strategy), not cfg.logging.disable_progress_bar
+            show = not cfg.logging.disable_progress_bar
+            scorer = load_local_reward_model(
+                cfg.reward, cfg.model, strategy.device, normalize=False, max_len=d.max_len
+            )
             scores = batch.score_sharded(strategy, scorer, texts, responses, inf.micro_batch_size, progress=show)
             rows = batch.rows_from_groups(prompts, [[r] for r in responses], scores)
         else:
             rows = generate_rows(cfg, strategy, prompts, texts, tokenizer, path)
         rows = post_process(
-            inf.post_processor, rows, reward_template=inf.reward_template, normalize=inf.normalize_reward
+            inf.post_processor, rows, reward_template=inf.reward_template, normalize=cfg.reward.normalize_reward
         )
         if strategy.is_rank_0():
-            write_jsonl_atomic(inf.output_path, rows)
-            print(batch.summary_line(task, len(prompts), rows, inf.post_processor, inf.output_path))
+            write_jsonl_atomic(cfg.output.output_path, rows)
+            print(batch.summary_line(task, len(prompts), rows, inf.post_processor, cfg.output.output_path))
         strategy.barrier()
     finally:
         strategy.cleanup()

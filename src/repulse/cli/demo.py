@@ -14,10 +14,11 @@ configs/toy_reinforce.yaml.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from repulse.cli.runner import run_cli
-from repulse.config.fields import arg, require
+from repulse.config.common import CheckpointArgs
+from repulse.config.demo import DemoArgs
 from repulse.config.parser import parse_groups
 
 COMMON = {
@@ -54,17 +55,18 @@ METHODS = {
 }
 
 
-@dataclass
-class DemoArgs:
-    save_path: str = arg("demo_out", "Output folder: one run folder per method and seed, demo.json and PNGs.")
-    seeds: int = arg(1, "Seeds per method (the table shows the mean over seeds).")
-
-    def __post_init__(self) -> None:
-        require(self.seeds >= 1, "--seeds must be >= 1")
+class DemoConfig(NamedTuple):
+    ckpt: CheckpointArgs  # only --save_path: the folder of every run, demo.json and the plots
+    demo: DemoArgs
 
 
-def parse_args(argv: Sequence[str] | None = None) -> DemoArgs:
-    return parse_groups((DemoArgs,), argv, description=__doc__)[0]
+def parse_args(argv: Sequence[str] | None = None) -> DemoConfig:
+    only = {CheckpointArgs: ["save_path"]}
+    return DemoConfig(
+        *parse_groups(
+            (CheckpointArgs, DemoArgs), argv, description=__doc__, only=only, defaults={"save_path": "demo_out"}
+        )
+    )
 
 
 def to_argv(settings: dict) -> list[str]:
@@ -107,17 +109,18 @@ def print_table(rows: list[dict]) -> None:
         )
 
 
-def run(args: DemoArgs) -> dict:
+def run(config: DemoConfig) -> dict:
     import math
 
     from repulse.infra.files import write_json_atomic
     from repulse.plotting.frontier import plot_curves, plot_frontier, read_run
 
+    args, save_path = config.demo, config.ckpt.save_path
     rows, folders = [], []
     for name in METHODS:
         results = []
         for seed in range(1, args.seeds + 1):
-            folder = f"{args.save_path}/{name.lower()}_seed{seed}"
+            folder = f"{save_path}/{name.lower()}_seed{seed}"
             folders.append(folder)
             results.append(run_method(name, seed, folder))
         rows.append(
@@ -132,13 +135,10 @@ def run(args: DemoArgs) -> dict:
         )
     print_table(rows)
     runs = [read_run(f) for f in folders]
-    frontier = plot_frontier(runs, f"{args.save_path}/frontier.png")
-    plot_curves(runs, f"{args.save_path}/curves.png")
-    write_json_atomic(f"{args.save_path}/demo.json", {"rows": rows, "runs": folders, "settings": METHODS})
-    print(
-        f"\ndemo: P(bad) shown as exp(mean log P(bad)) over seeds; plots: {frontier}; "
-        f"table: {args.save_path}/demo.json"
-    )
+    frontier = plot_frontier(runs, f"{save_path}/frontier.png")
+    plot_curves(runs, f"{save_path}/curves.png")
+    write_json_atomic(f"{save_path}/demo.json", {"rows": rows, "runs": folders, "settings": METHODS})
+    print(f"\ndemo: P(bad) shown as exp(mean log P(bad)) over seeds; plots: {frontier}; table: {save_path}/demo.json")
     return {"rows": rows}
 
 

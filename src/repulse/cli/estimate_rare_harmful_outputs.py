@@ -22,7 +22,9 @@ from typing import NamedTuple
 from repulse.cli.runner import run_cli
 from repulse.config.common import LoggingArgs, ModelArgs
 from repulse.config.lpe import LPEArgs
+from repulse.config.output import OutputArgs
 from repulse.config.parser import parse_groups, to_flat_dict
+from repulse.config.sampling import GenerationArgs
 from repulse.infra.errors import UserError
 
 log = logging.getLogger("repulse")
@@ -31,15 +33,18 @@ log = logging.getLogger("repulse")
 class LPEConfig(NamedTuple):
     model: ModelArgs
     lpe: LPEArgs
+    sampling: GenerationArgs  # only --temperature and --seed: the estimators' T and draws
+    output: OutputArgs
     progress: LoggingArgs  # only --disable_progress_bar: nothing else is logged
 
 
-GROUPS = (ModelArgs, LPEArgs, LoggingArgs)
-PROGRESS_ONLY = {LoggingArgs: ["disable_progress_bar"]}
+GROUPS = (ModelArgs, LPEArgs, GenerationArgs, OutputArgs, LoggingArgs)
+ONLY = {GenerationArgs: ["temperature", "seed"], OutputArgs: ["output_file"], LoggingArgs: ["disable_progress_bar"]}
+DEFAULTS = {"batch_size": 256, "temperature": 4.0}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> LPEConfig:
-    return LPEConfig(*parse_groups(GROUPS, argv, description=__doc__, only=PROGRESS_ONLY))
+    return LPEConfig(*parse_groups(GROUPS, argv, description=__doc__, only=ONLY, defaults=DEFAULTS))
 
 
 def default_target_word() -> str:
@@ -62,12 +67,12 @@ def encode_target(tokenizer, word: str) -> list[int]:
     return ids
 
 
-def run_method(args: LPEArgs, scorer, dist, generator, progress: bool):
+def run_method(args: LPEArgs, temperature: float, scorer, dist, generator, progress: bool):
     from repulse.estimation.importance import estimate_itgis
     from repulse.estimation.mhis import estimate_mhis
     from repulse.estimation.montecarlo import estimate_naive
 
-    n, b, t = args.samples(), args.batch_size, args.temperature
+    n, b, t = args.samples(), args.batch_size, temperature
     sampling = {"n_samples": n, "batch_size": b, "generator": generator, "progress": progress}
     if args.method == "itgis":
         return estimate_itgis(scorer, dist, temperature=t, decay_rate=args.itgis_decay_rate, **sampling)
@@ -120,12 +125,13 @@ def estimate(cfg: LPEConfig) -> dict:
     check_enumerable(args, dist)
     scorer = LMTargetScorer(model, target)
     progress = not cfg.progress.disable_progress_bar
-    result = run_method(args, scorer, dist, torch.Generator().manual_seed(args.seed), progress)
+    generator = torch.Generator().manual_seed(cfg.sampling.seed)
+    result = run_method(args, cfg.sampling.temperature, scorer, dist, generator, progress)
     exact = result if args.method == "exact" else None
     if exact is None and args.compare_exact:
         exact = run_exact(args, scorer, dist, progress)
     payload = {
-        "config": to_flat_dict(*cfg),
+        "config": to_flat_dict(*cfg, only=ONLY),
         "model": path,
         "target_word": word,
         "target_ids": target,
@@ -136,9 +142,9 @@ def estimate(cfg: LPEConfig) -> dict:
     if exact is not None:
         payload["exact"] = exact.estimate
         payload["log10_error"] = log10_error(result.estimate, exact.estimate)
-    if args.output_file:
-        write_json_atomic(args.output_file, payload)
-    print_summary(payload, args.output_file)
+    if cfg.output.output_file:
+        write_json_atomic(cfg.output.output_file, payload)
+    print_summary(payload, cfg.output.output_file)
     return payload
 
 

@@ -1,4 +1,4 @@
-"""evaluate_beast: attack a chat model with BEAST per target and report the attack success rate (METHODS §8.3).
+"""evaluate_beast: attack a chat model with BEAST per target and report the attack success rate.
 
 BEAST (Sadasivan et al. 2024) grows a readable suffix by beam search over tokens sampled from the attacked
 model itself (docs/algorithms/beast.md). The evaluation around it is evaluate_gcg's: samples and rewards
@@ -17,25 +17,36 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from repulse.cli.runner import run_cli
-from repulse.config.attack import ATTACK_NOT_APPLICABLE, ATTACK_STRATEGY_FLAGS, AttackEvalArgs, BEASTArgs
-from repulse.config.common import ModelArgs, StrategyArgs
+from repulse.config.attack import (
+    ATTACK_DEFAULTS,
+    ATTACK_GROUPS,
+    ATTACK_NOT_APPLICABLE,
+    ATTACK_ONLY,
+    AttackEvalConfig,
+    BEASTArgs,
+    check_attack_eval,
+)
+from repulse.config.common import StrategyArgs
 from repulse.config.parser import parse_groups, to_flat_dict
 
 
 class BEASTEvalConfig(NamedTuple):
-    model: ModelArgs
-    eval: AttackEvalArgs
+    shared: AttackEvalConfig
     beast: BEASTArgs
     strategy: StrategyArgs
 
 
-GROUPS = (ModelArgs, AttackEvalArgs, BEASTArgs, StrategyArgs)
+GROUPS = (*ATTACK_GROUPS, BEASTArgs, StrategyArgs)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> BEASTEvalConfig:
     from repulse.distributed.launch import note_not_applicable
 
-    cfg = BEASTEvalConfig(*parse_groups(GROUPS, argv, description=__doc__, only=ATTACK_STRATEGY_FLAGS))
+    *shared, beast, strategy = parse_groups(
+        GROUPS, argv, description=__doc__, only=ATTACK_ONLY, defaults=ATTACK_DEFAULTS
+    )
+    cfg = BEASTEvalConfig(AttackEvalConfig(*shared), beast, strategy)
+    check_attack_eval(cfg.shared)
     note_not_applicable(cfg.strategy, "evaluate_beast", ATTACK_NOT_APPLICABLE)
     return cfg
 
@@ -59,7 +70,7 @@ def make_attack(cfg: BEASTEvalConfig, evaluator):
     from repulse.attacks.beast import run_beast
     from repulse.attacks.evaluation import timed
 
-    config = beast_config(cfg.beast, cfg.eval.seed)
+    config = beast_config(cfg.beast, cfg.shared.sampling.seed)
 
     def attack(goal: str, target: str):
         result = timed(lambda: unpack(run_beast(evaluator.model, evaluator.tokenizer, goal, target, config)))
@@ -77,13 +88,15 @@ def evaluate(cfg: BEASTEvalConfig) -> dict:
     from repulse.attacks.targets import load_targets
 
     start = time.perf_counter()
-    announce_defaults(cfg.model, cfg.eval)
-    pairs = load_targets(cfg.eval.file_path, cfg.eval.scenario, cfg.eval.max_targets)
-    evaluator = build_evaluator(cfg.model, cfg.eval)
+    shared = cfg.shared
+    announce_defaults(shared)
+    pairs = load_targets(shared.eval.file_path, shared.eval.scenario, shared.eval.max_targets)
+    evaluator = build_evaluator(shared)
     rows = evaluate_all(evaluator, pairs, make_attack(cfg, evaluator), "evaluate_beast")
     seconds = time.perf_counter() - start
-    payload = finish("evaluate_beast", to_flat_dict(*cfg), rows, seconds, cfg.eval.output_path)
-    print(format_summary("evaluate_beast", payload, seconds, cfg.eval.output_path))
+    flat = to_flat_dict(*shared, cfg.beast, cfg.strategy, only=ATTACK_ONLY)
+    payload = finish("evaluate_beast", flat, rows, seconds, shared.output.output_path)
+    print(format_summary("evaluate_beast", payload, seconds, shared.output.output_path))
     return payload
 
 

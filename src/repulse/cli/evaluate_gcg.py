@@ -1,4 +1,4 @@
-"""evaluate_gcg: attack a chat model with GCG per target and report the attack success rate (METHODS §8.1).
+"""evaluate_gcg: attack a chat model with GCG per target and report the attack success rate.
 
 Per (goal, target) row: sample responses to the plain goal and score them, measure the target's log-prob,
 optimise a GCG suffix (our nanoGCG-compatible implementation, docs/algorithms/gcg.md), sample again with the
@@ -21,25 +21,36 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from repulse.cli.runner import run_cli
-from repulse.config.attack import ATTACK_NOT_APPLICABLE, ATTACK_STRATEGY_FLAGS, AttackEvalArgs, GCGArgs
-from repulse.config.common import ModelArgs, StrategyArgs
+from repulse.config.attack import (
+    ATTACK_DEFAULTS,
+    ATTACK_GROUPS,
+    ATTACK_NOT_APPLICABLE,
+    ATTACK_ONLY,
+    AttackEvalConfig,
+    GCGArgs,
+    check_attack_eval,
+)
+from repulse.config.common import StrategyArgs
 from repulse.config.parser import parse_groups, to_flat_dict
 
 
 class GCGEvalConfig(NamedTuple):
-    model: ModelArgs
-    eval: AttackEvalArgs
+    shared: AttackEvalConfig
     gcg: GCGArgs
     strategy: StrategyArgs
 
 
-GROUPS = (ModelArgs, AttackEvalArgs, GCGArgs, StrategyArgs)
+GROUPS = (*ATTACK_GROUPS, GCGArgs, StrategyArgs)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> GCGEvalConfig:
     from repulse.distributed.launch import note_not_applicable
 
-    cfg = GCGEvalConfig(*parse_groups(GROUPS, argv, description=__doc__, only=ATTACK_STRATEGY_FLAGS))
+    *shared, gcg, strategy = parse_groups(
+        GROUPS, argv, description=__doc__, only=ATTACK_ONLY, defaults=ATTACK_DEFAULTS
+    )
+    cfg = GCGEvalConfig(AttackEvalConfig(*shared), gcg, strategy)
+    check_attack_eval(cfg.shared)
     note_not_applicable(cfg.strategy, "evaluate_gcg", ATTACK_NOT_APPLICABLE)
     return cfg
 
@@ -70,7 +81,7 @@ def make_attack(cfg: GCGEvalConfig, evaluator, pairs: list[tuple[str, str]]):
     from repulse.attacks.evaluation import timed
     from repulse.attacks.gcg import run, run_universal
 
-    config = gcg_config(cfg.gcg, cfg.eval.seed)
+    config = gcg_config(cfg.gcg, cfg.shared.sampling.seed)
     model, tokenizer = evaluator.model, evaluator.tokenizer
 
     def unpack(result):
@@ -88,13 +99,15 @@ def evaluate(cfg: GCGEvalConfig) -> dict:
     from repulse.attacks.targets import load_targets
 
     start = time.perf_counter()
-    announce_defaults(cfg.model, cfg.eval)
-    pairs = load_targets(cfg.eval.file_path, cfg.eval.scenario, cfg.eval.max_targets)
-    evaluator = build_evaluator(cfg.model, cfg.eval, cfg.gcg.gcg_add_space_before_target)
+    shared = cfg.shared
+    announce_defaults(shared)
+    pairs = load_targets(shared.eval.file_path, shared.eval.scenario, shared.eval.max_targets)
+    evaluator = build_evaluator(shared, cfg.gcg.gcg_add_space_before_target)
     rows = evaluate_all(evaluator, pairs, make_attack(cfg, evaluator, pairs), "evaluate_gcg")
     seconds = time.perf_counter() - start
-    payload = finish("evaluate_gcg", to_flat_dict(*cfg), rows, seconds, cfg.eval.output_path)
-    print(format_summary("evaluate_gcg", payload, seconds, cfg.eval.output_path))
+    flat = to_flat_dict(*shared, cfg.gcg, cfg.strategy, only=ATTACK_ONLY)
+    payload = finish("evaluate_gcg", flat, rows, seconds, shared.output.output_path)
+    print(format_summary("evaluate_gcg", payload, seconds, shared.output.output_path))
     return payload
 
 

@@ -12,46 +12,52 @@ of n queries (Jones et al. 2025; docs/algorithms/forecast.md). Writes --output_f
 from __future__ import annotations
 
 import importlib
-import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
 from repulse.cli.runner import run_cli
-from repulse.config.common import LoggingArgs
+from repulse.config.common import DataArgs, LoggingArgs, ModelArgs
 from repulse.config.forecast import ForecastArgs
-from repulse.config.parser import parse_groups
-from repulse.infra.errors import DataError, UserError
+from repulse.config.output import OutputArgs
+from repulse.config.parser import parse_groups, to_flat_dict
+from repulse.infra.errors import UserError
 
 
 class ForecastConfig(NamedTuple):
+    model: ModelArgs
+    data: DataArgs
     forecast: ForecastArgs
+    output: OutputArgs
     logging: LoggingArgs
 
 
+GROUPS = (ModelArgs, DataArgs, ForecastArgs, OutputArgs, LoggingArgs)
+ONLY = {
+    ModelArgs: ["pretrain", "bf16"],
+    DataArgs: ["dataset", "dataset_probs", "input_key"],  # the query pools
+    OutputArgs: ["output_file"],
+    LoggingArgs: ["disable_progress_bar"],  # nothing is logged: no metric flags
+}
+DEFAULTS = {"input_key": "prompt", "batch_size": 32, "output_file": "forecast/forecast.json"}
+
+
 def parse_args(argv: Sequence[str] | None = None) -> ForecastConfig:
-    only = {LoggingArgs: ["disable_progress_bar"]}  # nothing is logged: no metric flags
-    return ForecastConfig(*parse_groups((ForecastArgs, LoggingArgs), argv, description=__doc__, only=only))
+    return ForecastConfig(*parse_groups(GROUPS, argv, description=__doc__, only=ONLY, defaults=DEFAULTS))
 
 
-def query_texts(values: list, key: str, source: str) -> list[str]:
-    """The queries as given: text only (a null or a number would be scored as 'None' / '123')."""
-    for row, value in enumerate(values, start=1):
-        if not isinstance(value, str) or not value.strip():
-            what = "empty" if isinstance(value, str) else f"{value!r} ({type(value).__name__}), not text"
-            raise DataError(f"dataset {source}: row {row}: {key!r} is {what}")
-    return list(values)
+def models(pretrain: str | None) -> list[str | None]:
+    """The --pretrain list; [None] means the embedded default."""
+    return [p.strip() for p in pretrain.split(",") if p.strip()] if pretrain else [None]
 
 
-def load_queries(args: ForecastArgs) -> list[str]:
-    from repulse.data.loading import load_source, require_columns
+def load_queries(data: DataArgs, args: ForecastArgs) -> list[str]:
+    """--evaluation_set_size queries from the --dataset pools (blended by --dataset_probs)."""
+    from repulse.data.prompts import draw_queries, load_query_pools
 
-    name = args.dataset or embedded("default_dataset", "--dataset")("prompts")
-    rows = load_source(name)
-    require_columns(rows, [args.input_key], name)
-    queries = query_texts(list(rows[args.input_key]), args.input_key, name)
-    if len(queries) > args.evaluation_set_size:
-        queries = random.Random(args.random_seed).sample(queries, args.evaluation_set_size)
+    name = data.dataset or embedded("default_dataset", "--dataset")("prompts")
+    pools = load_query_pools(name.split(","), data.input_key)
+    queries = draw_queries(pools, data.probabilities(), args.evaluation_set_size, args.random_seed)
     if len(queries) < args.top_k_fit:
         raise UserError(f"--top_k_fit {args.top_k_fit} needs at least that many queries; {name} has {len(queries)}")
     return queries
@@ -105,16 +111,15 @@ def elicit(args: ForecastArgs, model, tokenizer, queries: list[str], bar):
         return el.keyword_log_probs(model, query_ids, sequences, args.batch_size, progress=done.update), None
 
 
-def forecast_model(args: ForecastArgs, pretrain: str | None, queries: list[str], bar) -> dict:
+def forecast_model(args: ForecastArgs, model_args: ModelArgs, pretrain: str | None, queries: list[str], bar) -> dict:
     import torch
 
-    from repulse.config.common import ModelArgs
     from repulse.estimation.forecast import fit_gumbel_tail, forecast_worst_query, scores_from_log_p
     from repulse.models.load import load_causal_lm, load_tokenizer, resolve_model_path
 
     path = resolve_model_path(pretrain)
     tokenizer = load_tokenizer(path)
-    model = load_causal_lm(path, ModelArgs(bf16=args.bf16), trainable=False)
+    model = load_causal_lm(path, ModelArgs(bf16=model_args.bf16), trainable=False)
     if torch.cuda.is_available():
         model.to("cuda")
     torch.manual_seed(args.random_seed)  # the same sampled responses for every model given the same weights
@@ -136,19 +141,21 @@ def run(cfg: ForecastConfig) -> dict:
     from repulse.infra.files import write_json_atomic
     from repulse.plotting.forecast import display_name, plot_forecasts
 
-    args, queries, results = cfg.forecast, load_queries(cfg.forecast), []
-    for i, pretrain in enumerate(args.models(), start=1):
-        desc = f"elicit {display_name(pretrain) if pretrain else 'tiny_lm'} ({i}/{len(args.models())})"
+    args, queries, results = cfg.forecast, load_queries(cfg.data, cfg.forecast), []
+    names = models(cfg.model.pretrain)
+    for i, pretrain in enumerate(names, start=1):
+        desc = f"elicit {display_name(pretrain) if pretrain else 'tiny_lm'} ({i}/{len(names)})"
 
         def bar(total: int, unit: str, desc: str = desc):
             return tqdm(
                 total=total, unit=unit, desc=desc, disable=cfg.logging.disable_progress_bar, dynamic_ncols=True
             )
 
-        results.append(forecast_model(args, pretrain, queries, bar))
-    out = Path(args.output_file)
+        results.append(forecast_model(args, cfg.model, pretrain, queries, bar))
+    out = Path(cfg.output.output_file)
     png = plot_forecasts(out.with_suffix(".png"), args.scales(), results, method=args.elicitation_method)
-    payload = {"config": vars(args) | {"forecast_scales": args.scales()}, "plot": str(png), "results": results}
+    config = to_flat_dict(*cfg, only=ONLY) | {"forecast_scales": args.scales()}
+    payload = {"config": config, "plot": str(png), "results": results}
     write_json_atomic(out, payload)
     last = args.scales()[-1]
     for res in results:

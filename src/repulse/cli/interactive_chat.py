@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 from repulse.cli.runner import run_cli
-from repulse.config.common import ModelArgs
+from repulse.config.common import DataArgs, ModelArgs
 from repulse.config.fields import require
 from repulse.config.inference import ChatArgs
-from repulse.config.parser import parse_groups
+from repulse.config.parser import all_but, parse_groups
+from repulse.config.sampling import GenerationArgs
 from repulse.infra.errors import UserError
 
 log = logging.getLogger("repulse")
@@ -29,14 +30,21 @@ log = logging.getLogger("repulse")
 
 class ChatConfig(NamedTuple):
     model: ModelArgs
+    data: DataArgs
+    sampling: GenerationArgs
     chat: ChatArgs
 
 
-GROUPS = (ModelArgs, ChatArgs)
+GROUPS = (ModelArgs, DataArgs, GenerationArgs, ChatArgs)
+ONLY = {
+    DataArgs: ["input_template", "apply_chat_template", "tokenizer_chat_template", "max_len"],
+    GenerationArgs: all_but(GenerationArgs, "top_k", "max_new_tokens"),  # a reply may use what --max_len leaves
+}
+DEFAULTS = {"input_template": "User: {}\nAssistant: ", "max_len": 2048}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> ChatConfig:
-    cfg = ChatConfig(*parse_groups(GROUPS, argv, description=__doc__))
+    cfg = ChatConfig(*parse_groups(GROUPS, argv, description=__doc__, only=ONLY, defaults=DEFAULTS))
     require(not cfg.model.gradient_checkpointing, "--gradient_checkpointing applies to training, not chat")
     return cfg
 
@@ -67,14 +75,14 @@ def build_session(cfg: ChatConfig):
     from repulse.infra.seed import set_seed
     from repulse.models.load import load_causal_lm, load_tokenizer, resolve_model_path
 
-    c = cfg.chat
+    c, d = cfg.chat, cfg.data
     system_prompt = read_ta_prompt(c.ta_prompt)
-    set_seed(c.seed)
+    set_seed(cfg.sampling.seed)
     path = resolve_model_path(cfg.model.pretrain)
     tokenizer = load_tokenizer(
-        path, use_fast=not cfg.model.disable_fast_tokenizer, chat_template=c.tokenizer_chat_template
+        path, use_fast=not cfg.model.disable_fast_tokenizer, chat_template=d.tokenizer_chat_template
     )
-    if c.apply_chat_template and not getattr(tokenizer, "chat_template", None):
+    if d.apply_chat_template and not getattr(tokenizer, "chat_template", None):
         raise UserError("--apply_chat_template: the tokenizer has no chat template (set --tokenizer_chat_template)")
     model = load_causal_lm(path, cfg.model, trainable=False)
     if torch.cuda.is_available() and not cfg.model.load_in_4bit:
@@ -82,10 +90,10 @@ def build_session(cfg: ChatConfig):
     return ChatSession(
         model,
         tokenizer,
-        sampling_params(c, max_new_tokens=1),  # the token budget is set per turn from --max_len
-        max_len=context_length(model.config, c.max_len),
-        chat=c.apply_chat_template,
-        input_template=c.input_template,
+        sampling_params(cfg.sampling, max_new_tokens=1),  # the token budget is set per turn from --max_len
+        max_len=context_length(model.config, d.max_len),
+        chat=d.apply_chat_template,
+        input_template=d.input_template,
         system_prompt=system_prompt,
         csft_prompt=c.csft_prompt if c.enable_csft else None,
     )

@@ -17,20 +17,38 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from repulse.cli.runner import run_cli
+from repulse.config.common import DataArgs, ModelArgs
 from repulse.config.parser import parse_groups
+from repulse.config.reward import RewardArgs
 from repulse.config.serve import API_KEY_ENV, ServeArgs
 
 log = logging.getLogger("repulse")
 
 
-def parse_args(argv: Sequence[str] | None = None) -> ServeArgs:
-    (cfg,) = parse_groups((ServeArgs,), argv, description=__doc__)
-    return cfg
+class ServeConfig(NamedTuple):
+    model: ModelArgs
+    reward: RewardArgs
+    data: DataArgs
+    serve: ServeArgs
 
 
-def serve(cfg: ServeArgs) -> None:
+GROUPS = (ModelArgs, RewardArgs, DataArgs, ServeArgs)
+ONLY = {
+    ModelArgs: ["bf16", "flash_attn", "load_in_4bit"],
+    RewardArgs: ["reward_pretrain", "value_head_prefix", "normalize_reward"],
+    DataArgs: ["max_len"],
+}
+DEFAULTS = {"max_len": 2048}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> ServeConfig:
+    return ServeConfig(*parse_groups(GROUPS, argv, description=__doc__, only=ONLY, defaults=DEFAULTS))
+
+
+def serve(config: ServeConfig) -> None:
     from repulse.infra.errors import require_package
 
     # Checked before the model loads, so a missing extra costs no waiting.
@@ -40,8 +58,8 @@ def serve(cfg: ServeArgs) -> None:
     from repulse.serving.scorer import load_scorer
     from repulse.serving.server import serve_forever
 
-    cfg = with_api_key(cfg)
-    scorer = load_scorer(cfg)
+    cfg = with_api_key(config.serve)
+    scorer = load_scorer(config.model, config.reward, config.data.max_len, cfg)
     app = create_app(scorer, cfg)
     mode = "off (one request per model call)" if cfg.disable_batching else f"up to {cfg.batch_size} texts"
     log.info(

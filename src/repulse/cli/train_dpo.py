@@ -18,10 +18,11 @@ from typing import NamedTuple
 
 from repulse.cli.runner import run_cli
 from repulse.config.common import CheckpointArgs, DataArgs, LoggingArgs, LoraArgs, ModelArgs, OptimArgs, StrategyArgs
-from repulse.config.dpo import DPOArgs, ReferenceArgs
+from repulse.config.dpo import DPOArgs
 from repulse.config.fields import require
-from repulse.config.parser import parse_groups
+from repulse.config.parser import all_but, parse_groups
 from repulse.config.preference import PreferenceKeys
+from repulse.config.reference import ReferenceArgs
 
 
 class DPOConfig(NamedTuple):
@@ -49,27 +50,32 @@ GROUPS = (
     ReferenceArgs,
     DPOArgs,
 )
+# Pairs are read by the preference keys; --packing_samples parses (the fork passes it) and is noted as unused.
+ONLY = {DataArgs: all_but(DataArgs, "input_key", "output_key", "label_key")}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> DPOConfig:
-    cfg = DPOConfig(*parse_groups(GROUPS, argv, description=__doc__))
+    cfg = DPOConfig(*parse_groups(GROUPS, argv, description=__doc__, only=ONLY))
     require(cfg.keys.margin_key is None, "--margin_key: the DPO loss has no margin term (it is a reward-model flag)")
     return cfg
 
 
 def train(cfg: DPOConfig):
-    from repulse.cli.training import load_frozen_lm, load_trained_lm, start_run, train_and_save
+    from repulse.cli.training import load_frozen_lm, load_trained_lm, note_padded, start_run, train_and_save
     from repulse.data.preference import PairCollator, build_preference_datasets
     from repulse.trainers.dpo import DPOTrainer
 
     strategy, path, tokenizer = start_run(cfg, sharded=True)
+    note_padded(cfg.data, "train_dpo")
     model = load_trained_lm(strategy, path, cfg)
     reference = load_frozen_lm(strategy, cfg.ref.ref_pretrain or path, cfg, offload=cfg.ref.ref_offload)
     train_set, eval_set = build_preference_datasets(cfg.data, cfg.keys, tokenizer, seed=cfg.optim.seed)
     d = cfg.dpo
-    trainer = DPOTrainer(model, reference, d.beta, d.label_smoothing, d.ipo, d.nll_loss_coef)
+    trainer = DPOTrainer(model, reference, cfg.ref.beta, d.label_smoothing, d.ipo, d.nll_loss_coef)
     collate = PairCollator(tokenizer.pad_token_id)
-    return train_and_save(cfg, strategy, trainer, tokenizer, train_set, collate, name="train_dpo", eval_set=eval_set)
+    return train_and_save(
+        cfg, strategy, trainer, tokenizer, train_set, collate, name="train_dpo", only=ONLY, eval_set=eval_set
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

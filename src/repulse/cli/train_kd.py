@@ -14,7 +14,8 @@ from typing import NamedTuple
 from repulse.cli.runner import run_cli
 from repulse.config.common import CheckpointArgs, DataArgs, LoggingArgs, LoraArgs, ModelArgs, OptimArgs, StrategyArgs
 from repulse.config.kd import KDArgs
-from repulse.config.parser import parse_groups
+from repulse.config.parser import all_but, parse_groups
+from repulse.config.sft import SFTArgs
 
 
 class KDConfig(NamedTuple):
@@ -25,14 +26,16 @@ class KDConfig(NamedTuple):
     strategy: StrategyArgs
     ckpt: CheckpointArgs
     logging: LoggingArgs
+    sft: SFTArgs
     kd: KDArgs
 
 
-GROUPS = (ModelArgs, LoraArgs, DataArgs, OptimArgs, StrategyArgs, CheckpointArgs, LoggingArgs, KDArgs)
+GROUPS = (ModelArgs, LoraArgs, DataArgs, OptimArgs, StrategyArgs, CheckpointArgs, LoggingArgs, SFTArgs, KDArgs)
+ONLY = {DataArgs: all_but(DataArgs, "label_key", "packing_samples")}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> KDConfig:
-    return KDConfig(*parse_groups(GROUPS, argv, description=__doc__))
+    return KDConfig(*parse_groups(GROUPS, argv, description=__doc__, only=ONLY))
 
 
 def check_vocabularies(student, teacher, student_path: str, teacher_path: str) -> None:
@@ -65,11 +68,13 @@ def train(cfg: KDConfig):
     teacher = load_frozen_lm(strategy, teacher_path, cfg, offload=cfg.kd.teacher_offload)
     check_vocabularies(student, strategy.unwrap(teacher), path, teacher_path)
     train_set, eval_set = build_sft_datasets(
-        cfg.data, tokenizer, pretrain_mode=cfg.kd.pretrain_mode, default="distill", seed=cfg.optim.seed
+        cfg.data, tokenizer, pretrain_mode=cfg.sft.pretrain_mode, default="distill", seed=cfg.optim.seed
     )
     trainer = KDTrainer(student, teacher, cfg.kd.kd_coef)
     collate = PadCollator(tokenizer.pad_token_id)
-    return train_and_save(cfg, strategy, trainer, tokenizer, train_set, collate, name="train_kd", eval_set=eval_set)
+    return train_and_save(
+        cfg, strategy, trainer, tokenizer, train_set, collate, name="train_kd", only=ONLY, eval_set=eval_set
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

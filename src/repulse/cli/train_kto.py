@@ -18,9 +18,9 @@ from typing import NamedTuple
 
 from repulse.cli.runner import run_cli
 from repulse.config.common import CheckpointArgs, DataArgs, LoggingArgs, LoraArgs, ModelArgs, OptimArgs, StrategyArgs
-from repulse.config.dpo import ReferenceArgs
 from repulse.config.kto import KTOArgs
-from repulse.config.parser import parse_groups
+from repulse.config.parser import all_but, parse_groups
+from repulse.config.reference import ReferenceArgs
 
 
 class KTOConfig(NamedTuple):
@@ -36,10 +36,11 @@ class KTOConfig(NamedTuple):
 
 
 GROUPS = (ModelArgs, LoraArgs, DataArgs, OptimArgs, StrategyArgs, CheckpointArgs, LoggingArgs, ReferenceArgs, KTOArgs)
+ONLY = {DataArgs: all_but(DataArgs, "packing_samples")}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> KTOConfig:
-    return KTOConfig(*parse_groups(GROUPS, argv, description=__doc__))
+    return KTOConfig(*parse_groups(GROUPS, argv, description=__doc__, only=ONLY))
 
 
 def build_datasets(cfg: KTOConfig, tokenizer):
@@ -50,11 +51,11 @@ def build_datasets(cfg: KTOConfig, tokenizer):
     d = cfg.data
     if not d.output_key:
         raise UserError("train_kto needs --output_key (the response column)")
-    keys = [d.input_key, d.output_key, cfg.kto.label_key]
+    keys = [d.input_key, d.output_key, d.label_key]
     kwargs = dict(
         input_key=d.input_key,
         output_key=d.output_key,
-        label_key=cfg.kto.label_key,
+        label_key=d.label_key,
         input_template=d.input_template,
         apply_chat_template=d.apply_chat_template,
     )
@@ -73,9 +74,11 @@ def train(cfg: KTOConfig):
     reference = load_frozen_lm(strategy, cfg.ref.ref_pretrain or path, cfg, offload=cfg.ref.ref_offload)
     train_set, eval_set = build_datasets(cfg, tokenizer)
     k = cfg.kto
-    trainer = KTOTrainer(model, reference, k.beta, k.desirable_loss_weight, k.undesirable_loss_weight)
+    trainer = KTOTrainer(model, reference, cfg.ref.beta, k.desirable_loss_weight, k.undesirable_loss_weight)
     collate = UnpairedCollator(tokenizer.pad_token_id, cfg.data.max_len)
-    return train_and_save(cfg, strategy, trainer, tokenizer, train_set, collate, name="train_kto", eval_set=eval_set)
+    return train_and_save(
+        cfg, strategy, trainer, tokenizer, train_set, collate, name="train_kto", only=ONLY, eval_set=eval_set
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

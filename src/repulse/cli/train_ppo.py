@@ -1,6 +1,6 @@
 """train_ppo: PPO / REINFORCE, twist (proposal) learning, and RePULSe harmlessness training.
 
-Modes (METHODS §1):
+Modes:
 - PPO (`--actor_loss_type ppo`, critic + GAE + KL penalty) or REINFORCE (`--actor_loss_type reinforce`,
   `--reinforce_baseline_type expectation` = RLOO);
 - twist learning (`--actor_loss_type ctl|ctl_nosecondterm|dpg|sixo|sixo_approxneg` with a policy_psi_*
@@ -29,12 +29,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from repulse.cli.runner import run_cli, write_resolved_config
-from repulse.config.common import CheckpointArgs, LoggingArgs, LoraArgs, ModelArgs, StrategyArgs
-from repulse.config.harmlessness import EvalArgs, HarmlessnessArgs
+from repulse.config.common import CheckpointArgs, LoggingArgs, LoraArgs, ModelArgs, PPOOptimArgs, StrategyArgs
+from repulse.config.evaluation import EvalArgs
+from repulse.config.harmlessness import HarmlessnessArgs
 from repulse.config.parser import parse_groups, to_flat_dict
 from repulse.config.ppo import PPOArgs, ProposalArgs
 from repulse.config.reward import RewardArgs
-from repulse.config.rollout import PPOOptimArgs, RolloutArgs
+from repulse.config.rollout import RolloutArgs
 from repulse.trainers.rl.config import RLConfig
 
 # The order of RLConfig's fields.
@@ -52,12 +53,14 @@ GROUPS = (
     HarmlessnessArgs,
     EvalArgs,
 )
+# The paper's prompt datasets (and the embedded prompts) keep the prompt under "prompt".
+DEFAULTS = {"input_key": "prompt"}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> RLConfig:
     from repulse.config.validate import check_train_ppo
 
-    config = RLConfig(*parse_groups(GROUPS, argv, description=__doc__))
+    config = RLConfig(*parse_groups(GROUPS, argv, description=__doc__, defaults=DEFAULTS))
     check_train_ppo(config.rollout, config.ppo, config.proposal, config.harm, config.evaluation, config.optim)
     return config
 
@@ -72,13 +75,14 @@ def warn_inert_flags(evaluation: EvalArgs) -> None:
         )
 
 
-def start(config: RLConfig):
+def start(config: RLConfig, command: str = "train_ppo"):
     """(strategy, model path, tokenizer), with the seed set; the embedded tiny LM without --pretrain."""
     from repulse.distributed.launch import make_strategy
     from repulse.infra.seed import set_seed
     from repulse.models.load import load_tokenizer, resolve_model_path
 
-    strategy = make_strategy(config.strategy, sharded=True, command="train_ppo")
+    # train_ppo trains through prepare_train on every strategy; train_ppo_ray's workers are one process each.
+    strategy = make_strategy(config.strategy, sharded=command == "train_ppo", command=command)
     set_seed(config.optim.seed)
     path = resolve_model_path(config.model.pretrain, "tiny_lm")
     tokenizer = load_tokenizer(

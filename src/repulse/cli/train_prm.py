@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 from repulse.cli.runner import run_cli
 from repulse.config.common import CheckpointArgs, DataArgs, LoggingArgs, LoraArgs, ModelArgs, OptimArgs, StrategyArgs
-from repulse.config.parser import parse_groups
+from repulse.config.parser import all_but, parse_groups
 from repulse.config.prm import PRMArgs
 
 
@@ -34,10 +34,13 @@ class PRMConfig(NamedTuple):
 
 
 GROUPS = (ModelArgs, LoraArgs, DataArgs, OptimArgs, StrategyArgs, CheckpointArgs, LoggingArgs, PRMArgs)
+# Step texts have no response column and no chat form; --packing_samples parses (the fork passes it), noted unused.
+ONLY = {DataArgs: all_but(DataArgs, "output_key", "apply_chat_template", "tokenizer_chat_template")}
+DEFAULTS = {"label_key": "value"}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> PRMConfig:
-    return PRMConfig(*parse_groups(GROUPS, argv, description=__doc__))
+    return PRMConfig(*parse_groups(GROUPS, argv, description=__doc__, only=ONLY, defaults=DEFAULTS))
 
 
 def build_datasets(cfg: PRMConfig, tokenizer):
@@ -45,10 +48,10 @@ def build_datasets(cfg: PRMConfig, tokenizer):
     from repulse.data.process_reward import ProcessRewardDataset
 
     d, p = cfg.data, cfg.prm
-    keys = [d.input_key, p.label_key]
+    keys = [d.input_key, d.label_key]
     kwargs = dict(
         input_key=d.input_key,
-        label_key=p.label_key,
+        label_key=d.label_key,
         placeholder_token=p.placeholder_token,
         reward_tokens=p.reward_tokens,
         input_template=d.input_template,
@@ -59,16 +62,19 @@ def build_datasets(cfg: PRMConfig, tokenizer):
 
 
 def train(cfg: PRMConfig):
-    from repulse.cli.training import load_trained_lm, start_run, train_and_save
+    from repulse.cli.training import load_trained_lm, note_padded, start_run, train_and_save
     from repulse.data.process_reward import ProcessRewardCollator
     from repulse.trainers.prm import PRMTrainer
 
     strategy, path, tokenizer = start_run(cfg, sharded=True)
+    note_padded(cfg.data, "train_prm")
     model = load_trained_lm(strategy, path, cfg)
     train_set, eval_set = build_datasets(cfg, tokenizer)
     trainer = PRMTrainer(model, train_set.label_ids)
     collate = ProcessRewardCollator(tokenizer.pad_token_id)
-    return train_and_save(cfg, strategy, trainer, tokenizer, train_set, collate, name="train_prm", eval_set=eval_set)
+    return train_and_save(
+        cfg, strategy, trainer, tokenizer, train_set, collate, name="train_prm", only=ONLY, eval_set=eval_set
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,8 +19,9 @@ from typing import NamedTuple
 
 from repulse.cli.runner import run_cli
 from repulse.config.common import CheckpointArgs, DataArgs, LoggingArgs, LoraArgs, ModelArgs, OptimArgs, StrategyArgs
-from repulse.config.parser import parse_groups
+from repulse.config.parser import all_but, parse_groups
 from repulse.config.preference import PreferenceKeys
+from repulse.config.reward import RewardArgs
 from repulse.config.rm import RMArgs
 
 
@@ -33,14 +34,31 @@ class RMConfig(NamedTuple):
     ckpt: CheckpointArgs
     logging: LoggingArgs
     keys: PreferenceKeys
+    reward: RewardArgs
     rm: RMArgs
 
 
-GROUPS = (ModelArgs, LoraArgs, DataArgs, OptimArgs, StrategyArgs, CheckpointArgs, LoggingArgs, PreferenceKeys, RMArgs)
+GROUPS = (
+    ModelArgs,
+    LoraArgs,
+    DataArgs,
+    OptimArgs,
+    StrategyArgs,
+    CheckpointArgs,
+    LoggingArgs,
+    PreferenceKeys,
+    RewardArgs,
+    RMArgs,
+)
+# Pairs are read by the preference keys; --packing_samples parses (the fork passes it) and is noted as unused.
+ONLY = {
+    DataArgs: all_but(DataArgs, "input_key", "output_key", "label_key"),
+    RewardArgs: ["value_head_prefix", "normalize_reward"],
+}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> RMConfig:
-    return RMConfig(*parse_groups(GROUPS, argv, description=__doc__))
+    return RMConfig(*parse_groups(GROUPS, argv, description=__doc__, only=ONLY))
 
 
 def build_datasets(cfg: RMConfig, tokenizer):
@@ -68,22 +86,23 @@ def store_normalization(trainer, strategy, dataset, collate, batch_size: int) ->
 
 
 def train(cfg: RMConfig):
-    from repulse.cli.training import start_run, train_and_save
+    from repulse.cli.training import note_padded, start_run, train_and_save
     from repulse.data.preference import PairCollator
     from repulse.models.reward import load_reward_model
     from repulse.trainers.rm import RewardModelTrainer
 
     strategy, path, tokenizer = start_run(cfg, sharded=True)
+    note_padded(cfg.data, "train_rm")
     with strategy.model_init(trainable=True, bf16=cfg.model.bf16):
         model = load_reward_model(
-            path, cfg.model, cfg.lora, value_head_prefix=cfg.rm.value_head_prefix, trainable=True
+            path, cfg.model, cfg.lora, value_head_prefix=cfg.reward.value_head_prefix, trainable=True
         )
     train_set, eval_set = build_datasets(cfg, tokenizer)
     collate = PairCollator(tokenizer.pad_token_id)
-    trainer = RewardModelTrainer(model, cfg.rm.loss, cfg.rm.value_head_prefix)
+    trainer = RewardModelTrainer(model, cfg.rm.loss, cfg.reward.value_head_prefix)
 
     def normalize(run) -> None:
-        if cfg.rm.normalize_reward:
+        if cfg.reward.normalize_reward:
             store_normalization(trainer, strategy, train_set, collate, cfg.optim.micro_train_batch_size)
 
     return train_and_save(
@@ -94,6 +113,7 @@ def train(cfg: RMConfig):
         train_set,
         collate,
         name="train_rm",
+        only=ONLY,
         eval_set=eval_set,
         before_save=normalize,
     )

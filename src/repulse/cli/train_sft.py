@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 from repulse.cli.runner import run_cli
 from repulse.config.common import CheckpointArgs, DataArgs, LoggingArgs, LoraArgs, ModelArgs, OptimArgs, StrategyArgs
-from repulse.config.parser import parse_groups
+from repulse.config.parser import all_but, parse_groups
 from repulse.config.sft import SFTArgs
 
 
@@ -38,10 +38,11 @@ class SFTConfig(NamedTuple):
 
 
 GROUPS = (ModelArgs, LoraArgs, DataArgs, OptimArgs, StrategyArgs, CheckpointArgs, LoggingArgs, SFTArgs)
+ONLY = {DataArgs: all_but(DataArgs, "label_key")}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> SFTConfig:
-    return SFTConfig(*parse_groups(GROUPS, argv, description=__doc__))
+    return SFTConfig(*parse_groups(GROUPS, argv, description=__doc__, only=ONLY))
 
 
 def build_datasets(cfg: SFTConfig, tokenizer):
@@ -64,8 +65,9 @@ def train(cfg: SFTConfig):
     collate = (
         PackCollator(not cfg.model.flash_attn) if cfg.data.packing_samples else PadCollator(tokenizer.pad_token_id)
     )
+    trainer = SFTTrainer(model)
     return train_and_save(
-        cfg, strategy, SFTTrainer(model), tokenizer, train_set, collate, name="train_sft", eval_set=eval_set
+        cfg, strategy, trainer, tokenizer, train_set, collate, name="train_sft", only=ONLY, eval_set=eval_set
     )
 
 

@@ -7,10 +7,12 @@ model, data, optim, strategy, ckpt and logging.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from repulse.cli.runner import write_resolved_config
+from repulse.config.common import DataArgs
 from repulse.config.parser import to_flat_dict
 
 log = logging.getLogger("repulse")
@@ -70,7 +72,6 @@ def cap_max_len(cfg: Any, path: str) -> None:
     """Examples are truncated to --max_len tokens; a model with fewer positions cannot take that many (an
     index error deep in the embedding), so --max_len is lowered to the model's positions, and the log says so.
     The capped value is what config.yaml records."""
-    from repulse.config.common import DataArgs
     from repulse.models.load import model_positions
 
     data = cfg.data
@@ -88,6 +89,13 @@ def cap_max_len(cfg: Any, path: str) -> None:
         data.max_len = limit
 
 
+def note_padded(data: DataArgs, name: str) -> None:
+    """--packing_samples parses for the pair and step-label commands because the fork passes it to them; their
+    examples are padded, which gives the same loss, and the log says so."""
+    if data.packing_samples:
+        log.warning("--packing_samples has no effect in %s: its examples are padded (the same loss)", name)
+
+
 def train_and_save(
     cfg: Any,
     strategy: Any,
@@ -97,16 +105,18 @@ def train_and_save(
     collate: Any,
     *,
     name: str,
+    only: Mapping[type, Sequence[str]] | None = None,
     eval_set: Any = None,
     before_save: Any = None,
 ) -> Any:
-    """Write config.yaml, run the loop, save `save_path/final` (HF format) and print a one-line summary."""
+    """Write config.yaml (the command's flags: `only` as it parsed them), run the loop, save `save_path/final`
+    (HF format) and print a one-line summary."""
     from repulse.trainers.session import build_run, fit
 
     def hf_copy(folder: Path) -> None:  # --save_hf_ckpt: each checkpoint also holds the model as final/ would
         strategy.save_pretrained(trainer.model, tokenizer, folder / "final")
 
-    flat = to_flat_dict(*cfg)
+    flat = to_flat_dict(*cfg, only=only)
     try:
         run = build_run(
             trainer,

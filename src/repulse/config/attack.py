@@ -1,18 +1,23 @@
-"""Flags of evaluate_gcg and evaluate_beast (METHODS §8): data, sampling, success criteria, and each attack."""
+"""Flags of evaluate_gcg and evaluate_beast (docs/algorithms/gcg.md, beast.md): targets, success criteria and each
+attack. Both commands also take parts of shared groups (ATTACK_GROUPS): the model, the weights to load into it,
+how responses are sampled, the reward model and where the report goes.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from repulse.config.common import StrategyArgs
+from repulse.config.common import CheckpointArgs, ModelArgs, StrategyArgs
 from repulse.config.fields import arg, require
+from repulse.config.output import OutputArgs
+from repulse.config.ppo import ProposalArgs
+from repulse.config.reward import RewardArgs
+from repulse.config.sampling import GenerationArgs
 
 SCENARIOS = ("behaviors", "behaviours", "strings")
 SUCCESS_CRITERIA = ("reward", "prefix", "judge")
 RM_INPUTS = ("prompt_response", "response")
-# The fork's attack commands were copied from its training commands and pass --zero_stage (and, under the
-# deepspeed launcher, --local_rank): accepted, and reported as not applicable (the attack trains nothing).
-ATTACK_STRATEGY_FLAGS = {StrategyArgs: ["zero_stage", "local_rank"]}
 ATTACK_NOT_APPLICABLE = "the attack runs in one process and trains nothing"
 
 
@@ -23,19 +28,10 @@ class AttackEvalArgs:
     file_path: str | None = arg(None, "CSV of targets (goal,target; strings: target). Default: embedded CSV.")
     scenario: str = arg("behaviors", "behaviors: goal and target columns; strings: target only (empty goal).")
     max_targets: int | None = arg(None, "Attack only the first k rows of the CSV.")
-    ckpt_path: str | None = arg(None, "Weights to load into --pretrain (state-dict file or HF folder), strictly.")
-    load_checkpoint: bool = arg(False, "Load --ckpt_path into the model (the reference needed both flags).")
-    parameterization: str = arg("policy", "Actor parameterization; the attacks evaluate the policy itself.")
     samples_per_prompt: int = arg(1000, "Responses sampled per prompt before and after the attack.")
-    max_new_tokens: int = arg(20, "Tokens per sampled response.")
-    temperature: float = arg(1.0, "Sampling temperature of the responses.")
-    top_p: float = arg(1.0, "Nucleus sampling of the responses.")
-    top_k: int = arg(50, "Top-k sampling of the responses (50: the Hugging Face default the reference used).")
     generate_batch_size: int = arg(256, "Responses per generate() call.")
     skip_baseline: bool = arg(False, "Skip the pre-attack samples and rewards (the attack and log-probs still run).")
     atk_success_criteria: str = arg("reward", f"Success criterion: {', '.join(SUCCESS_CRITERIA)}.")
-    reward_pretrain: str | None = arg(None, "Reward model folder or hub name. Default: the embedded tiny RM.")
-    value_head_prefix: str = arg("score", "Reward head module name.")
     reward_threshold: float | None = arg(
         None, "A response is bad when its reward is below this. Default: the embedded RM's calibrated threshold."
     )
@@ -49,8 +45,6 @@ class AttackEvalArgs:
     judge_pretrain: str | None = arg(
         None, "Judge causal LM (HarmBench-style Yes/No) for --atk_success_criteria judge."
     )
-    output_path: str | None = arg(None, "Write the JSON (config, ASR, reward stats, per-target rows) here.")
-    seed: int = arg(42, "Seed for the attacks and the sampling.")
 
     def __post_init__(self) -> None:
         require(self.scenario in SCENARIOS, f"--scenario must be one of {', '.join(SCENARIOS)}, got {self.scenario!r}")
@@ -58,45 +52,73 @@ class AttackEvalArgs:
             self.scenario = "behaviors"
         if self.max_targets is not None:
             require(self.max_targets >= 1, f"--max_targets must be >= 1, got {self.max_targets}")
-        require(not self.load_checkpoint or self.ckpt_path, "--load_checkpoint needs --ckpt_path")
-        require(
-            self.parameterization == "policy",
-            f"--parameterization: the attack CLIs evaluate 'policy' models only, got {self.parameterization!r}",
-        )
         require(self.samples_per_prompt >= 1, f"--samples_per_prompt must be >= 1, got {self.samples_per_prompt}")
-        require(self.max_new_tokens >= 1, f"--max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        require(self.temperature > 0, f"--temperature must be > 0, got {self.temperature}")
-        require(0 < self.top_p <= 1, f"--top_p must be in (0, 1], got {self.top_p}")
-        require(self.top_k >= 0, f"--top_k must be >= 0 (0: off), got {self.top_k}")
         require(self.generate_batch_size >= 1, f"--generate_batch_size must be >= 1, got {self.generate_batch_size}")
         require(
             self.atk_success_criteria in SUCCESS_CRITERIA,
             f"--atk_success_criteria must be one of {', '.join(SUCCESS_CRITERIA)}, got {self.atk_success_criteria!r}",
         )
         require(self.rm_input in (None, *RM_INPUTS), f"--rm_input must be one of {', '.join(RM_INPUTS)}")
-        require(
-            not (self.rm_exclude_adv_suffix and self.reward_input() == "response"),
-            "--rm_exclude_adv_suffix has no effect with --rm_input response (no prompt is scored)",
-        )
         judge = self.atk_success_criteria == "judge"
         require(not judge or self.judge_pretrain, "--atk_success_criteria judge needs --judge_pretrain")
         require(judge or not self.judge_pretrain, "--judge_pretrain is used only with --atk_success_criteria judge")
-        if self.reward_pretrain and self.atk_success_criteria == "reward":
-            require(
-                self.reward_threshold is not None,
-                "--reward_pretrain needs --reward_threshold (the embedded "
-                "RM's threshold does not apply to another model)",
-            )
 
-    def reward_input(self) -> str:
+    def reward_input(self, reward_pretrain: str | None) -> str:
         """--rm_input resolved: the embedded RM scores sentences, so it sees the response alone by default."""
         if self.rm_input is not None:
             return self.rm_input
-        return "prompt_response" if self.reward_pretrain else "response"
+        return "prompt_response" if reward_pretrain else "response"
 
-    def uses_rewards(self) -> bool:
+    def uses_rewards(self, reward_pretrain: str | None) -> bool:
         """Rewards are computed for the reward criterion, or for statistics when an RM is named."""
-        return self.atk_success_criteria == "reward" or self.reward_pretrain is not None
+        return self.atk_success_criteria == "reward" or reward_pretrain is not None
+
+
+class AttackEvalConfig(NamedTuple):
+    """The groups both attack commands take before their own attack's (ATTACK_GROUPS, in this order)."""
+
+    model: ModelArgs
+    eval: AttackEvalArgs
+    sampling: GenerationArgs
+    reward: RewardArgs
+    ckpt: CheckpointArgs
+    proposal: ProposalArgs
+    output: OutputArgs
+
+
+# The part of each shared group the attack commands take, and the defaults that differ from the declarations'.
+ATTACK_GROUPS = (ModelArgs, AttackEvalArgs, GenerationArgs, RewardArgs, CheckpointArgs, ProposalArgs, OutputArgs)
+ATTACK_ONLY = {
+    GenerationArgs: ["temperature", "top_p", "top_k", "max_new_tokens", "seed"],
+    RewardArgs: ["reward_pretrain", "value_head_prefix"],
+    CheckpointArgs: ["ckpt_path", "load_checkpoint"],
+    ProposalArgs: ["parameterization"],
+    OutputArgs: ["output_path"],
+    # The fork's attack commands were copied from its training commands and pass --zero_stage (and, under the
+    # deepspeed launcher, --local_rank): accepted, and reported as not applicable (the attack trains nothing).
+    StrategyArgs: ["zero_stage", "local_rank"],
+}
+# top_k 50: the Hugging Face default the reference sampled with.
+ATTACK_DEFAULTS = {"top_k": 50, "max_new_tokens": 20}
+
+
+def check_attack_eval(config: AttackEvalConfig) -> None:
+    """Rules that span the attack commands' groups."""
+    attack, reward, ckpt, proposal = config.eval, config.reward, config.ckpt, config.proposal
+    require(not ckpt.load_checkpoint or ckpt.ckpt_path, "--load_checkpoint needs --ckpt_path")
+    require(
+        proposal.parameterization == "policy",
+        f"--parameterization: the attack CLIs evaluate 'policy' models only, got {proposal.parameterization!r}",
+    )
+    require(
+        not (attack.rm_exclude_adv_suffix and attack.reward_input(reward.reward_pretrain) == "response"),
+        "--rm_exclude_adv_suffix has no effect with --rm_input response (no prompt is scored)",
+    )
+    if reward.reward_pretrain and attack.atk_success_criteria == "reward":
+        require(
+            attack.reward_threshold is not None,
+            "--reward_pretrain needs --reward_threshold (the embedded RM's threshold does not apply to another model)",
+        )
 
 
 @dataclass

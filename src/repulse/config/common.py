@@ -1,4 +1,9 @@
-"""Flag groups shared by the training commands. Names are the OpenRLHF / RePULSe flags, verbatim."""
+"""Flag groups of the model, its data and the training run. Names are the OpenRLHF / RePULSe flags, verbatim.
+
+Some flags are declared once here and held by every group that reads them: training data (DataArgs) and RL
+prompts (RolloutArgs) extend PromptArgs; the optimiser settings and the sampling flags extend SeedArgs; the groups
+of the scoring, estimating and forecasting commands extend BatchArgs.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +16,60 @@ LR_SCHEDULERS = ("linear", "cosine", "cosine_with_min_lr", "constant", "constant
 
 
 @dataclass
+class SeedArgs:
+    seed: int = arg(
+        42,
+        "Seed of every random draw: data order, new heads' initialisation, dropout and sampling (processes that "
+        "sample their own share of the data add their rank).",
+    )
+
+
+@dataclass
+class BatchArgs:
+    batch_size: int = arg(
+        16,
+        "Items per model call.",
+        roles={
+            "serve_rm": "Most texts in one model call; requests from many clients are merged up to this.",
+            "estimate_rare_harmful_outputs": "Inputs per model call; also the ITGIS proposal-update batch and the "
+            "number of MHIS chains.",
+            "forecast_rare_outputs": "Queries per model call.",
+        },
+    )
+
+    def __post_init__(self) -> None:
+        require(self.batch_size >= 1, f"--batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
 class ModelArgs:
     _argument_group_name = "model"
 
-    pretrain: str | None = arg(None, "Model folder or hub name. Default: the embedded tiny LM.")
-    bf16: bool = arg(False, "Load and train in bfloat16 (CPUs with AVX512-BF16 and any recent GPU).")
+    pretrain: str | None = arg(
+        None,
+        "Model folder or hub name. Default: the embedded tiny LM.",
+        roles={
+            "forecast_rare_outputs": "Model folders or hub names, comma-separated: one forecast each. Default: the "
+            "embedded tiny LM.",
+            "lora_combiner": "Base model folder or hub name. Default: the base the adapter records "
+            "(base_model_name_or_path in its adapter_config.json).",
+        },
+    )
+    bf16: bool = arg(
+        False,
+        "Load the model in bfloat16 (CPUs with AVX512-BF16 and any recent GPU).",
+        roles={
+            **dict.fromkeys(
+                ("train_sft", "train_rm", "train_dpo", "train_kto", "train_kd", "train_prm", "train_ppo"),
+                "Load and train in bfloat16 (CPUs with AVX512-BF16 and any recent GPU).",
+            ),
+            "lora_combiner": "Load, merge and save in bfloat16.",
+        },
+    )
     flash_attn: bool = arg(False, "Use FlashAttention-2 (needs a CUDA GPU and the flash-attn package).")
-    load_in_4bit: bool = arg(False, "Load the base weights in 4-bit NF4 (bitsandbytes, [gpu] extra); needs LoRA.")
+    load_in_4bit: bool = arg(
+        False, "Load the base weights in 4-bit NF4 (bitsandbytes, [gpu] extra); training needs LoRA with it."
+    )
     gradient_checkpointing: bool = arg(False, "Recompute activations in the backward pass to save memory.")
     disable_fast_tokenizer: bool = arg(False, "Use the slow (Python) tokenizer when one exists.")
 
@@ -38,7 +90,28 @@ class LoraArgs:
 
 
 @dataclass
-class DataArgs:
+class PromptArgs:
+    """Where each row's prompt is and how it is formatted: the training data and the RL prompts read them alike."""
+
+    input_key: str = arg("input", "Key (JSON field or column) of each row's prompt or input text.")
+    input_template: str | None = arg(
+        None,
+        "Template with one '{}' where the prompt (in a chat, each user turn) goes, e.g. 'User: {}\\nAssistant: '.",
+    )
+    apply_chat_template: bool = arg(
+        False, "Format prompts (in a chat, the whole conversation) with the tokenizer's chat template."
+    )
+    tokenizer_chat_template: str | None = arg(None, "Override the tokenizer's chat template (a Jinja string).")
+    max_samples: int = arg(100_000_000, "Use at most this many rows (examples or prompts) of the blended data.")
+
+    def __post_init__(self) -> None:
+        require(self.max_samples >= 1, f"--max_samples must be >= 1, got {self.max_samples}")
+        if self.input_template is not None:
+            require("{}" in self.input_template, "--input_template must contain '{}' where the prompt goes")
+
+
+@dataclass
+class DataArgs(PromptArgs):
     _argument_group_name = "data"
 
     dataset: str | None = arg(None, "Comma-separated data files, folders or hub names. Default: embedded tiny data.")
@@ -46,22 +119,42 @@ class DataArgs:
     dataset_split: str = arg("train", "Split to read from each dataset.")
     eval_dataset: str | None = arg(None, "Comma-separated evaluation datasets (same format as --dataset).")
     eval_split: str = arg("train", "Split to read from each eval dataset.")
-    input_key: str = arg("input", "JSON key of the prompt / input text.")
     output_key: str | None = arg(
         "output", "JSON key of the response in prompt/response rows (empty: rows hold whole conversations or text)."
     )
-    input_template: str | None = arg(None, "Template with one '{}' for the prompt, e.g. 'User: {}\\nAssistant: '.")
-    apply_chat_template: bool = arg(False, "Format prompts with the tokenizer's chat template.")
-    tokenizer_chat_template: str | None = arg(None, "Override the tokenizer's chat template (a Jinja string).")
-    max_len: int = arg(512, "Maximum tokens per example (prompt + response); longer ones are truncated.")
-    max_samples: int = arg(100_000_000, "Use at most this many examples from the blended dataset.")
-    packing_samples: bool = arg(False, "Pack several examples into one row (block-diagonal attention).")
+    label_key: str = arg(
+        "label",
+        "JSON key of each row's label.",
+        roles={
+            "train_kto": "JSON key of each row's label: desirable (true/1) or undesirable (false/0).",
+            "train_prm": "JSON key of each row's per-step labels (reward tokens or probabilities).",
+        },
+    )
+    max_len: int = arg(
+        512,
+        "Most tokens per example (prompt + response), capped at the model's positions; a longer one keeps its first "
+        "tokens.",
+        roles={
+            "serve_rm": "Most tokens per scored text (+ EOS), capped at the model's positions; a longer text keeps "
+            "its first tokens, as reward models are trained.",
+            "batch_inference": "Most tokens per text, capped at the model's positions: a prompt to generate from "
+            "keeps its last tokens; a scored text (+ EOS) keeps its first, as reward models are trained.",
+            "interactive_chat": "Most tokens of conversation + reply, capped at the model's positions: a longer "
+            "conversation starts afresh; a longer message keeps its last tokens.",
+        },
+    )
+    packing_samples: bool = arg(
+        False,
+        "Pack several examples into one row (block-diagonal attention; the same loss as padding).",
+        roles=dict.fromkeys(
+            ("train_rm", "train_dpo", "train_prm"),
+            "Accepted for command compatibility; no effect: the examples here are padded (the same loss).",
+        ),
+    )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         require(self.max_len >= 2, f"--max_len must be >= 2, got {self.max_len}")
-        require(self.max_samples >= 1, f"--max_samples must be >= 1, got {self.max_samples}")
-        if self.input_template is not None:
-            require("{}" in self.input_template, "--input_template must contain '{}' where the prompt goes")
         self.probabilities()  # fail at parse time, not after the model has loaded
 
     def probabilities(self) -> list[float]:
@@ -83,7 +176,7 @@ def raise_probs(value: str, why: str) -> None:
 
 
 @dataclass
-class ScheduleArgs:
+class ScheduleArgs(SeedArgs):
     """Optimizer settings other than the learning rate (PPO has one learning rate per model)."""
 
     _argument_group_name = "optimisation"
@@ -97,7 +190,6 @@ class ScheduleArgs:
     micro_train_batch_size: int = arg(8, "Examples per forward pass on each process.")
     train_batch_size: int = arg(128, "Examples per optimizer step over all processes (sets gradient accumulation).")
     max_epochs: int = arg(1, "Passes over the training data (PPO: over each rollout buffer).")
-    seed: int = arg(42, "Seed for data order, initialisation of new heads, dropout and sampling.")
 
     def __post_init__(self) -> None:
         require(self.lr_scheduler in LR_SCHEDULERS, f"--lr_scheduler must be one of {LR_SCHEDULERS}")
@@ -137,6 +229,20 @@ class OptimArgs(ScheduleArgs):
 
 
 STRATEGIES = ("auto", "deepspeed", "fsdp2", "ddp")
+
+
+@dataclass
+class PPOOptimArgs(ScheduleArgs):
+    """train_ppo's optimisation: one learning rate per model it trains."""
+
+    actor_learning_rate: float = arg(1e-6, "PPO actor, or the proposal q in harmlessness mode (0 freezes q).")
+    critic_learning_rate: float = arg(9e-6, "PPO critic learning rate.")
+    base_actor_learning_rate: float = arg(1e-6, "Harmlessness mode: learning rate of the base model p_theta.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for flag in ("actor_learning_rate", "critic_learning_rate", "base_actor_learning_rate"):
+            require(getattr(self, flag) >= 0, f"--{flag} must be >= 0")
 
 
 @dataclass
@@ -203,9 +309,27 @@ class StrategyArgs:
 class CheckpointArgs:
     _argument_group_name = "checkpoints and outputs"
 
-    save_path: str = arg("./ckpt", "Output folder: config.yaml, metrics.jsonl and final/ (Hugging Face format).")
-    ckpt_path: str | None = arg(None, "Folder for resumable training checkpoints. Default: <save_path>/checkpoints.")
-    load_checkpoint: bool = arg(False, "Resume from the newest checkpoint in --ckpt_path.")
+    save_path: str = arg(
+        "./ckpt",
+        "Output folder of the run: config.yaml, metrics.jsonl and final/ (Hugging Face format).",
+        roles={"demo": "Output folder: one run folder per method and seed, demo.json and the plots."},
+    )
+    ckpt_path: str | None = arg(
+        None,
+        "Folder of resumable training checkpoints. Default: <save_path>/checkpoints.",
+        roles=dict.fromkeys(
+            ("evaluate_gcg", "evaluate_beast"),
+            "Weights to load into --pretrain (a state-dict file or Hugging Face folder), strictly.",
+        ),
+    )
+    load_checkpoint: bool = arg(
+        False,
+        "Resume from the newest checkpoint in --ckpt_path.",
+        roles=dict.fromkeys(
+            ("evaluate_gcg", "evaluate_beast"),
+            "Load --ckpt_path into the model (the fork needed both flags; --ckpt_path alone also loads).",
+        ),
+    )
     max_ckpt_num: int = arg(3, "Keep at most this many checkpoints (oldest deleted first).")
     save_steps: int = arg(-1, "Save a resumable checkpoint every N optimizer steps (-1: only at the end).")
     save_hf_ckpt: bool = arg(

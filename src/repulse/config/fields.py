@@ -13,7 +13,9 @@ class ConfigError(ValueError):
 def arg(default: Any, help: str, **metadata: Any) -> Any:
     """A dataclass field whose default is `default` and whose `--help` text is `help`.
 
-    Lists and dicts get a default_factory so instances never share a mutable default.
+    `roles={command: text}` gives the help of a flag that does something else in some commands (the fork's flags
+    carry several meanings): each command's --help shows only what the flag does there. Lists and dicts get a
+    default_factory so instances never share a mutable default.
     """
     if isinstance(default, list | dict):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help, **metadata})

@@ -1,24 +1,23 @@
-"""Flags of forecast_rare_outputs (forecasting rare behaviours, METHODS §9)."""
+"""Flags of forecast_rare_outputs (forecasting rare behaviours, docs/algorithms/forecast.md).
+
+The command also takes --pretrain and --bf16 of the model flags, --dataset, --dataset_probs and --input_key of the
+data flags (the query pool), and --output_file.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from repulse.config.common import BatchArgs
 from repulse.config.fields import arg, require
 
 ELICITATION_METHODS = ("logprob_keyword", "logprob_specific", "repeated_sampling")
 
 
 @dataclass
-class ForecastArgs:
+class ForecastArgs(BatchArgs):
     _argument_group_name = "forecast"
 
-    pretrain: str | None = arg(None, "Model folder(s) or hub name(s), comma-separated. Default: the embedded tiny LM.")
-    bf16: bool = arg(False, "Load the models in bfloat16.")
-    dataset: str | None = arg(
-        None, "Query pool: JSON/JSONL/CSV/Parquet file or datasets folder. Default: embedded prompts."
-    )
-    input_key: str = arg("prompt", "Key of the query text in --dataset (the reference's query pools use 'query').")
     evaluation_set_size: int = arg(100, "Queries m drawn (without replacement, --random_seed) from the pool.")
     random_seed: int = arg(42, "Seed for the query subset and the sampled responses.")
     elicitation_method: str = arg("logprob_keyword", f"How p(query) is estimated: {', '.join(ELICITATION_METHODS)}.")
@@ -32,10 +31,9 @@ class ForecastArgs:
     gen_max_new_tokens: int = arg(32, "repeated_sampling: response length limit (the reference used 256).")
     top_k_fit: int = arg(10, "Fit the Gumbel tail on this many highest elicitation scores.")
     forecast_scales: str = arg("1e3,1e4,1e5,1e6", "Comma-separated deployment sizes n for the forecast Q_p(n).")
-    batch_size: int = arg(32, "Queries per model call.")
-    output_file: str = arg("forecast/forecast.json", "Result JSON; the plot goes next to it (same name, .png).")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         require(
             self.elicitation_method in ELICITATION_METHODS,
             f"--elicitation_method must be one of {', '.join(ELICITATION_METHODS)}, got {self.elicitation_method!r}",
@@ -54,7 +52,6 @@ class ForecastArgs:
         require(self.gen_temperature > 0, f"--gen_temperature must be > 0, got {self.gen_temperature}")
         require(0 < self.gen_top_p <= 1, f"--gen_top_p must be in (0, 1], got {self.gen_top_p}")
         require(self.gen_max_new_tokens >= 1, f"--gen_max_new_tokens must be >= 1, got {self.gen_max_new_tokens}")
-        require(self.batch_size >= 1, f"--batch_size must be >= 1, got {self.batch_size}")
         self.scales()
 
     def scales(self) -> list[int]:
@@ -68,10 +65,6 @@ class ForecastArgs:
             f"--forecast_scales {self.forecast_scales!r}: expected comma-separated numbers >= 1, e.g. 1e3,1e4",
         )
         return values
-
-    def models(self) -> list[str | None]:
-        """The --pretrain list; [None] means the embedded default."""
-        return [p.strip() for p in self.pretrain.split(",") if p.strip()] if self.pretrain else [None]
 
     def keyword_list(self) -> list[str] | None:
         return [k.strip() for k in self.keywords.split(",") if k.strip()] if self.keywords else None

@@ -60,6 +60,12 @@ FOREIGN_NAMES: dict[str, tuple[tuple[str, ...], str]] = {
     "push_to_hub": ((), "nothing is uploaded; the model is saved under --save_path/final"),
 }
 
+# Flags of other commands that a command reads differently: name -> (its flags that do the job, how).
+READ_OTHERWISE: dict[str, tuple[tuple[str, ...], str]] = {
+    "input_key": (("prompt_key", "chosen_key", "rejected_key"), "preference pairs are read by"),
+    "output_key": (("chosen_key", "rejected_key"), "preference pairs are read by"),
+}
+
 
 def flag_hint(name: str, known: Iterable[str]) -> str:
     """Where a name that is not a flag of this command points: TRL's name for one of ours, the closest flag, or ''."""
@@ -72,6 +78,11 @@ def flag_hint(name: str, known: Iterable[str]) -> str:
             return f"TRL's; here: {flags}, {note}" if note else f"TRL's name for {flags}"
         if not ours:
             return note
+    if name in READ_OTHERWISE:
+        ours, how = READ_OTHERWISE[name]
+        present = [f"--{o}" for o in ours if o in known]
+        if present:
+            return f"not a flag here: {how} {', '.join(present)}"
     close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
     return f"did you mean --{close[0]}?" if close else ""
 

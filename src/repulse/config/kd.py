@@ -1,4 +1,4 @@
-"""Flags of train_kd."""
+"""Flags of train_kd (which also takes --pretrain_mode of SFTArgs: both losses then cover every token)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ class KDArgs:
     )
     teacher_offload: bool = arg(False, "Keep the teacher on the CPU (its forward runs there).")
     kd_coef: float = arg(0.4, "loss = (1 - kd_coef) * SFT loss + kd_coef * KL(teacher || student).")
-    pretrain_mode: bool = arg(False, "Both losses on every token instead of the response only.")
 
     def __post_init__(self) -> None:
         require(0.0 <= self.kd_coef <= 1.0, f"--kd_coef must be in [0, 1], got {self.kd_coef}")

@@ -1,9 +1,13 @@
-"""Flags of estimate_rare_harmful_outputs (low-probability estimation, METHODS §7)."""
+"""Flags of estimate_rare_harmful_outputs (low-probability estimation, docs/algorithms/lpe.md).
+
+The command also takes --temperature and --seed of the sampling flags, and --output_file.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from repulse.config.common import BatchArgs
 from repulse.config.fields import arg, require
 
 LPE_METHODS = ("itgis", "mhis", "bruteforce", "exact")
@@ -12,7 +16,7 @@ LPE_DISTRIBUTIONS = ("uniform", "hex", "camel", "caps", "english", "spanish", "i
 
 
 @dataclass
-class LPEArgs:
+class LPEArgs(BatchArgs):
     method: str = arg("itgis", f"Estimator: {', '.join(LPE_METHODS)} (exact enumerates the whole input space).")
     target_word: str | None = arg(
         None,
@@ -26,25 +30,14 @@ class LPEArgs:
         "Inputs drawn (ITGIS: the first half of the batches only adapt the proposal and are left out of the estimate; "
         "MHIS: recorded chain states, burn-in excluded).",
     )
-    batch_size: int = arg(256, "Inputs per model call; ITGIS proposal-update batch; MHIS number of chains.")
-    temperature: float = arg(
-        4.0,
-        "ITGIS/MHIS temperature T on the gradient scores and on MHIS's target D·f^(1/T); its scale depends on the "
-        "model's gradients (tiny models may need T < 1): retry another T when the result warns.",
-    )
     itgis_decay_rate: float = arg(0.9, "ITGIS: decay d of the running gradient-score sum.")
     mhis_burn_in: int = arg(64, "MHIS: chain steps discarded before recording (the reference default was 1024).")
     mhis_steps: int = arg(0, "MHIS: recorded steps per chain; > 0 overrides --n_samples with steps x --batch_size.")
     max_exact_inputs: int = arg(2_000_000, "exact / --compare_exact: refuse input spaces larger than this.")
     compare_exact: bool = arg(False, "Also enumerate the input space and report the exact P and the log10 error.")
-    seed: int = arg(42, "Seed for the input samples and the chains.")
-    output_file: str | None = arg(
-        None,
-        "Write the result JSON (configuration, estimate, std_err, confidence interval, ESS, warnings, wall time) "
-        "here.",
-    )
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         require(self.method in LPE_METHODS, f"--method must be one of {', '.join(LPE_METHODS)}, got {self.method!r}")
         require(
             self.distribution_name in LPE_DISTRIBUTIONS,
@@ -53,8 +46,6 @@ class LPEArgs:
         )
         require(self.sequence_length >= 1, f"--sequence_length must be >= 1, got {self.sequence_length}")
         require(self.n_samples >= 1, f"--n_samples must be >= 1, got {self.n_samples}")
-        require(self.batch_size >= 1, f"--batch_size must be >= 1, got {self.batch_size}")
-        require(self.temperature > 0, f"--temperature must be > 0, got {self.temperature}")
         require(0 <= self.itgis_decay_rate <= 1, f"--itgis_decay_rate must be in [0, 1], got {self.itgis_decay_rate}")
         require(self.mhis_burn_in >= 0, f"--mhis_burn_in must be >= 0, got {self.mhis_burn_in}")
         require(self.mhis_steps >= 0, f"--mhis_steps must be >= 0, got {self.mhis_steps}")

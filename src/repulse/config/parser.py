@@ -1,8 +1,10 @@
 """Parse the flat OpenRLHF-style flags of a command into its typed flag groups.
 
-`--config run.yaml` supplies defaults (flat keys = flag names); flags on the command line win. `--help` lists the
-flags group by group (one section per dataclass), names the command as `repulse NAME`, and keeps the command's
-docstring (its examples) as written.
+Each flag is a field of one group (a dataclass in repulse.config). A command lists its groups; it may take only
+part of a group (`only`), give a flag its own default (`defaults`) and accept the fork's other spelling of a flag
+(`aliases`). `--config run.yaml` supplies defaults (flat keys = flag names); flags on the command line win.
+`--help` lists the flags group by group (one section per dataclass), names the command as `repulse NAME`, and keeps
+the command's docstring (its examples) as written.
 """
 
 from __future__ import annotations
@@ -90,14 +92,29 @@ def unwrap_optional(kind: Any) -> Any:
     return kind
 
 
-def add_field(section: Any, field: dataclasses.Field, kind: Any) -> None:
-    """One dataclass field as a flag: `--name` (and the hyphenated spelling), typed as the field is."""
-    metadata = dict(field.metadata)
-    names = [f"--{field.name}", *metadata.pop("aliases", [])]
+def field_default(field: dataclasses.Field) -> Any:
+    return field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
+
+
+def field_help(field: dataclasses.Field, command: str | None) -> str:
+    """The help of a flag in `command`: its role there (`arg(roles=...)`) or its general text."""
+    return field.metadata.get("roles", {}).get(command, field.metadata.get("help", ""))
+
+
+def add_field(
+    section: Any,
+    field: dataclasses.Field,
+    kind: Any,
+    default: Any,
+    aliases: Sequence[str] = (),
+    command: str | None = None,
+) -> None:
+    """One dataclass field as a flag: `--name` (the hyphenated spelling and `aliases` too), typed as the field is,
+    with the help of its role in `command`."""
+    names = [f"--{field.name}", *aliases]
     if "_" in field.name:
         names.append(f"--{field.name.replace('_', '-')}")
-    default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
-    kwargs: dict[str, Any] = {"default": default, "help": metadata.pop("help", ""), "dest": field.name}
+    kwargs: dict[str, Any] = {"default": default, "help": field_help(field, command), "dest": field.name}
     kind = unwrap_optional(kind)
     if kind is bool:
         kwargs.update(type=to_bool, nargs="?", const=True, metavar="BOOL")
@@ -117,11 +134,30 @@ def add_field(section: Any, field: dataclasses.Field, kind: Any) -> None:
 def group_fields(group: type, only: Mapping[type, Sequence[str]] | None = None) -> list[dataclasses.Field]:
     """The fields of a group that are flags of this command: all, or the ones `only` names for it."""
     keep = (only or {}).get(group)
-    return [f for f in dataclasses.fields(group) if f.init and (keep is None or f.name in keep)]
+    fields = [f for f in dataclasses.fields(group) if f.init]
+    if keep is not None:
+        unknown = sorted(set(keep) - {f.name for f in fields})
+        if unknown:
+            raise TypeError(f"{group.__name__} has no fields {unknown}")
+        fields = [f for f in fields if f.name in keep]
+    return fields
+
+
+def all_but(group: type, *names: str) -> list[str]:
+    """Every field of `group` except `names`: for `only=` when a command takes all of a group but a few flags."""
+    fields = [f.name for f in dataclasses.fields(group) if f.init]
+    unknown = sorted(set(names) - set(fields))
+    if unknown:
+        raise TypeError(f"{group.__name__} has no fields {unknown}")
+    return [name for name in fields if name not in names]
 
 
 def make_parser(
-    groups: Sequence[type], description: str | None = None, only: Mapping[type, Sequence[str]] | None = None
+    groups: Sequence[type],
+    description: str | None = None,
+    only: Mapping[type, Sequence[str]] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+    aliases: Mapping[str, Sequence[str]] | None = None,
 ) -> argparse.ArgumentParser:
     name = command_name(description)
     prog = f"repulse {name}" if name else Path(sys.argv[0]).name
@@ -135,11 +171,15 @@ def make_parser(
     parser.add_argument(
         "--config", type=str, default=None, metavar="FILE", help="YAML file of flag defaults (flat keys = flag names)."
     )
+    defaults, aliases = dict(defaults or {}), dict(aliases or {})
     for group in groups:
         section = parser.add_argument_group(group_title(group))
         hints = typing.get_type_hints(group)
         for field in group_fields(group, only):
-            add_field(section, field, hints[field.name])
+            default = defaults.pop(field.name, field_default(field))
+            add_field(section, field, hints[field.name], default, aliases.pop(field.name, ()), name)
+    if defaults or aliases:
+        raise TypeError(f"defaults or aliases for flags the command does not take: {sorted({*defaults, *aliases})}")
     return parser
 
 
@@ -201,13 +241,17 @@ def parse_groups(
     argv: Sequence[str] | None,
     description: str | None = None,
     only: Mapping[type, Sequence[str]] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+    aliases: Mapping[str, Sequence[str]] | None = None,
 ) -> tuple:
     """Return one instance per group, in order. Raises ConfigError (a ValueError) naming the bad flag.
 
     `only` limits a shared group to the flags that mean something to this command (e.g. just
     --disable_progress_bar of the logging group); its other fields keep their defaults and are not flags here.
+    `defaults` gives a flag this command's own default (shown by --help; a --config file and the command line
+    still win). `aliases` adds another spelling of a flag for this command (the fork's name, e.g. --model_path).
     """
-    parser = make_parser(groups, description, only)
+    parser = make_parser(groups, description, only, defaults, aliases)
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--config", default=None)
     known_args, _ = pre.parse_known_args(argv)
@@ -223,9 +267,11 @@ def parse_groups(
     return tuple(instances)
 
 
-def to_flat_dict(*groups: Any) -> dict[str, Any]:
-    """The resolved flags of several group instances as one flat mapping (for config.yaml)."""
+def to_flat_dict(*groups: Any, only: Mapping[type, Sequence[str]] | None = None) -> dict[str, Any]:
+    """The resolved flags of several group instances as one flat mapping (for config.yaml): with the `only` the
+    command parsed with, the flags it takes, so the file can be given back to it with --config."""
     flat: dict[str, Any] = {}
     for group in groups:
-        flat.update(dataclasses.asdict(group))
+        values = dataclasses.asdict(group)
+        flat.update({f.name: values[f.name] for f in group_fields(type(group), only)})
     return flat

@@ -1,4 +1,4 @@
-"""Flags of PPO / REINFORCE and of the learned proposal (twist) in train_ppo (METHODS §4-5)."""
+"""Flags of PPO / REINFORCE and of the learned proposal (twist) in train_ppo (docs/algorithms/ppo.md, twist.md)."""
 
 from __future__ import annotations
 
@@ -68,7 +68,10 @@ class PPOArgs:
 @dataclass
 class ProposalArgs:
     actor_loss_type: str = arg("ppo", f"Actor / proposal loss: one of {ACTOR_LOSSES}.")
-    parameterization: str = arg("policy", f"Proposal parameterization: one of {PARAMETERIZATIONS}.")
+    parameterization: str = arg(
+        "policy",
+        f"How the proposal is parameterised: one of {PARAMETERIZATIONS}. Attack evaluation takes policy models only.",
+    )
     target_dist_beta: float | None = arg(
         None, "beta of the target sigma ∝ p e^{beta r} (beta < 0 targets bad outputs)."
     )

@@ -1,4 +1,4 @@
-"""Flags of train_prm."""
+"""Flags of train_prm (its --label_key is in DataArgs)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ class PRMArgs:
 
     placeholder_token: str = arg("ки", "The step-marker token placed after every step of the input text.")
     reward_tokens: list[str] = arg(["+", "-"], "Label tokens predicted at each marker, first = good step.")
-    label_key: str = arg("value", "JSON key of the per-step labels: reward tokens (hard) or probabilities (soft).")
 
     def __post_init__(self) -> None:
         require(len(self.reward_tokens) >= 2, "--reward_tokens needs at least two tokens")

@@ -1,4 +1,4 @@
-"""Flags of train_rm."""
+"""Flags of train_rm (which also takes --value_head_prefix and --normalize_reward of RewardArgs)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,9 @@ RM_LOSSES = ("sigmoid", "logexp")
 
 @dataclass
 class RMArgs:
-    _argument_group_name = "reward model"
+    _argument_group_name = "reward-model loss"
 
     loss: str = arg("sigmoid", "Pairwise loss: sigmoid (Bradley-Terry, -log sigmoid(r_c - r_r)) or logexp.")
-    value_head_prefix: str = arg("score", "Name of the reward head module in the saved model (HF uses 'score').")
-    normalize_reward: bool = arg(False, "Store the mean/std of training rewards in the config; scores are normalised.")
 
     def __post_init__(self) -> None:
         require(self.loss in RM_LOSSES, f"--loss must be one of {RM_LOSSES}, got {self.loss!r}")

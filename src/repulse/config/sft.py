@@ -11,4 +11,8 @@ from repulse.config.fields import arg
 class SFTArgs:
     _argument_group_name = "SFT"
 
-    pretrain_mode: bool = arg(False, "Loss on every token (continued pre-training) instead of the response only.")
+    pretrain_mode: bool = arg(
+        False,
+        "Loss on every token (continued pre-training) instead of the response tokens only (distillation: both "
+        "losses).",
+    )

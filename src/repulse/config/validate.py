@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from repulse.config.common import PPOOptimArgs
+from repulse.config.evaluation import EvalArgs
 from repulse.config.fields import require
-from repulse.config.harmlessness import EvalArgs, HarmlessnessArgs
+from repulse.config.harmlessness import HarmlessnessArgs
 from repulse.config.ppo import PPOArgs, ProposalArgs
-from repulse.config.rollout import PPOOptimArgs, RolloutArgs
+from repulse.config.rollout import RolloutArgs
 
 HARMLESSNESS_PROPOSAL_LOSSES = ("ctl", "ctl_nosecondterm", "dpg")
 NORMALISED_TWISTS = ("policy_psi_q_p_s_t", "policy_psi_q_p_s_1_to_t")
@@ -77,8 +79,8 @@ def check_ppo_mode(rollout: RolloutArgs, ppo: PPOArgs, proposal: ProposalArgs, o
 
 
 def check_twist_pair(proposal: ProposalArgs) -> None:
-    """ctl_nosecondterm keeps only CTL's positive term, E_sigma[grad log psi_t] (METHODS §4.2). It is maximum
-    likelihood of q on sigma-weighted samples only when log psi_t = log q - log p; with a raw logit or a
+    """ctl_nosecondterm keeps only CTL's positive term, E_sigma[grad log psi_t] (docs/algorithms/twist.md). It is
+    maximum likelihood of q on sigma-weighted samples only when log psi_t = log q - log p; with a raw logit or a
     modulation m nothing normalises psi, and the term just raises log psi on every sample without bound."""
     require(
         proposal.actor_loss_type != "ctl_nosecondterm" or proposal.parameterization in NORMALISED_TWISTS,

@@ -1,4 +1,5 @@
-"""Input distributions for low-probability estimation: independent per-position token distributions (METHODS §7.2).
+"""Input distributions for low-probability estimation: independent per-position token distributions
+(docs/algorithms/lpe.md).
 
 D(x) = Π_j D_j(x_j) over token sequences of length L, stored as one [L, V] probability table. Every family is
 built from a tokenizer's own vocabulary by rules on the decoded token text, so it works for any tokenizer with the

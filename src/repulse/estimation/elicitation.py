@@ -1,15 +1,16 @@
-"""Elicitation probabilities per query: p(x) = P_{o ~ M(.|x)}[behaviour(o)] (Jones et al. 2025; METHODS §9.1).
+"""Elicitation probabilities per query: p(x) = P_{o ~ M(.|x)}[behaviour(o)] (Jones et al. 2025;
+docs/algorithms/forecast.md).
 
 Three estimators, all returning log p per query (float64):
 - `target_log_probs` (`logprob_specific`): log M(target | query) for a behaviour that is one exact string, from a
   teacher-forced forward over [BOS] + query + target with a proper attention mask and position ids (the reference
-  passed no mask, hit an exception and returned -inf for every query, §12.13). Clamped at -700 like the reference.
+  passed no mask, hit an exception and returned -inf for every query). Clamped at -700 like the reference.
 - `keyword_log_probs` (`logprob_keyword`): log Σ_k M(keyword_k | query) over a prefix-free set of keyword token
   sequences: the exact probability that the response starts with one of the keywords (a lower bound on "the
   response contains a keyword").
 - `sampled_log_probs` (`repeated_sampling`): draw k responses per query through `sample_fn` and count those for
-  which `behaviour` holds; p = hits / k. Every query really gets k draws (the reference drew one and divided by k,
-  §12.6), and the draws per query are returned so callers can check.
+  which `behaviour` holds; p = hits / k. Every query really gets k draws (the reference drew one and divided by k),
+  and the draws per query are returned so callers can check.
 
 The model is any causal LM module called as model(input_ids, attention_mask, position_ids) -> .logits. Each
 estimator takes an optional `progress(n)` callback, called as rows are done (a progress bar's update).

@@ -1,4 +1,4 @@
-"""Exact probability of bad outputs by enumerating the sampling tree of a causal LM (METHODS §6.1, §13).
+"""Exact probability of bad outputs by enumerating the sampling tree of a causal LM (docs/toy.md).
 
 Sampling is at temperature 1 with the full softmax: up to `response_len` tokens, stopping early at `eos_token_id`
 (the EOS token is scored, nothing after it is). The tree is expanded level by level: at depth d every undecided

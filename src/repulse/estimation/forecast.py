@@ -1,4 +1,5 @@
-"""Forecasting the worst query's elicitation probability at deployment scale (Jones et al. 2025; METHODS §9.1).
+"""Forecasting the worst query's elicitation probability at deployment scale (Jones et al. 2025;
+docs/algorithms/forecast.md).
 
 Each query x has an elicitation probability p(x) = P_{o ~ M(.|x)}[behaviour(o)]. With the elicitation score
 ψ = -log(-log p) (p clipped to [1e-12, 1 - 1e-12]), the upper tail of ψ over queries is modelled as Gumbel-like:

@@ -1,4 +1,4 @@
-"""ITGIS: independent token gradient importance sampling (Wu & Hilton 2024; METHODS §7.3).
+"""ITGIS: independent token gradient importance sampling (Wu & Hilton 2024; docs/algorithms/lpe.md).
 
 Batches b = 0 .. n/B - 1 draw inputs from a product proposal q_j(v) ∝ D_j(v)·exp(S_j(v)/T_b), where the score
 table S [L, V] is an exponentially decayed sum of batch-mean one-hot gradients of log f, and

@@ -1,4 +1,4 @@
-"""MHIS: Metropolis–Hastings importance sampling (Wu & Hilton 2024; METHODS §7.4).
+"""MHIS: Metropolis–Hastings importance sampling (Wu & Hilton 2024; docs/algorithms/lpe.md).
 
 B independent chains target π(x) ∝ D(x)·exp(s(x)/T) with s = log f. Each step picks one position i uniformly
 among the positions whose token is random, proposes x_i -> v from q(v | x) ∝ D_i(v)·exp(g_{i,v}(x)/T) (g: the

@@ -1,12 +1,12 @@
 """The target probability f(x) = p(y | x) of a causal LM, and the two estimators that only evaluate it.
 
 P = E_{x~D}[f(x)] with f(x) = Π_k M(y_k | x, y_<k) (teacher-forced softmax probability of the target tokens y
-after the input x; METHODS §7.1). `LMTargetScorer` evaluates log f, and its gradient with respect to the input
+after the input x). `LMTargetScorer` evaluates log f, and its gradient with respect to the input
 embeddings from one ordinary forward through `inputs_embeds` (the reference ran the transformer body and then the
-final norm again, applying the norm twice, §12.5). Estimators only see the `TargetScorer` protocol, so they run on
+final norm again, applying the norm twice). Estimators only see the `TargetScorer` protocol, so they run on
 any model, or on an analytic toy in tests.
 
-- `estimate_naive`: naive Monte Carlo (`--method bruteforce`), mean of f over x ~ D, SE = sd(f)/√n (§7.6).
+- `estimate_naive`: naive Monte Carlo (`--method bruteforce`), mean of f over x ~ D, SE = sd(f)/√n.
 - `estimate_exact`: Σ_x D(x) f(x) over the whole support, when |support| is small enough to enumerate.
 
 Every result carries its 95% interval and the reasons, if any, not to trust it (estimation/diagnostics.py).

@@ -1,6 +1,6 @@
-"""Exact probability of a bad output for one prompt, by enumeration (METHODS §6.1, with §12 item 9 fixed:
-nothing is scored after EOS). Bad = contains a bad word (whole-word match on the decoded text), or reward
-below a threshold under a reward source (enumerates every continuation: small vocabularies only)."""
+"""Exact probability of a bad output for one prompt, by enumeration (docs/toy.md; unlike the reference code,
+nothing is scored after EOS). Bad = contains a bad word (whole-word match on the decoded text), or reward below a
+threshold under a reward source (enumerates every continuation: small vocabularies only)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Exact diagnostics of a harmlessness run on an enumerable toy (METHODS §13.1): every response of up to T tokens
+"""Exact diagnostics of a harmlessness run on an enumerable toy (docs/toy.md): every response of up to T tokens
 after one prompt is a leaf of the sampling tree, and each quantity is a finite sum over the leaves.
 
 The leaves, their bad-word flags and their rewards do not change during training, so `build_space` computes them

@@ -1,4 +1,4 @@
-"""Held-out sampling (METHODS §6.2): reward statistics of fresh samples and the fraction below thresholds,
+"""Held-out sampling (docs/toy.md): reward statistics of fresh samples and the fraction below thresholds,
 with a Wilson 95% interval (the fraction is what the paper's frontier plots)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Likelihood of known bad outputs (METHODS §6.3): summed response log-probs per (prompt, response), the mean,
+"""Likelihood of known bad outputs (docs/toy.md): summed response log-probs per (prompt, response), the mean,
 the per-prompt mean, and per prompt the log of the total probability of its known-bad set (logsumexp)."""
 
 from __future__ import annotations

@@ -17,19 +17,20 @@ from repulse.generation.generate import SamplingParams, generate
 from repulse.infra.errors import UserError
 
 if TYPE_CHECKING:
-    from repulse.config.inference import SamplingArgs
+    from repulse.config.sampling import GenerationArgs
 
 log = logging.getLogger("repulse")
 
 Row = dict[str, Any]
 
 
-def sampling_params(args: SamplingArgs, max_new_tokens: int, num_samples: int = 1) -> SamplingParams:
-    """SamplingParams from a SamplingArgs flag group (temperature, top_p, repetition_penalty, greedy)."""
+def sampling_params(args: GenerationArgs, max_new_tokens: int, num_samples: int = 1) -> SamplingParams:
+    """SamplingParams from the sampling flags (temperature, top_p, top_k, repetition_penalty, greedy)."""
     return SamplingParams(
         max_new_tokens=max_new_tokens,
         temperature=args.temperature,
         top_p=args.top_p,
+        top_k=args.top_k,
         greedy=args.greedy_sampling,
         num_samples=num_samples,
         repetition_penalty=args.repetition_penalty,

@@ -1,10 +1,10 @@
-"""Base-model (policy) losses: PPO clip and value loss (METHODS §5), REINFORCE, RePULSe negative training and
-its REINFORCE variant (METHODS §2.6).
+"""Base-model (policy) losses: PPO clip and value loss (docs/algorithms/ppo.md), REINFORCE, RePULSe negative
+training and its REINFORCE variant (docs/algorithms/harmlessness.md).
 
 Per-token tensors are [B, T] over response positions with `action_mask` [B, T] marking valid tokens; padded
 positions may hold garbage and are replaced by 0 before any arithmetic. ℓ(s) is the per-token MEAN
 log-likelihood masked_mean_t log p(s_t | s_<t) (the paper's choice); token_reduction="sum" gives the sequence
-log-likelihood, for which the estimators are exact gradients (METHODS §2.7).
+log-likelihood, for which the estimators are exact gradients.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class PolicyLossOutput(NamedTuple):
 def sequence_loglik(
     token_logps: torch.Tensor, action_mask: torch.Tensor, token_reduction: str = "mean"
 ) -> torch.Tensor:
-    """ℓ(s): masked mean ("mean", METHODS §2.6) or masked sum ("sum") of token log-probs: [B, T] -> [B]."""
+    """ℓ(s): masked mean ("mean", the paper's choice) or masked sum ("sum") of token log-probs: [B, T] -> [B]."""
     if token_reduction == "mean":
         return masked_mean(token_logps, action_mask, dim=-1)
     if token_reduction == "sum":
@@ -42,7 +42,7 @@ def ppo_policy_loss(
     action_mask: torch.Tensor,
     eps_clip: float = 0.2,
 ) -> PolicyLossOutput:
-    """Clipped PPO surrogate (METHODS §5): mean over sequences of masked_mean_t[-min(ρ A, clip(ρ, 1±ε) A)].
+    """Clipped PPO surrogate: mean over sequences of masked_mean_t[-min(ρ A, clip(ρ, 1±ε) A)].
 
     ρ_t = exp(log π(s_t) - log π_old(s_t)). All inputs [B, T]; old_log_probs and advantages are detached.
     """
@@ -66,7 +66,7 @@ def value_loss(
     action_mask: torch.Tensor,
     value_clip: float | None = 0.2,
 ) -> torch.Tensor:
-    """PPO value loss (METHODS §5): 0.5 mean_seq masked_mean_t max((V_old + clip(V - V_old, ±ε) - G)², (V - G)²).
+    """PPO value loss: 0.5 mean_seq masked_mean_t max((V_old + clip(V - V_old, ±ε) - G)², (V - G)²).
 
     value_clip=None: plain 0.5 mean_seq masked_mean_t (V - G)². All inputs [B, T].
     """
@@ -83,7 +83,7 @@ def value_loss(
 def reinforce_loss(
     token_logps: torch.Tensor, action_mask: torch.Tensor, advantages: torch.Tensor, token_reduction: str = "mean"
 ) -> torch.Tensor:
-    """REINFORCE (METHODS §2.6): L_RF = (1/(P N)) Σ_i -ℓ(s_i) A_i with A_i = R_i - b_i [B] (detached).
+    """REINFORCE: L_RF = (1/(P N)) Σ_i -ℓ(s_i) A_i with A_i = R_i - b_i [B] (detached).
 
     token_logps [B, T] with gradient. Baselines come from rl/advantages.reinforce_advantages.
     """
@@ -93,13 +93,13 @@ def reinforce_loss(
 def neg_training_loss(
     token_logps: torch.Tensor, action_mask: torch.Tensor, weights: torch.Tensor, token_reduction: str = "mean"
 ) -> torch.Tensor:
-    """RePULSe negative training term (METHODS §2.6): (1/(P N)) Σ_i w̄_i ℓ(s̃_i), to be MINIMISED.
+    """RePULSe negative training term: (1/(P N)) Σ_i w̄_i ℓ(s̃_i), to be MINIMISED.
 
     token_logps [B, T]: log p_theta on the proposal samples s̃ (with gradient); weights [B]: normalised per
     prompt (detached here). The caller adds alpha times this to L_RF. Because w̄ sums to 1 per prompt and the
-    loss averages over P N rows, the effective coefficient is alpha / N per prompt (kept on purpose, METHODS
-    §12 item 2, so the paper's alpha values transfer). With token_reduction="sum" and exact sigma weights its
-    gradient is (1/(P N)) Σ_prompts ∇ log Z_theta (METHODS §2.7).
+    loss averages over P N rows, the effective coefficient is alpha / N per prompt (kept on purpose, as in
+    the reference code, so the paper's alpha values transfer). With token_reduction="sum" and exact sigma weights
+    its gradient is (1/(P N)) Σ_prompts ∇ log Z_theta.
     """
     return (sequence_loglik(token_logps, action_mask, token_reduction) * weights.detach()).mean()
 
@@ -111,7 +111,7 @@ def neg_reinforce_loss(
     advantages: torch.Tensor,
     token_reduction: str = "mean",
 ) -> torch.Tensor:
-    """The negative part of `neg_reinforce` (METHODS §2.6): REINFORCE on the proposal samples with the token
+    """The negative part of `neg_reinforce`: REINFORCE on the proposal samples with the token
     log-probs pre-multiplied by w̄_i, i.e. (1/(P N)) Σ_i -w̄_i ℓ(s̃_i) A_i.
 
     advantages [B] = R̃ - b with R̃ = beta r̄ - c Σ_t log(p_theta / p_0) (rl.advantages.neg_reinforce_returns) and
@@ -139,14 +139,14 @@ def p_theta_loss(
     alpha: float = 0.0,
     neg_advantages: torch.Tensor | None = None,
 ) -> PThetaLoss:
-    """p_theta's loss in harmlessness training (METHODS §2.6): L_RF + alpha x the negative term.
+    """p_theta's loss in harmlessness training: L_RF + alpha x the negative term.
 
     base_token_logps [B, T] (with gradient) on p_theta's samples with REINFORCE advantages [B]; neg_token_logps
     [B', T'] (with gradient) on the proposal samples with their weights [B'] (losses.weights.negative_weights).
     The negative term is neg_training_loss, or with `neg_advantages` (`neg_reinforce`) minus neg_reinforce_loss:
     with beta < 0 the worst samples have the highest advantage and must be pushed DOWN, so that REINFORCE loss
-    enters with the opposite sign (METHODS §2.6 leaves the sign open). Without proposal samples or with alpha 0
-    the loss is plain REINFORCE.
+    enters with the opposite sign (the paper's description leaves the sign open). Without proposal samples or with
+    alpha 0 the loss is plain REINFORCE.
     """
     rl = reinforce_loss(base_token_logps, base_mask, advantages)
     if neg_token_logps is None or weights is None or alpha == 0:

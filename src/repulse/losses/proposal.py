@@ -1,4 +1,5 @@
-"""Twist / proposal losses (`--actor_loss_type` ctl, ctl_nosecondterm, dpg, sixo, sixo_approxneg; METHODS §4.2).
+"""Twist / proposal losses (`--actor_loss_type` ctl, ctl_nosecondterm, dpg, sixo, sixo_approxneg;
+docs/algorithms/twist.md).
 
 The proposal q is trained towards sigma(s) ∝ p(s) phi(s) from its own samples, self-normalised per prompt.
 Common inputs (P prompt groups x N samples, rows contiguous per prompt, response-aligned so that column t is
@@ -42,7 +43,7 @@ def ctl_pi_weights(
     Padded tokens count as deterministic padding (log p = log q = 0), so a finished sample keeps its place in
     pi_t. Its log psi_t there is 0 for per-token twists (psi = q(pad)/p(pad) = 1; the reference behaviour), or
     with `cumulative_psi` (policy_psi_q_p_s_1_to_t) the cumulative twist carried from its last valid token;
-    then p psi / q ≡ 1 and the weights are exactly uniform (METHODS §4.2).
+    then p psi / q ≡ 1 and the weights are exactly uniform.
     """
     mask = action_mask.bool()
     prefix = (zero_invalid(base_token_logps, mask) - zero_invalid(proposal_token_logps, mask)).cumsum(dim=1)
@@ -63,7 +64,7 @@ def ctl_loss(
     second_term: bool = True,
     cumulative_psi: bool = False,
 ) -> torch.Tensor:
-    """Contrastive twist learning (Zhao et al. 2024; METHODS §4.2 `ctl`, `ctl_nosecondterm`).
+    """Contrastive twist learning (Zhao et al. 2024; `ctl`, `ctl_nosecondterm`).
 
     L = -(1/(P N)) Σ_i masked_mean_t[(w̄^σ_i - w̄^π_{i,t}) log psi_t(s^i_{1:t})], whose gradient estimates
     Σ_t (E_{π_t}[∇ log psi_t] - E_σ[∇ log psi_t]). second_term=False drops w̄^π (SNIS maximum likelihood on
@@ -89,7 +90,7 @@ def dpg_loss(
     log_psi_all: torch.Tensor,
     base_logps_all: torch.Tensor,
 ) -> torch.Tensor:
-    """Distributional policy gradient, one-step CTL (METHODS §4.2 `dpg`).
+    """Distributional policy gradient, one-step CTL (`dpg`).
 
     With q̄_t(v) = softmax_v(log p(v|s_<t) + log psi_t(s_<t, v)) (detached, full vocabulary):
     L = -(1/(P N)) Σ_i masked_mean_t w̄^σ_i [log psi_t(s^i_{1:t}) - Σ_v q̄_t(v) log psi_t(s^i_<t, v)].
@@ -116,7 +117,7 @@ def sixo_loss(
     log_psi_neg: torch.Tensor,
     neg_action_mask: torch.Tensor,
 ) -> torch.Tensor:
-    """SIXO: classify sigma-samples against p-samples with the link sigmoid(log psi_t) (METHODS §4.2 `sixo`).
+    """SIXO: classify sigma-samples against p-samples with the link sigmoid(log psi_t) (`sixo`).
 
     L = -(1/(P N)) Σ_i [masked_mean_t w̄^σ_i log sigmoid(log psi_t(s^i))
                        + (1/N) masked_mean_t log(1 - sigmoid(log psi_t(s'^i)))],

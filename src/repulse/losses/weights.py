@@ -1,8 +1,9 @@
-"""Self-normalised importance weights toward sigma(s) ∝ p(s) phi(s) from proposal samples s ~ q (METHODS §2.4-2.5).
+"""Self-normalised importance weights toward sigma(s) ∝ p(s) phi(s) from proposal samples s ~ q
+(docs/algorithms/harmlessness.md).
 
 Rows are P prompt groups x N samples, contiguous per prompt; every normalisation is within a group. Sequence
 log-probs are MASKED sums over the response tokens (the reference code's p-update summed over every position,
-METHODS §12 item 1, which lets padding leak into the weights). Weights carry no gradient.
+which lets padding leak into the weights). Weights carry no gradient.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def sigma_weights(
     action_mask: torch.Tensor,
     group_size: int,
 ) -> torch.Tensor:
-    """w̄^σ_i = softmax over i's group of log w_i (see log_weights): [B], detached (METHODS §2.5, §4.2)."""
+    """w̄^σ_i = softmax over i's group of log w_i (see log_weights): [B], detached."""
     return group_softmax(log_weights(target_token_logps, proposal_token_logps, log_phi, action_mask), group_size)
 
 
@@ -78,7 +79,7 @@ def negative_weights(
     uniform: bool = False,
     only: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The weights of RePULSe's negative term on proposal samples (METHODS §2.5): [B], detached.
+    """The weights of RePULSe's negative term on proposal samples: [B], detached.
 
     sigma_weights toward p_theta phi (target_token_logps = log p_theta, proposal_token_logps = log q at sampling),
     or 1/N with `uniform`. `only` [B] bool (the indicator potential's "is bad"): other samples get weight 0 after

@@ -1,4 +1,5 @@
-"""The modulated proposal q(v | s_<t) ∝ p(v | s_<t) e^{m(v | s_<t)} (METHODS §4.1, "modulation" family).
+"""The modulated proposal q(v | s_<t) ∝ p(v | s_<t) e^{m(v | s_<t)} (the "modulation" family of
+docs/algorithms/twist.md).
 
 `ModulatedLM(base, head, modulation_lm)` is called like a causal LM (`model(input_ids, attention_mask, position_ids,
 past_key_values, use_cache)` -> `.logits`), so scoring (`response_log_probs`, `forward_logits`), the stepwise
@@ -188,7 +189,7 @@ def build_modulated(
     trainable: bool = True,
 ) -> ModulatedLM:
     """A fresh proposal on `base`: Xavier-normal output layer / sd_divider, or the LM head of the base (or of the
-    modulation LM) / sd_divider with init_head_from_base; zero bias (METHODS §4.1)."""
+    modulation LM) / sd_divider with init_head_from_base; zero bias."""
     body = modulation_lm if modulation_lm is not None else base
     weight = body.get_output_embeddings().weight
     vocab, hidden = output_layer_shape(body)

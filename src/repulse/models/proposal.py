@@ -1,4 +1,4 @@
-"""Proposal / twist parameterizations (`--parameterization`, METHODS §4.1).
+"""Proposal / twist parameterizations (`--parameterization`, docs/algorithms/twist.md).
 
 Twist formulation (Zhao et al. 2024): sigma(s) ∝ p(s) phi(s), intermediate targets pi_t ∝ p(s_{1:t}) psi_t(s_{1:t}),
 twist-induced proposal q(s_t | s_<t) ∝ p(s_t | s_<t) psi_t(s_{1:t}).
@@ -61,7 +61,7 @@ def log_psi_from_token_logps(
     parameterization: str,
     q_token_logits: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """log psi_t [B, T] from per-token quantities (METHODS §4.1 table); the base term is detached.
+    """log psi_t [B, T] from per-token quantities, by --parameterization; the base term is detached.
 
     - policy_psi_q_p_s_t: log q(s_t|s_<t) - log p(s_t|s_<t);
     - policy_psi_q_p_s_1_to_t: Σ_{τ≤t} [log q(s_τ|.) - log p(s_τ|.)] (padded tokens add 0, so a finished row
@@ -148,7 +148,7 @@ def log_psi_from_modulation(
 
 
 def init_modulation_output_(layer: nn.Linear, sd_divider: float = 1.0, init_from: torch.Tensor | None = None) -> None:
-    """Xavier-normal weight / sd_divider (or a copy of `init_from` [V, H] / sd_divider), zero bias (METHODS §4.1)."""
+    """Xavier-normal weight / sd_divider (or a copy of `init_from` [V, H] / sd_divider), zero bias."""
     if sd_divider <= 0:
         raise ValueError(f"--additional_sd_divider must be > 0, got {sd_divider}")
     with torch.no_grad():

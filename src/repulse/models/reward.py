@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from repulse.config.common import LoraArgs, ModelArgs
+from repulse.data.tokenize import encode_for_reward
 from repulse.infra.errors import ModelLoadError, UserError
 from repulse.models.load import check_loadable, first_line, model_load_kwargs
 from repulse.models.logprobs import position_ids_from_mask
@@ -131,19 +132,6 @@ def store_reward_normalization(model, mean: float, std: float) -> None:
     config.mean = float(mean)
     config.std = float(max(std, 1e-8))
     log.info("reward normalization stored in the config: mean %.4f std %.4f", config.mean, config.std)
-
-
-def encode_for_reward(tokenizer, texts: Sequence[str], max_len: int | None = None) -> list[list[int]]:
-    """Token ids of each text + EOS, as train_rm encodes its pairs (`data.tokenize.encode_pair`), keeping the last
-    `max_len` tokens: the reward is read at the final EOS, so truncation must not cut it off."""
-    eos = tokenizer.eos_token_id
-    encoded = tokenizer(list(texts), add_special_tokens=True)["input_ids"] if texts else []
-    out = []
-    for ids in encoded:
-        if eos is not None and (not ids or ids[-1] != eos):
-            ids = [*ids, eos]
-        out.append(list(ids[-max_len:]) if max_len else list(ids))
-    return out
 
 
 class TextRewards:

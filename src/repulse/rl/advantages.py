@@ -1,4 +1,4 @@
-"""Advantages and baselines: GAE for PPO (METHODS §5), RLOO / hard-coded baselines for REINFORCE (§2.6).
+"""Advantages and baselines: GAE for PPO (docs/algorithms/ppo.md), RLOO / hard-coded baselines for REINFORCE.
 
 Batch layout: P prompt groups x N samples, rows contiguous per prompt (rows [p*N, (p+1)*N) share prompt p).
 Per-token tensors are [B, T] over response positions, `action_mask` [B, T] bool marks the valid tokens
@@ -24,7 +24,7 @@ def _groups(x: torch.Tensor, group_size: int) -> torch.Tensor:
 def compute_gae(
     rewards: torch.Tensor, values: torch.Tensor, action_mask: torch.Tensor, gamma: float, lambd: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation over the response tokens (METHODS §5).
+    """Generalised advantage estimation over the response tokens.
 
     delta_t = r_t + gamma V_{t+1} - V_t with V and r zeroed outside the mask (so V beyond the last valid
     token is 0), A_t = sum_k (gamma lambda)^k delta_{t+k}, returns G_t = A_t + V_t. Works for left- or
@@ -47,7 +47,7 @@ def compute_gae(
 
 
 def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8, shift_mean: bool = True) -> torch.Tensor:
-    """(x - mean) / max(std, eps) over the valid entries of x [B, T] (METHODS §5: advantage whitening).
+    """(x - mean) / max(std, eps) over the valid entries of x [B, T] (advantage whitening).
 
     mean and (biased) std are taken over every valid token of the whole tensor; with shift_mean=False the
     mean is added back (scale only). Padded positions come back as 0.
@@ -66,7 +66,7 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8, shift_mean: b
 def rloo_baseline(returns: torch.Tensor, group_size: int) -> torch.Tensor:
     """Leave-one-out mean of the other N-1 returns in each prompt group: b_i = (sum_j R_j - R_i) / (N - 1).
 
-    returns: [B] -> [B]. METHODS §2.6 (`--reinforce_baseline_type expectation`); needs N >= 2.
+    returns: [B] -> [B]. `--reinforce_baseline_type expectation`; needs N >= 2.
     """
     if group_size < 2:
         raise ValueError(f"the RLOO baseline needs at least 2 samples per prompt, got group_size={group_size}")
@@ -91,7 +91,7 @@ def reinforce_advantages(
     hardcoded: float = 0.0,
     other: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """R - b for REINFORCE (METHODS §2.6, `--reinforce_baseline_type` / `--neg_baseline_type`). [B] -> [B].
+    """R - b for REINFORCE (`--reinforce_baseline_type` / `--neg_baseline_type`). [B] -> [B].
 
     "expectation": RLOO leave-one-out mean; "hardcoded": b = `hardcoded`; "other_expectation": b = the mean
     of `other` [B] within each prompt group (e.g. the base samples' returns for the proposal samples);
@@ -120,7 +120,7 @@ def last_valid_index(action_mask: torch.Tensor) -> torch.Tensor:
 def per_token_rewards(
     kl: torch.Tensor, sequence_reward: torch.Tensor, action_mask: torch.Tensor, kl_coef: float
 ) -> torch.Tensor:
-    """rho_t = -c kl_t on every valid token plus the sequence reward at the last valid token (METHODS §5).
+    """rho_t = -c kl_t on every valid token plus the sequence reward at the last valid token.
 
     kl: [B, T] per-token k1 KL; sequence_reward: [B]; returns [B, T], 0 at padded positions.
     """
@@ -134,7 +134,7 @@ def per_token_rewards(
 def neg_reinforce_returns(
     log_phi: torch.Tensor, token_kl: torch.Tensor, action_mask: torch.Tensor, kl_coef: float
 ) -> torch.Tensor:
-    """The proposal samples' "reward" for `neg_reinforce` (METHODS §2.6): beta r̄ - c Σ_t log(p_theta / p_0).
+    """The proposal samples' "reward" for `neg_reinforce`: beta r̄ - c Σ_t log(p_theta / p_0).
 
     log_phi [B] (= beta min(r, cap)); token_kl [B, T] = log p_theta - log p_0 per token (detached). -> [B].
     """

@@ -78,7 +78,7 @@ def score(reward_source: Callable, rollout: Rollout) -> torch.Tensor:
 def policy_experience(
     rollout: Rollout, raw: torch.Tensor, reference, shaping: RewardShaping, kl_coef: float
 ) -> Experience:
-    """Samples from the policy p_theta (METHODS §2.3): R = shaped reward - c Σ_t k1_t, with the k1 KL between the
+    """Samples from the policy p_theta: R = shaped reward - c Σ_t k1_t, with the k1 KL between the
     sampling log-probs and the frozen reference's (one reference pass, only when c > 0)."""
     behaviour = rollout.logps
     kl = torch.zeros_like(behaviour)
@@ -88,7 +88,7 @@ def policy_experience(
 
 
 def proposal_experience(rollout: Rollout, raw: torch.Tensor, log_phi: torch.Tensor, target=None) -> Experience:
-    """Samples from the proposal q (METHODS §2.4): log q at sampling and log phi; with a frozen `target` (p_0 in
+    """Samples from the proposal q: log q at sampling and log phi; with a frozen `target` (p_0 in
     twist learning) also its log-probs, once for the whole buffer."""
     target_logps = response_token_logps(target, rollout) if target is not None else None
     zeros = torch.zeros_like(rollout.logps)

@@ -1,4 +1,4 @@
-"""KL penalty to the reference model and its coefficient controllers (METHODS §2.3, §5)."""
+"""KL penalty to the reference model and its coefficient controllers (docs/algorithms/harmlessness.md)."""
 
 from __future__ import annotations
 

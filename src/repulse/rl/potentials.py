@@ -1,5 +1,5 @@
-"""Potentials log phi(s) from reward-model scores (`--rm_type`, METHODS §3.2) and reward transforms
-(`--reward_transform`, METHODS §2.3). All functions map rewards [B] -> [B].
+"""Potentials log phi(s) from reward-model scores (`--rm_type`, docs/algorithms/harmlessness.md) and reward transforms
+(`--reward_transform`). All functions map rewards [B] -> [B].
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ INDICATOR_BAD_LOG_PHI = math.log(2 * INDICATOR_EPS)
 def log_potential(
     rewards: torch.Tensor, rm_type: str, beta: float, threshold: float = -5.0, reward_cap: float = 10000.0
 ) -> torch.Tensor:
-    """log phi(s) for the target sigma(s) ∝ p(s) phi(s) (METHODS §3.2, the multiply_by_beta=True rows).
+    """log phi(s) for the target sigma(s) ∝ p(s) phi(s) (the reference code's potentials
+    with multiply_by_beta=True).
 
     - "rlhf": beta * min(r, cap). (PPO / REINFORCE rewards are the beta = 1 case: min(r, cap).)
     - "indicator_below_threshold": log(1[r < threshold] + 1e-16); requires beta = 1 (`--target_dist_beta 1`).
@@ -68,14 +69,14 @@ class Potential:
 
 
 def is_bad(log_phi: torch.Tensor) -> torch.Tensor:
-    """[B] bool: phi(s) is not ~0, i.e. the sample satisfies the indicator potential (METHODS §2.5)."""
+    """[B] bool: phi(s) is not ~0, i.e. the sample satisfies the indicator potential."""
     return log_phi > INDICATOR_BAD_LOG_PHI
 
 
 def transform_reward(
     rewards: torch.Tensor, kind: str | None, alpha: float = 0.0, beta: float = 1.0, threshold: float = -5.0
 ) -> torch.Tensor:
-    """The "reward transformation" baseline (METHODS §2.3, §2.7); applied to base samples only.
+    """The "reward transformation" baseline; applied to base samples only.
 
     - None: r unchanged.
     - "minus_alpha_exp_beta_r": r - alpha exp(beta r) (alpha = `--rew_trans_alpha`, beta = `--rew_trans_beta`;

@@ -1,8 +1,7 @@
 """Reward sources for RL: a local reward model, a remote serve_rm server, or a Python function.
 
 Every source maps (prompt texts, response texts) to one float reward per pair. The local model scores
-prompt + response + EOS (as train_rm trains it), truncated from the left to --rm_max_len so the last token,
-where the reward is read, is kept.
+prompt + response + EOS, its first --rm_max_len tokens: exactly as train_rm trains it (`encode_for_reward`).
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ import torch
 from repulse.config.common import ModelArgs
 from repulse.config.reward import RewardArgs
 from repulse.data.collate import pad_sequences
+from repulse.data.tokenize import encode_for_reward
 from repulse.infra.errors import UserError
 
 log = logging.getLogger("repulse")
@@ -48,15 +48,7 @@ class LocalRewardModel:
         self.max_len, self.batch_size = max_len, batch_size
 
     def encode(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        eos = self.tokenizer.eos_token_id
-        seqs = []
-        for text in texts:
-            ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
-            if eos is not None and (not ids or ids[-1] != eos):
-                ids = [*ids, eos]
-            if self.max_len is not None:
-                ids = ids[-self.max_len :]
-            seqs.append(torch.tensor(ids, dtype=torch.long))
+        seqs = [torch.tensor(ids, dtype=torch.long) for ids in encode_for_reward(self.tokenizer, texts, self.max_len)]
         masks = [torch.ones(len(s), dtype=torch.long) for s in seqs]
         return pad_sequences(seqs, self.tokenizer.pad_token_id), pad_sequences(masks, 0)
 
@@ -102,6 +94,15 @@ def make_reward_source(reward_args: RewardArgs, model_args: ModelArgs, device: t
         return lambda prompts, responses: remote(list(responses), list(prompts))
     if reward_args.reward_fn:
         return FunctionReward(reward_args.reward_fn)
+    return load_local_reward_model(
+        reward_args, model_args, device, normalize=reward_args.normalize_reward, max_len=reward_args.rm_max_len
+    )
+
+
+def load_local_reward_model(
+    reward_args: RewardArgs, model_args: ModelArgs, device: torch.device, *, normalize: bool, max_len: int | None
+) -> LocalRewardModel:
+    """--reward_pretrain (default: the embedded tiny RM) on `device`. `normalize` insists on stored statistics."""
     from repulse.models.load import load_tokenizer, resolve_model_path
     from repulse.models.reward import load_reward_model
 
@@ -111,8 +112,8 @@ def make_reward_source(reward_args: RewardArgs, model_args: ModelArgs, device: t
         model.to(device),
         load_tokenizer(path),
         value_head_prefix=reward_args.value_head_prefix,
-        normalize=reward_args.normalize_reward,
-        max_len=reward_args.rm_max_len,
+        normalize=normalize,
+        max_len=max_len,
     )
 
 

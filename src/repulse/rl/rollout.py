@@ -135,7 +135,12 @@ def response_token_logps(model, rollout: Rollout, *, grad: bool = False) -> torc
 
     Without `grad` the model runs in eval mode under no_grad: scoring never sees dropout (a departure from the
     reference code, which scored with modules in train mode).
+    A model held by another process (a Ray worker's handle, distributed/ray/) scores there: it offers
+    `remote_response_logps` instead of a forward.
     """
+    remote = getattr(model, "remote_response_logps", None)
+    if remote is not None and not grad:
+        return remote(rollout)
     if grad:
         logits = response_logits(model, rollout)
     else:

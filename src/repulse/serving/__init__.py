@@ -1,6 +1,6 @@
 """The reward-model HTTP server (serve_rm) and its client.
 
-    scorer.py  texts -> rewards with a loaded model (tokenize as training does, truncate from the left)
+    scorer.py  texts -> rewards with a loaded model (tokenize and truncate as train_rm does)
     batcher.py dynamic batching of concurrent requests, one model call at a time in a worker thread
     guards.py  API key and body-size middleware
     app.py     the FastAPI app (needs the [serve] extra), server.py uvicorn with a graceful stop

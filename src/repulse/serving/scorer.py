@@ -12,26 +12,14 @@ from dataclasses import dataclass
 import torch
 
 from repulse.config.common import ModelArgs
+from repulse.config.reward import RewardArgs
 from repulse.config.serve import ServeArgs
+from repulse.data.tokenize import encode_for_reward
 from repulse.infra.errors import UserError
 from repulse.models.load import config_positions
 from repulse.models.reward import hf_model, sequence_rewards
 
 log = logging.getLogger("repulse")
-
-
-def encode_texts(tokenizer, texts: list[str], max_len: int) -> list[list[int]]:
-    """Token ids of each text + EOS, truncated to the first max_len tokens: exactly what train_rm scores
-    (`data.tokenize.encode_pair` of the whole text). A text longer than max_len is scored at its max_len-th
-    token, as train_rm trained on it; the EOS is then cut off, as in training."""
-    eos = tokenizer.eos_token_id
-    encoded = tokenizer(texts, add_special_tokens=True)["input_ids"] if texts else []
-    out = []
-    for ids in encoded:
-        if eos is not None and (not ids or ids[-1] != eos):
-            ids = [*ids, eos]
-        out.append(ids[:max_len])
-    return out
 
 
 def effective_max_len(requested: int, positions: int | None) -> int:
@@ -93,7 +81,7 @@ class RewardScorer:
 
     def score_texts(self, texts: list[str]) -> list[float]:
         """Rewards of `texts` (already prompt + response), in order; model calls of at most batch_size texts."""
-        seqs = encode_texts(self.tokenizer, texts, self.max_len)
+        seqs = encode_for_reward(self.tokenizer, texts, self.max_len)
         rewards: list[float] = []
         for start in range(0, len(seqs), self.batch_size):
             rewards.extend(self.score_ids(seqs[start : start + self.batch_size]))
@@ -129,28 +117,27 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_scorer(cfg: ServeArgs) -> RewardScorer:
+def load_scorer(model_args: ModelArgs, reward: RewardArgs, max_len: int, cfg: ServeArgs) -> RewardScorer:
     """Load --reward_pretrain (default: the embedded tiny RM) and its tokenizer onto --device."""
     from repulse.models.load import load_tokenizer, resolve_model_path
     from repulse.models.reward import load_reward_model
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)  # process-wide: also the batcher's worker thread
-    path = resolve_model_path(cfg.reward_pretrain, default="tiny_rm", what="reward model")
+    path = resolve_model_path(reward.reward_pretrain, default="tiny_rm", what="reward model")
     tokenizer = load_tokenizer(path)
-    model_args = ModelArgs(bf16=cfg.bf16, flash_attn=cfg.flash_attn, load_in_4bit=cfg.load_in_4bit)
-    model = load_reward_model(path, model_args, value_head_prefix=cfg.value_head_prefix)
+    model = load_reward_model(path, model_args, value_head_prefix=reward.value_head_prefix)
     device = pick_device(cfg.device)
-    if not cfg.load_in_4bit:  # bitsandbytes places 4-bit weights itself
+    if not model_args.load_in_4bit:  # bitsandbytes places 4-bit weights itself
         model.to(device)
     scorer = RewardScorer(
         model,
         tokenizer,
-        value_head_prefix=cfg.value_head_prefix,
-        max_len=cfg.max_len,
+        value_head_prefix=reward.value_head_prefix,
+        max_len=max_len,
         batch_size=cfg.batch_size,
-        force_normalize=cfg.normalize_reward,
-        name=cfg.reward_pretrain or "embedded tiny_rm",
+        force_normalize=reward.normalize_reward,
+        name=reward.reward_pretrain or "embedded tiny_rm",
     )
     norm = "off" if scorer.stats is None else f"mean {scorer.stats[0]:.4g} std {scorer.stats[1]:.4g}"
     log.info("reward model %s on %s; normalization %s", path, scorer.device, norm)

@@ -72,9 +72,11 @@ def test_paper_gcg_flags_parse() -> None:
             "--gcg_filter_ids",
         ]
     )
-    gcg = gcg_config(cfg.gcg, cfg.eval.seed)
+    gcg = gcg_config(cfg.gcg, cfg.shared.sampling.seed)
     assert (gcg.num_steps, gcg.search_width, gcg.batch_size, gcg.use_prefix_cache) == (250, 512, 512, True)
-    assert cfg.eval.reward_input() == "prompt_response" and cfg.eval.rm_exclude_adv_suffix
+    shared = cfg.shared
+    assert shared.eval.reward_input(shared.reward.reward_pretrain) == "prompt_response"
+    assert shared.eval.rm_exclude_adv_suffix
 
 
 def test_summary_asr_and_reward_stats() -> None:

@@ -7,6 +7,7 @@ import torch
 from repulse.attacks.evaluation import AttackEvaluator
 from repulse.attacks.judge import JudgeClassifier, is_refusal, prefix_flags, reward_flags, reward_prompt
 from repulse.config.attack import AttackEvalArgs
+from repulse.config.sampling import GenerationArgs
 
 
 def test_refusal_phrases_anywhere_case_insensitive() -> None:
@@ -38,7 +39,9 @@ def test_rm_exclude_adv_suffix_scores_text_without_suffix() -> None:
     for exclude, expected in [(True, "Tell me"), (False, "Tell me ADV")]:
         args = AttackEvalArgs(rm_exclude_adv_suffix=exclude, rm_input="prompt_response", reward_threshold=-4.0)
         rec = Recorder()
-        evaluator = AttackEvaluator(None, None, args, reward_fn=rec, threshold=-4.0)
+        evaluator = AttackEvaluator(
+            None, None, args, GenerationArgs(), "prompt_response", reward_fn=rec, threshold=-4.0
+        )
         out = evaluator.judge_samples("Tell me", "Sure", " ADV", ["fine", "bad words", "ok"])
         assert set(rec.prompts) == {expected}
         assert out["success"] and out["n_flagged"] == 1 and out["reward_min"] == -9.0

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from repulse.attacks.targets import load_targets
+from repulse.cli import evaluate_gcg
 from repulse.config.attack import AttackEvalArgs, BEASTArgs, GCGArgs
 from repulse.config.fields import ConfigError
 from repulse.infra.errors import DataError
@@ -58,19 +59,20 @@ def test_reads_the_shared_advbench_csvs() -> None:
 
 def test_flag_validation() -> None:
     assert AttackEvalArgs(scenario="behaviours").scenario == "behaviors"
-    assert AttackEvalArgs().reward_input() == "response"
-    assert AttackEvalArgs(reward_pretrain="rm", reward_threshold=-4.0).reward_input() == "prompt_response"
+    assert AttackEvalArgs().reward_input(None) == "response"
+    assert AttackEvalArgs().reward_input("rm") == "prompt_response"
+    assert AttackEvalArgs(rm_input="response").reward_input("rm") == "response"
     for bad in [
-        dict(atk_success_criteria="judge"),
-        dict(judge_pretrain="j"),
-        dict(scenario="x"),
-        dict(reward_pretrain="rm"),
-        dict(load_checkpoint=True),
-        dict(rm_exclude_adv_suffix=True),
-        dict(parameterization="q_mlp"),
+        ["--atk_success_criteria", "judge"],
+        ["--judge_pretrain", "j"],
+        ["--scenario", "x"],
+        ["--reward_pretrain", "rm"],
+        ["--load_checkpoint"],
+        ["--rm_exclude_adv_suffix"],
+        ["--parameterization", "q_mlp"],
     ]:
-        with pytest.raises(ConfigError):
-            AttackEvalArgs(**bad)
+        with pytest.raises(ConfigError, match=bad[0]):
+            evaluate_gcg.parse_args(bad)
     with pytest.raises(ConfigError, match="--gcg_topk"):
         GCGArgs(gcg_topk=0)
     with pytest.raises(ConfigError, match="--beast_top_p"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from repulse.cli import train_rm, train_sft
+from repulse.cli import train_dpo, train_rm, train_sft
 from repulse.config.fields import ConfigError
 
 # (argv, group, field, expected value): the expected values are the literal command-line values, typed.
@@ -37,6 +37,9 @@ SHARED_FLAGS = [
     (["--dataset", "a.jsonl,b.jsonl", "--dataset_probs", "0.7,0.3"], "data", "dataset_probs", "0.7,0.3"),
     (["--max_samples", "100"], "data", "max_samples", 100),
     (["--max_len", "64"], "data", "max_len", 64),
+]
+# Prompt/response keys: train_rm reads pairs by the preference keys instead (test_rm_rejects_prompt_response_keys).
+SFT_KEY_FLAGS = [
     (["--input_key", "prompt"], "data", "input_key", "prompt"),
     (["--output_key", "response"], "data", "output_key", "response"),
 ]
@@ -59,6 +62,23 @@ def test_shared_flag_parses(parse, argv, group, name, expected):
     assert getattr(getattr(cfg, group), name) == expected
 
 
+@pytest.mark.parametrize(("argv", "group", "name", "expected"), SFT_KEY_FLAGS)
+def test_sft_key_flag_parses(argv, group, name, expected):
+    assert getattr(getattr(train_sft.parse_args(argv), group), name) == expected
+
+
+@pytest.mark.parametrize("parse", [train_rm.parse_args, train_dpo.parse_args], ids=["rm", "dpo"])
+@pytest.mark.parametrize("flag", ["--input_key", "--output_key"])
+def test_pair_commands_reject_prompt_response_keys(parse, flag, capsys):
+    """Pairs are read by the preference keys: a prompt/response key would be accepted and do nothing."""
+    with pytest.raises(SystemExit) as exc:
+        parse([flag, "x"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"unrecognized arguments: {flag} x" in err
+    assert "preference pairs are read by --prompt_key" in err or "preference pairs are read by --chosen_key" in err
+
+
 @pytest.mark.parametrize(("flag", "group", "name"), BOOL_FLAGS)
 @pytest.mark.parametrize(
     ("suffix", "expected"), [([], True), (["true"], True), (["True"], True), (["false"], False), (["0"], False)]
@@ -79,12 +99,16 @@ def test_rm_only_flags():
     cfg = train_rm.parse_args(
         ["--value_head_prefix", "value_head", "--normalize_reward", "--loss", "logexp", "--prompt_key", "prompt"]
     )
-    assert cfg.rm.value_head_prefix == "value_head"
-    assert cfg.rm.normalize_reward is True
+    assert cfg.reward.value_head_prefix == "value_head"
+    assert cfg.reward.normalize_reward is True
     assert cfg.rm.loss == "logexp"
     assert cfg.keys.prompt_key == "prompt"
-    default = train_rm.parse_args([]).rm
-    assert (default.value_head_prefix, default.normalize_reward, default.loss) == ("score", False, "sigmoid")
+    default = train_rm.parse_args([])
+    assert (default.reward.value_head_prefix, default.reward.normalize_reward, default.rm.loss) == (
+        "score",
+        False,
+        "sigmoid",
+    )
 
 
 def test_rm_rejects_unknown_loss():

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from repulse.config.inference import InferenceArgs
+from repulse.config.sampling import GenerationArgs
 from repulse.generation import batch
 from repulse.infra.errors import UserError
 from tests.conftest import make_gpt2
@@ -99,24 +99,32 @@ def test_new_tokens_are_capped_by_the_context_length():
 
 
 def test_sampling_params_follow_the_flags():
-    args = InferenceArgs(output_path="x.jsonl", temperature=0.7, top_p=0.9, repetition_penalty=1.2)
+    args = GenerationArgs(temperature=0.7, top_p=0.9, top_k=5, repetition_penalty=1.2)
     p = batch.sampling_params(args, max_new_tokens=5, num_samples=3)
-    assert (p.temperature, p.top_p, p.repetition_penalty, p.num_samples, p.greedy) == (0.7, 0.9, 1.2, 3, False)
+    assert (p.temperature, p.top_p, p.top_k, p.repetition_penalty, p.num_samples, p.greedy) == (
+        0.7,
+        0.9,
+        5,
+        1.2,
+        3,
+        False,
+    )
 
 
 def test_sample_groups_gives_n_texts_per_prompt_and_greedy_ignores_batching(tiny_tokenizer):
     model = make_gpt2(len(tiny_tokenizer), seed=1).eval()
     ids = batch.encode_prompts_left_truncated(tiny_tokenizer, ["this man is", "the woman"], 8)
-    sampled = batch.sampling_params(InferenceArgs(output_path="x"), 3, 4)
+    sampled = batch.sampling_params(GenerationArgs(), 3, 4)
     groups = batch.sample_groups(model, tiny_tokenizer, ids, sampled, batch_size=1)
     assert [len(g) for g in groups] == [4, 4]
-    greedy = batch.sampling_params(InferenceArgs(output_path="x", greedy_sampling=True), 3, 1)
+    greedy = batch.sampling_params(GenerationArgs(greedy_sampling=True), 3, 1)
     together = batch.sample_groups(model, tiny_tokenizer, ids, greedy, batch_size=2)
     assert batch.sample_groups(model, tiny_tokenizer, ids[1:], greedy, batch_size=2)[0] == together[1]
 
 
 def test_greedy_best_of_n_is_a_flag_error():
+    from repulse.cli.batch_inference import parse_args
     from repulse.config.fields import ConfigError
 
     with pytest.raises(ConfigError, match="--best_of_n"):
-        InferenceArgs(output_path="x", greedy_sampling=True, best_of_n=2)
+        parse_args(["--output_path", "x", "--greedy_sampling", "--best_of_n", "2"])

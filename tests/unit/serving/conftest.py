@@ -24,18 +24,33 @@ def rm_dir_norm(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def base_cfg(rm_dir):
+def base_cfg():
     from repulse.config.serve import ServeArgs
 
     # On CPU even where a GPU exists: the in-process references run there.
-    return ServeArgs(reward_pretrain=str(rm_dir), max_len=32, batch_size=16, max_wait_ms=2.0, device="cpu")
+    return ServeArgs(batch_size=16, max_wait_ms=2.0, device="cpu")
+
+
+REWARD_FLAGS = ("reward_pretrain", "value_head_prefix", "normalize_reward")
 
 
 @pytest.fixture(scope="session")
-def scorer(base_cfg):
+def load(rm_dir, base_cfg):
+    """load(**flag overrides) -> a scorer loaded as serve_rm loads it, each flag given to the group it is in."""
+    from repulse.config.common import ModelArgs
+    from repulse.config.reward import RewardArgs
     from repulse.serving.scorer import load_scorer
 
-    return load_scorer(base_cfg)
+    def make(max_len: int = 32, **overrides):
+        reward = {"reward_pretrain": str(rm_dir)} | {k: overrides.pop(k) for k in REWARD_FLAGS if k in overrides}
+        return load_scorer(ModelArgs(), RewardArgs(**reward), max_len, dataclasses.replace(base_cfg, **overrides))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def scorer(load):
+    return load()
 
 
 @pytest.fixture

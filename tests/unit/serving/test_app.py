@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from repulse.serving.app import create_app
-from repulse.serving.scorer import load_scorer
 from tests.unit.serving.reference import reference_rewards
 
 QUERIES = [" good man .", " jerk .", " so very kind", ""]
@@ -27,8 +26,8 @@ def rewards_of(client, **body) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def norm_scorer(rm_dir_norm, base_cfg):
-    return load_scorer(dataclasses.replace(base_cfg, reward_pretrain=str(rm_dir_norm)))
+def norm_scorer(rm_dir_norm, load):
+    return load(reward_pretrain=str(rm_dir_norm))
 
 
 @pytest.mark.parametrize("normalized", [False, True], ids=["raw", "normalized"])
@@ -55,8 +54,8 @@ def test_query_holds_the_full_texts_and_prompts_are_not_used(make_client, caplog
     assert caplog.text.count("a query does not start with its prompt") == 1
 
 
-def test_truncation_is_train_rms(base_cfg, make_client):
-    short = load_scorer(dataclasses.replace(base_cfg, max_len=4))
+def test_truncation_is_train_rms(load, make_client):
+    short = load(max_len=4)
     client = make_client(scorer=short)
     text = "this man is a very very kind and good man ."
     got = rewards_of(client, query=[text])

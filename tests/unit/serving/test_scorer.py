@@ -3,41 +3,22 @@ normalization rules."""
 
 from __future__ import annotations
 
-import dataclasses
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 from repulse.infra.errors import UserError
-from repulse.serving.scorer import encode_texts, load_scorer, normalization_stats
-from tests.conftest import make_tokenizer
+from repulse.serving.scorer import normalization_stats
 from tests.unit.serving.conftest import STATS
-from tests.unit.serving.reference import reference_rewards, training_ids
+from tests.unit.serving.reference import reference_rewards
 
 TEXTS = ["this man is a good man .", "a", "", "the woman is so very nice and kind ."]
 
 
-def test_encode_matches_training_tokenization_and_appends_eos():
-    tok = make_tokenizer()
-    encoded = encode_texts(tok, TEXTS, max_len=1000)
-    assert encoded == [training_ids(tok, "", t, 1000) for t in TEXTS]
-    assert all(ids[-1] == tok.eos_token_id for ids in encoded)
-    # A text that already ends with EOS gets no second one (encode_pair's rule).
-    assert encode_texts(tok, ["a good man<eos>"], 100)[0].count(tok.eos_token_id) == 1
-
-
-def test_truncation_is_train_rms():
-    tok = make_tokenizer()
-    full = encode_texts(tok, [TEXTS[3]], max_len=1000)[0]
-    cut = encode_texts(tok, [TEXTS[3]], max_len=4)[0]
-    assert len(full) > 4 and cut == full[:4]
-    assert cut == training_ids(tok, "the woman is", TEXTS[3].removeprefix("the woman is"), 4)
-
-
-def test_max_len_is_capped_at_the_models_positions(base_cfg, caplog):
+def test_max_len_is_capped_at_the_models_positions(load, caplog):
     caplog.set_level("INFO", logger="repulse")
-    scorer = load_scorer(dataclasses.replace(base_cfg, max_len=2048))
+    scorer = load(max_len=2048)
     positions = scorer.model.config.n_positions
     assert scorer.max_len == positions
     assert f"--max_len 2048 is more than the model's {positions} positions" in caplog.text
@@ -60,8 +41,8 @@ def test_normalization_rules():
         normalization_stats(plain, force=True)
 
 
-def test_scorer_equals_in_process_rewards_with_normalization(rm_dir_norm, base_cfg):
-    scorer = load_scorer(dataclasses.replace(base_cfg, reward_pretrain=str(rm_dir_norm), batch_size=3))
+def test_scorer_equals_in_process_rewards_with_normalization(rm_dir_norm, load):
+    scorer = load(reward_pretrain=str(rm_dir_norm), batch_size=3)
     assert scorer.stats == STATS
     got = torch.tensor(scorer.score_texts(TEXTS))
     want = reference_rewards(scorer.model, scorer.tokenizer, TEXTS)
@@ -71,17 +52,17 @@ def test_scorer_equals_in_process_rewards_with_normalization(rm_dir_norm, base_c
     assert scorer.calls.calls == 2 and scorer.calls.largest == 3  # 4 texts in calls of at most batch_size
 
 
-def test_normalize_flag_without_stats_fails_at_load(base_cfg):
+def test_normalize_flag_without_stats_fails_at_load(load):
     with pytest.raises(UserError, match="no 'mean'/'std'"):
-        load_scorer(dataclasses.replace(base_cfg, normalize_reward=True))
+        load(normalize_reward=True)
 
 
-def test_missing_head_is_a_user_error(base_cfg):
+def test_missing_head_is_a_user_error(load):
     with pytest.raises(UserError, match="value_head_prefix"):
-        load_scorer(dataclasses.replace(base_cfg, value_head_prefix="value_head"))
+        load(value_head_prefix="value_head")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the error of a machine without a GPU")
-def test_cuda_without_a_gpu_is_a_user_error(base_cfg):
+def test_cuda_without_a_gpu_is_a_user_error(load):
     with pytest.raises(UserError, match="no CUDA GPU"):
-        load_scorer(dataclasses.replace(base_cfg, device="cuda"))
+        load(device="cuda")

@@ -10,34 +10,34 @@ from repulse.cli import serve_rm
 from repulse.config.fields import ConfigError
 
 FLAGS = [
-    (["--reward_pretrain", "runs/rm/final"], "reward_pretrain", "runs/rm/final"),
-    (["--value_head_prefix", "value_head"], "value_head_prefix", "value_head"),
-    (["--max_len", "128"], "max_len", 128),
-    (["--batch_size", "32"], "batch_size", 32),
-    (["--max_wait_ms", "2.5"], "max_wait_ms", 2.5),
-    (["--normalize_reward"], "normalize_reward", True),
-    (["--bf16"], "bf16", True),
-    (["--host", "0.0.0.0"], "host", "0.0.0.0"),
-    (["--port", "8123"], "port", 8123),
-    (["--api_key", "k"], "api_key", "k"),
-    (["--max_texts_per_request", "9"], "max_texts_per_request", 9),
-    (["--max_body_bytes", "4096"], "max_body_bytes", 4096),
-    (["--log_requests"], "log_requests", True),
-    (["--disable_batching"], "disable_batching", True),
-    (["--device", "cuda:1"], "device", "cuda:1"),
-    (["--num_threads", "2"], "num_threads", 2),
+    (["--reward_pretrain", "runs/rm/final"], "reward", "reward_pretrain", "runs/rm/final"),
+    (["--value_head_prefix", "value_head"], "reward", "value_head_prefix", "value_head"),
+    (["--max_len", "128"], "data", "max_len", 128),
+    (["--batch_size", "32"], "serve", "batch_size", 32),
+    (["--max_wait_ms", "2.5"], "serve", "max_wait_ms", 2.5),
+    (["--normalize_reward"], "reward", "normalize_reward", True),
+    (["--bf16"], "model", "bf16", True),
+    (["--host", "0.0.0.0"], "serve", "host", "0.0.0.0"),
+    (["--port", "8123"], "serve", "port", 8123),
+    (["--api_key", "k"], "serve", "api_key", "k"),
+    (["--max_texts_per_request", "9"], "serve", "max_texts_per_request", 9),
+    (["--max_body_bytes", "4096"], "serve", "max_body_bytes", 4096),
+    (["--log_requests"], "serve", "log_requests", True),
+    (["--disable_batching"], "serve", "disable_batching", True),
+    (["--device", "cuda:1"], "serve", "device", "cuda:1"),
+    (["--num_threads", "2"], "serve", "num_threads", 2),
 ]
 
 
-@pytest.mark.parametrize(("argv", "name", "value"), FLAGS, ids=[f[1] for f in FLAGS])
-def test_flags_parse(argv, name, value):
-    assert getattr(serve_rm.parse_args(argv), name) == value
+@pytest.mark.parametrize(("argv", "group", "name", "value"), FLAGS, ids=[f[2] for f in FLAGS])
+def test_flags_parse(argv, group, name, value):
+    assert getattr(getattr(serve_rm.parse_args(argv), group), name) == value
 
 
 def test_defaults_bind_loopback_without_a_key():
-    cfg = serve_rm.parse_args([])
+    cfg = serve_rm.parse_args([]).serve
     assert cfg.host == "127.0.0.1" and cfg.api_key is None and not cfg.is_exposed()
-    assert serve_rm.parse_args(["--host", "0.0.0.0"]).is_exposed()
+    assert serve_rm.parse_args(["--host", "0.0.0.0"]).serve.is_exposed()
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from repulse.config.rollout import RolloutArgs
 from repulse.data.prompts import format_prompts, load_prompt_texts
 from repulse.distributed.strategy import OptimizerSpec
 from repulse.infra.errors import UserError
+from repulse.infra.seed import set_seed
 from repulse.models.load import model_positions
 from repulse.rl.kl import AdaptiveKLController, FixedKLController
 from repulse.rl.rewards import NegativeDataRecorder, RewardSource, make_reward_source
@@ -25,9 +26,9 @@ from repulse.trainers.rl.config import RLConfig
 from repulse.trainers.rl.harmlessness import Annealing, HarmlessnessSettings, HarmlessnessTrainer
 from repulse.trainers.rl.loop import RLLoopSettings, RLTrainer, rank_share, schedule
 from repulse.trainers.rl.models import RLModels, load_models
-from repulse.trainers.rl.ppo import PPOSettings, PPOTrainer
+from repulse.trainers.rl.ppo import Critic, PPOSettings, PPOTrainer
 from repulse.trainers.rl.proposal import ProposalLoss
-from repulse.trainers.rl.steps import BatchPlan, TrainedModel
+from repulse.trainers.rl.steps import BatchPlan, Streams, TrainedModel
 from repulse.trainers.rl.twist import TwistTrainer
 
 log = logging.getLogger("repulse")
@@ -46,9 +47,19 @@ class Recipe:
     recorder: NegativeDataRecorder | None
 
 
-def build_recipe(config: RLConfig, strategy, path: str, tokenizer) -> Recipe:
+@dataclass
+class RemoteRoles:
+    """Models that other processes hold (train_ppo_ray's workers): stand-ins that the trainers call as they call
+    local ones (the reference through response_token_logps, the reward source, PPO's Critic)."""
+
+    reference: Any
+    reward: RewardSource
+    critic: Any = None
+
+
+def build_recipe(config: RLConfig, strategy, path: str, tokenizer, remote: RemoteRoles | None = None) -> Recipe:
     check_strategy(config, strategy)
-    reward = make_reward_source(config.reward, config.model, strategy.device)
+    reward = remote.reward if remote else make_reward_source(config.reward, config.model, strategy.device)
     # --save_negdata records what the trainers score; the evaluations score through the plain source.
     recorder = NegativeDataRecorder(reward, config.harm.save_negdata_threshold) if config.harm.save_negdata else None
     prompt_ids = load_prompt_ids(config, tokenizer)
@@ -63,9 +74,15 @@ def build_recipe(config: RLConfig, strategy, path: str, tokenizer) -> Recipe:
     plan = batch_plan(config, world)
     warn_partial_steps(plan, buffers, world)
     steps = sum(plan.steps_per_buffer(rows) for rows in buffers)  # optimizer steps of each model over the run
-    models = load_models(config, path, strategy, reward, StrategyPreparer(config, strategy, plan, steps))
+    preparer = StrategyPreparer(config, strategy, plan, steps)
+    models = load_models(config, path, strategy, reward, preparer, reference=remote.reference if remote else None)
+    # Whichever models this process loaded (a critic's new value head draws from the seed), the run goes on from
+    # the seed, as it does when the models are spread over processes.
+    set_seed(config.optim.seed)
     guard = Guard(strategy)
-    trainer = build_trainer(config, models, tokenizer, guard, plan, len(buffers), recorder or reward)
+    remote_critic = remote.critic.prepare(steps) if remote and remote.critic is not None else None
+    trainer = build_trainer(config, models, tokenizer, guard, plan, len(buffers), recorder or reward, remote_critic)
+    trainer.streams = Streams(config.optim.seed)  # seeded sampling wherever the phases are called from
     return Recipe(config, models, trainer, prompt_ids, settings, guard, recorder)
 
 
@@ -217,6 +234,7 @@ def build_trainer(
     plan: BatchPlan,
     n_steps: int,
     reward: RewardSource,
+    remote_critic=None,
 ) -> RLTrainer:
     if config.mode == "harmlessness":
         return build_harmlessness(config, models, tokenizer, guard, plan, n_steps, reward)
@@ -235,7 +253,7 @@ def build_trainer(
             guard,
             prompts_per_generation=config.rollout.micro_rollout_batch_size,
         )
-    return build_ppo(config, models, tokenizer, guard, plan, reward)
+    return build_ppo(config, models, tokenizer, guard, plan, reward, remote_critic)
 
 
 def proposal_loss_spec(config: RLConfig) -> ProposalLoss:
@@ -291,25 +309,37 @@ def build_harmlessness(
     )
 
 
-def build_ppo(config: RLConfig, models: RLModels, tokenizer, guard: Guard, plan: BatchPlan, reward) -> PPOTrainer:
+def critic_of(config: RLConfig, model, guard: Guard, steps: int) -> Critic:
+    """PPO's critic in a train_ppo_ray worker (one process): the value model with AdamW at --critic_learning_rate
+    over the run's `steps` optimizer steps. train_ppo's critic gets its optimizer from the strategy (load_models)."""
+    o = config.optim
+    optimizer = build_optimizer(model, o, lr=o.critic_learning_rate)
+    trained_critic = TrainedModel(
+        "critic", model, optimizer, build_scheduler(optimizer, o, steps), o.max_norm, config.ppo.model_eval
+    )
+    return Critic(trained_critic, guard, config.reward.value_head_prefix, config.ppo.value_clip)
+
+
+def build_ppo(
+    config: RLConfig, models: RLModels, tokenizer, guard: Guard, plan: BatchPlan, reward, remote_critic=None
+) -> PPOTrainer:
     p = config.ppo
     actor = trained("actor", models, "policy", config, guard)
-    critic = None
+    critic = remote_critic  # held by another process (train_ppo_ray), which builds critic_of there
     if models.critic is not None:
-        critic = trained("critic", models, "critic", config, guard)
+        trained_critic = trained("critic", models, "critic", config, guard)
+        critic = Critic(trained_critic, guard, config.reward.value_head_prefix, p.value_clip)
     kl = AdaptiveKLController(p.init_kl_coef, p.kl_target, p.kl_horizon) if p.kl_target is not None else None
     settings = PPOSettings(
         group_size=config.rollout.duplicate_rollout_batch_by,
         loss_type=config.proposal.actor_loss_type,
         eps_clip=p.eps_clip,
-        value_clip=p.value_clip,
         gamma=p.gamma,
         lambd=p.lambd,
         baseline_type=p.reinforce_baseline_type,
         hardcoded_baseline=p.reinforce_hardcoded_baseline,
         freezing_actor_steps=p.freezing_actor_steps,
         ptx_coef=p.ptx_coef if p.pretrain_data else 0.0,
-        value_head_prefix=config.reward.value_head_prefix,
         ema_beta=p.ema_beta if p.enable_ema else None,
         prompts_per_generation=config.rollout.micro_rollout_batch_size,
     )

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from repulse.config.common import CheckpointArgs, LoggingArgs, LoraArgs, ModelArgs, StrategyArgs
-from repulse.config.harmlessness import EvalArgs, HarmlessnessArgs
+from repulse.config.common import CheckpointArgs, LoggingArgs, LoraArgs, ModelArgs, PPOOptimArgs, StrategyArgs
+from repulse.config.evaluation import EvalArgs
+from repulse.config.harmlessness import HarmlessnessArgs
 from repulse.config.ppo import PPOArgs, ProposalArgs
 from repulse.config.reward import RewardArgs
-from repulse.config.rollout import PPOOptimArgs, RolloutArgs
+from repulse.config.rollout import RolloutArgs
 from repulse.config.validate import separate_proposal
 from repulse.generation.generate import SamplingParams
 from repulse.models.proposal import is_modulation

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from repulse.config.harmlessness import EvalArgs
+from repulse.config.evaluation import EvalArgs
 from repulse.config.rollout import RolloutArgs
 from repulse.data.prompts import format_prompts, load_prompt_texts
 from repulse.evaluation.bad_output import BadOutputSpec, exact_bad_output

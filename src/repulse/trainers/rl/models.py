@@ -67,13 +67,43 @@ class Preparer(Protocol):
     def frozen(self, model: torch.nn.Module) -> torch.nn.Module: ...
 
 
-def load_models(config: RLConfig, path: str, strategy, reward: RewardSource, prepare: Preparer) -> RLModels:
+def load_reference(config: RLConfig, path: str, strategy) -> torch.nn.Module:
+    """p_0 on the strategy's device (a train_ppo_ray worker's; train_ppo's goes through load_models)."""
+    return load_reference_lm(path, config.model, offload=False, device=strategy.device)
+
+
+def load_critic(config: RLConfig, path: str, strategy) -> torch.nn.Module:
+    """PPO's value model in a train_ppo_ray worker: --critic_pretrain (default --pretrain) with a value head."""
+    return strategy.prepare(critic_model(config, path))
+
+
+def critic_model(config: RLConfig, path: str) -> torch.nn.Module:
+    from repulse.models.reward import load_reward_model
+
+    return load_reward_model(
+        config.ppo.critic_pretrain or path,
+        config.model,
+        config.lora,
+        value_head_prefix=config.reward.value_head_prefix,
+        trainable=True,
+    )
+
+
+def has_critic(config: RLConfig) -> bool:
+    return config.mode == "ppo" and config.proposal.actor_loss_type == "ppo" and not config.ppo.no_critic
+
+
+def load_models(
+    config: RLConfig, path: str, strategy, reward: RewardSource, prepare: Preparer, reference=None
+) -> RLModels:
     """The models the mode needs, each from `path` (--pretrain), loaded the way the strategy needs (ZeRO-3: each
-    rank's shard) and prepared by it; every trained model with its own optimizer (RLModels.optimizers)."""
-    bf16 = config.model.bf16
-    with strategy.model_init(trainable=False, bf16=bf16):
-        reference = load_reference_lm(path, config.model, offload=False, device=strategy.device)
-    models = RLModels(prepare.frozen(reference), reward)
+    rank's shard) and prepared by it; every trained model with its own optimizer (RLModels.optimizers). A
+    `reference` given (held by another process) is used as is, and then the critic is also another process's."""
+    bf16, remote = config.model.bf16, reference is not None
+    if not remote:
+        with strategy.model_init(trainable=False, bf16=bf16):
+            reference = prepare.frozen(load_reference(config, path, strategy))
+    models = RLModels(reference, reward)
     trains_q = config.optim.actor_learning_rate > 0
     if config.mode == "twist":
         # q = p_0 e^m modulates the frozen p_0 itself; a policy-parameterized q is a full trainable copy.
@@ -96,17 +126,9 @@ def load_models(config: RLConfig, path: str, strategy, reward: RewardSource, pre
                     q = load_causal_lm(path, config.model, config.lora, trainable=trains_q)
             models.proposal = place(models, "proposal", q, prepare, trains_q)
         return models
-    if config.proposal.actor_loss_type == "ppo" and not config.ppo.no_critic:
-        from repulse.models.reward import load_reward_model
-
+    if has_critic(config) and not remote:
         with strategy.model_init(trainable=True, bf16=bf16):
-            critic = load_reward_model(
-                config.ppo.critic_pretrain or path,
-                config.model,
-                config.lora,
-                value_head_prefix=config.reward.value_head_prefix,
-                trainable=True,
-            )
+            critic = critic_model(config, path)
         models.critic = place(models, "critic", critic, prepare, True)
     if config.ppo.enable_ema:
         models.ema = copy.deepcopy(strategy.unwrap(models.policy)).to("cpu").requires_grad_(False)

@@ -36,14 +36,12 @@ class PPOSettings:
     group_size: int = 1
     loss_type: str = "ppo"  # ppo | reinforce
     eps_clip: float = 0.2
-    value_clip: float | None = 0.2
     gamma: float = 1.0
     lambd: float = 0.95
     baseline_type: str | None = None
     hardcoded_baseline: float = 0.0
     freezing_actor_steps: int = -1
     ptx_coef: float = 0.0
-    value_head_prefix: str = "score"
     ema_beta: float | None = None
     prompts_per_generation: int = 64
 
@@ -70,6 +68,49 @@ class PPOExperience:
         return PPOExperience(samples, advantages, values, returns, self.step, self.kl_coef)
 
 
+class Critic:
+    """PPO's value model and its optimizer: values for GAE, the clipped value loss backward per micro-batch, the
+    step at a boundary. A critic held by another process (distributed/ray/) offers the same methods."""
+
+    def __init__(self, trained: TrainedModel, guard: Guard, value_head_prefix: str, value_clip: float | None) -> None:
+        self.trained, self.guard, self.value_head_prefix, self.value_clip = (
+            trained,
+            guard,
+            value_head_prefix,
+            value_clip,
+        )
+
+    def token_values(self, roll: Rollout) -> torch.Tensor:
+        """V for each action: the value head on the hidden state of the token before it -> [B, T]."""
+        values = token_values(self.trained.model, roll.sequences, roll.attention_mask, self.value_head_prefix)
+        return values[:, -roll.num_actions - 1 : -1] * roll.action_mask
+
+    @torch.no_grad()
+    def values(self, roll: Rollout) -> torch.Tensor:
+        self.trained.model.eval()
+        return self.token_values(roll)
+
+    def start_update(self) -> None:
+        self.trained.start_update()
+
+    def backward(
+        self, roll: Rollout, old_values: torch.Tensor, returns: torch.Tensor, weight: float, boundary: bool = True
+    ) -> float:
+        """The value loss of one micro-batch, backward scaled by `weight` (`boundary`: the step's last); its value."""
+        loss = value_loss(self.token_values(roll), old_values, returns, roll.action_mask, self.value_clip)
+        accumulate(self.guard, self.trained, loss, weight, boundary)
+        return loss.item()
+
+    def step(self) -> float:
+        return optimizer_step(self.guard, self.trained)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.trained.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.trained.load_state_dict(state)
+
+
 class PPOTrainer:
     def __init__(
         self,
@@ -84,7 +125,7 @@ class PPOTrainer:
         plan: BatchPlan,
         guard: Guard,
         *,
-        critic: TrainedModel | None = None,
+        critic: Critic | None = None,
         ema=None,
         ptx_batches: Iterator[dict[str, torch.Tensor]] | None = None,
     ) -> None:
@@ -118,11 +159,6 @@ class PPOTrainer:
             next(self.ptx_batches)
         self.ptx_used = state["ptx_used"]
 
-    def critic_values(self, roll: Rollout) -> torch.Tensor:
-        """V for each action: the value head on the hidden state of the token before it -> [B, T]."""
-        values = token_values(self.critic.model, roll.sequences, roll.attention_mask, self.settings.value_head_prefix)
-        return values[:, -roll.num_actions - 1 : -1] * roll.action_mask
-
     def make_experience(self, prompt_ids: list[list[int]], step: int, kind: str = "policy") -> PPOExperience:
         s = self.settings
         self.progress.phase("sampling")
@@ -148,9 +184,7 @@ class PPOTrainer:
             return PPOExperience(exp, adv, None, None, step, self.kl.value)
         seq_reward = exp.returns + self.kl.value * exp.kl.sum(-1)  # the capped reward without the KL part
         rewards = per_token_rewards(exp.kl, seq_reward, roll.action_mask, self.kl.value)
-        with torch.no_grad():
-            self.critic.model.eval()
-            values = self.critic_values(roll)
+        values = self.critic.values(roll)
         adv, returns = compute_gae(rewards, values, roll.action_mask, s.gamma, s.lambd)
         return PPOExperience(exp, whiten(adv, roll.action_mask), values, returns, step, self.kl.value)
 
@@ -179,10 +213,6 @@ class PPOTrainer:
             metrics["ptx_loss"] = ptx_loss.item()
         return loss, metrics
 
-    def critic_loss(self, batch: PPOExperience) -> torch.Tensor:
-        values = self.critic_values(batch.samples.rollout)
-        return value_loss(values, batch.values, batch.returns, batch.samples.mask, self.settings.value_clip)
-
     def update(self, experience: PPOExperience) -> Metrics:
         """Every epoch, the buffer in optimizer steps of --train_batch_size rows (micro-batches accumulated):
         actor and critic backward on each micro-batch, both step at the boundary; the EMA follows each actor step."""
@@ -198,9 +228,9 @@ class PPOTrainer:
                 accumulate(self.guard, self.actor, loss, micro.weight, micro.boundary)
                 metrics.add(values)
             if self.critic is not None:
-                vloss = self.critic_loss(batch)
-                accumulate(self.guard, self.critic, vloss, micro.weight, micro.boundary)
-                metrics.add({"value_loss": vloss.item()})
+                rows = batch.samples.rollout
+                vloss = self.critic.backward(rows, batch.values, batch.returns, micro.weight, boundary=micro.boundary)
+                metrics.add({"value_loss": vloss})
             if micro.boundary:
                 self.step_models(train_actor, metrics)
         self.kl.update(experience.samples.kl.sum(-1).mean().item(), len(experience))
@@ -212,7 +242,7 @@ class PPOTrainer:
             if self.ema is not None:
                 update_ema(self.ema, self.guard.strategy.unwrap(self.actor.model), self.settings.ema_beta)
         if self.critic is not None:
-            metrics.add({"critic_grad_norm": optimizer_step(self.guard, self.critic)})
+            metrics.add({"critic_grad_norm": self.critic.step()})
 
     def report(self, experience: PPOExperience, updates: list[Metrics]) -> dict[str, float]:
         samples = experience.samples

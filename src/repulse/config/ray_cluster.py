@@ -1,0 +1,50 @@
+"""Flags of train_ppo_ray: how the roles of an RL run are laid out on a Ray cluster (OpenRLHF 0.6.3 names)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from repulse.config.fields import arg, require
+
+ROLES = ("actor", "ref", "critic", "reward")
+
+
+@dataclass
+class RayArgs:
+    _argument_group_name = "Ray cluster"
+
+    actor_num_nodes: int = arg(1, "Nodes of the policy workers (the actor; p_theta and q in harmlessness mode).")
+    actor_num_gpus_per_node: int = arg(
+        1, "Policy worker ranks per node: one GPU each, or one CPU each on a cluster without GPUs."
+    )
+    ref_num_nodes: int = arg(1, "Nodes of the reference (p_0) workers.")
+    ref_num_gpus_per_node: int = arg(1, "Reference worker ranks per node (a GPU each, or a CPU without GPUs).")
+    critic_num_nodes: int = arg(1, "Nodes of the critic workers (PPO with a critic).")
+    critic_num_gpus_per_node: int = arg(1, "Critic worker ranks per node (a GPU each, or a CPU without GPUs).")
+    reward_num_nodes: int = arg(1, "Nodes of the reward workers (reward model, --reward_fn or --remote_rm_url).")
+    reward_num_gpus_per_node: int = arg(1, "Reward worker ranks per node (a GPU each, or a CPU without GPUs).")
+    colocate_actor_ref: bool = arg(False, "Place the policy and reference workers in one placement group.")
+    colocate_critic_reward: bool = arg(False, "Place the critic and reward workers in one placement group.")
+    colocate_all_models: bool = arg(False, "Place every worker in one placement group (fractional shares).")
+    vllm_num_engines: int = arg(0, "vLLM rollout engines; 0 samples in the policy workers with repulse's sampler.")
+    ray_timeout: float = arg(
+        1800.0, "Seconds any call to a worker (a load, a step phase, a checkpoint) may take before the run stops."
+    )
+
+    def __post_init__(self) -> None:
+        for role in ROLES:
+            for part in ("num_nodes", "num_gpus_per_node"):
+                value = getattr(self, f"{role}_{part}")
+                require(value >= 1, f"--{role}_{part} must be >= 1, got {value}")
+            # The policy and the other roles run one rank each for now: more ranks need the worker groups'
+            # process groups (DDP / DeepSpeed / FSDP2 inside the workers).
+            ranks = getattr(self, f"{role}_num_nodes") * getattr(self, f"{role}_num_gpus_per_node")
+            require(
+                ranks == 1,
+                f"--{role}_num_nodes x --{role}_num_gpus_per_node = {ranks}: train_ppo_ray runs one rank per role",
+            )
+        require(
+            self.vllm_num_engines == 0,
+            f"--vllm_num_engines {self.vllm_num_engines}: train_ppo_ray samples in the policy worker (0) only",
+        )
+        require(self.ray_timeout > 0, f"--ray_timeout must be > 0, got {self.ray_timeout}")

@@ -1,0 +1,146 @@
+"""The policy worker of train_ppo_ray: train_ppo's recipe (trainers/rl/build.py) built around stand-ins for the
+reference, reward and critic workers, its trainer's phases run on the controller's call, and the run's
+checkpoints, evaluations and final models, written as train_ppo writes them.
+
+It holds the actor, or in harmlessness mode p_theta *and* the proposal q: q's loss reads the live p_theta on every
+micro-batch, which would otherwise be a call per micro-batch. Its sampling is train_ppo's sampler, so with the
+same seed it draws the same tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from repulse.distributed.ray.remote import RemoteCritic, RemoteReference, RemoteReward
+from repulse.distributed.ray.workers import RoleWorker
+from repulse.trainers.rl.config import RLConfig
+
+
+class PolicyWorker(RoleWorker):
+    def __init__(self, config: RLConfig, threads: int, handles: dict[str, Any], timeout: float) -> None:
+        super().__init__(config, threads)
+        self.handles, self.timeout = handles, timeout
+        self.recipe = self.checkpointer = self.experience = self.evaluate_fn = self.critic = None
+        self.last_checkpoint: str | None = None
+
+    def claim_checkpoints(self, fingerprint: dict[str, Any]) -> None:
+        """Claim --ckpt_path first, as train_ppo does: a folder of another run is refused before anything loads."""
+        from repulse.infra.checkpoint import Checkpointer
+
+        ckpt = self.config.ckpt
+        self.checkpointer = Checkpointer(ckpt.checkpoint_dir(), ckpt.max_ckpt_num, self.strategy, fingerprint)
+        self.checkpointer.start(resume=ckpt.load_checkpoint)
+
+    def build(self) -> dict[str, Any]:
+        """The recipe; resumed from the newest checkpoint with --load_checkpoint. What the controller's loop needs."""
+        from repulse.trainers.guard import Guard
+        from repulse.trainers.rl.build import RemoteRoles, build_recipe
+        from repulse.trainers.rl.evals import exact_evaluator
+
+        h = self.handles
+        critic = None
+        if "critic" in h:
+            critic = self.critic = RemoteCritic(h["critic"], Guard(self.strategy), self.timeout)
+        roles = RemoteRoles(RemoteReference(h["reference"], self.timeout), RemoteReward(h["reward"], self.timeout))
+        roles.critic = critic
+        self.recipe = recipe = build_recipe(self.config, self.strategy, self.path, self.tokenizer, roles)
+        if critic is not None:
+            critic.guard = recipe.guard  # the critic's messages name the step the loop is at
+        self.config = recipe.config
+        self.evaluate_fn = exact_evaluator(self.config, recipe.models.evaluated, self.tokenizer, recipe.models.reward)
+        state = self.resume() if self.config.ckpt.load_checkpoint else None
+        return {
+            "config": recipe.config,
+            "prompt_ids": recipe.prompt_ids,
+            "settings": recipe.settings,
+            "rounds": recipe.trainer.rounds(),
+            "samples_per_prompt": recipe.trainer.samples_per_prompt(),
+            "evaluates": self.evaluate_fn is not None,
+            "state": None if state is None else dataclasses.asdict(state),
+        }
+
+    # ------------------------------------------------------------------------------------------------ the phases
+    def make_experience(self, prompt_ids: list[list[int]], step: int, kind: str) -> int:
+        """The trainer's make_experience (kept here for update and report); the samples it drew."""
+        trainer, guard = self.recipe.trainer, self.recipe.guard
+        guard.step, guard.last_checkpoint = step + 1, self.last_checkpoint
+        before = trainer.samples_used
+        self.experience = trainer.make_experience(prompt_ids, step, kind)
+        return trainer.samples_used - before
+
+    def update(self):
+        return self.recipe.trainer.update(self.experience)
+
+    def report(self, updates: list) -> dict[str, float]:
+        return self.recipe.trainer.report(self.experience, updates)
+
+    def evaluate(self, fit_step: int) -> dict[str, Any]:
+        return self.evaluate_fn(fit_step)
+
+    # --------------------------------------------------------------------------------------- checkpoints, outputs
+    def checkpoint_state(self, loop) -> dict[str, Any]:
+        from repulse.trainers.rl.run import checkpoint_state
+
+        state = checkpoint_state(self.recipe, loop, self.strategy)
+        if self.critic is not None:
+            state["models"]["critic"] = self.critic.weights()
+        return state
+
+    def save_checkpoint(self, loop: dict[str, Any]) -> str:
+        from repulse.trainers.checkpointing import save_run_checkpoint
+        from repulse.trainers.rl.loop import RLLoopState
+
+        state = RLLoopState(**loop)
+
+        def hf_copies(tmp) -> None:
+            self.save_models(str(tmp))
+
+        self.last_checkpoint = save_run_checkpoint(
+            self.checkpointer, state.global_step, self.checkpoint_state(state), extra=hf_copies
+        )
+        return self.last_checkpoint
+
+    def save_models(self, folder: str) -> None:
+        from repulse.trainers.rl.models import save_models
+
+        save_models(self.recipe.models, self.tokenizer, self.strategy, folder, twist=False)
+        if self.critic is not None:
+            self.critic.save_pretrained(f"{folder}/final_critic")
+
+    def resume(self):
+        """trainers/rl/run.resume, with the critic's weights and optimizer loaded into the critic worker."""
+        from repulse.trainers.checkpointing import load_model_states, load_run_checkpoint, newest_checkpoint
+        from repulse.trainers.rl.loop import RLLoopState
+        from repulse.trainers.rl.run import FROZEN_IN_CHECKPOINT
+
+        path = newest_checkpoint(self.checkpointer)
+        if path is None:
+            return None
+        saved = load_run_checkpoint(self.checkpointer, path)
+        models = {k: self.strategy.unwrap(v) for k, v in self.recipe.models.checkpointed().items()}
+        weights = dict(saved["models"])
+        if self.critic is not None:
+            self.critic.load_weights(weights.pop("critic"))
+        load_model_states(models, weights, frozen=FROZEN_IN_CHECKPOINT)
+        self.recipe.trainer.load_state_dict(saved["trainer"])
+        if self.recipe.recorder is not None and saved["negdata"] is not None:
+            self.recipe.recorder.load_state_dict(saved["negdata"])
+        state = RLLoopState(**saved["loop"])
+        self.last_checkpoint = state.last_checkpoint = str(path)
+        return state
+
+    def finish(self, loop: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
+        """The post-training evaluations, then train_ppo's outputs (final models, summary, evaluations, negdata)."""
+        from repulse.trainers.rl.evals import post_training_evaluations
+        from repulse.trainers.rl.loop import RLLoopState
+        from repulse.trainers.rl.run import write_outputs
+
+        models = self.recipe.models
+        summary = summary | post_training_evaluations(
+            self.config, models.evaluated, models.reference, self.tokenizer, models.reward
+        )
+        write_outputs(self.recipe, RLLoopState(**loop), summary, self.tokenizer, self.strategy)
+        if self.critic is not None:
+            self.critic.save_pretrained(f"{self.config.ckpt.save_path}/final_critic")
+        return summary
