@@ -94,7 +94,7 @@ SUMMED = ("samples_used",)
 
 def reduce_metrics(strategy, metrics: dict[str, float]) -> dict[str, float]:
     """A step's metrics over the ranks: means (every rank has as many samples), sample counts summed."""
-    if strategy.world_size == 1:
+    if strategy is None or strategy.world_size == 1:
         return metrics
     summed = {k: v for k, v in metrics.items() if k in SUMMED}
     averaged = {k: v for k, v in metrics.items() if k not in SUMMED}
@@ -103,7 +103,7 @@ def reduce_metrics(strategy, metrics: dict[str, float]) -> dict[str, float]:
 
 def lock_step(strategy) -> Callable[[bool], bool] | None:
     """Where a forward is a collective (ZeRO-3, FSDP2), sampling ranks keep stepping until all are done."""
-    if strategy.world_size == 1 or not getattr(strategy, "forward_collectives", False):
+    if strategy is None or strategy.world_size == 1 or not getattr(strategy, "forward_collectives", False):
         return None
     return lambda done: strategy.all_reduce({"running": 0.0 if done else 1.0}, op="max")["running"] > 0
 
@@ -158,9 +158,10 @@ def run_rl_loop(
     state = state or RLLoopState()
     steps = list(schedule(len(prompt_ids), settings))
     per_prompt = trainer.samples_per_prompt()
-    strategy = guard.strategy
-    drawn = [len(rank_share(batch, 0, strategy.world_size)[0]) * per_prompt for _, _, batch, _ in steps]
-    bar = SampleBar(sum(drawn), sum(drawn[: state.global_step]), settings.progress and strategy.is_rank_0())
+    strategy = guard.strategy  # None: a controller whose workers hold the strategy (train_ppo_ray), one rank
+    rank, world = (strategy.rank, strategy.world_size) if strategy is not None else (0, 1)
+    drawn = [len(rank_share(batch, 0, world)[0]) * per_prompt for _, _, batch, _ in steps]
+    bar = SampleBar(sum(drawn), sum(drawn[: state.global_step]), settings.progress and rank == 0)
     trainer.progress = bar
     trainer.streams = Streams(settings.seed, others_running=lock_step(strategy))
     if evaluate is not None and state.global_step == 0:
@@ -169,7 +170,7 @@ def run_rl_loop(
         if n <= state.global_step:
             continue
         guard.step, guard.last_checkpoint = n, state.last_checkpoint
-        mine, trainer.streams.first_prompt = rank_share(batch, strategy.rank, strategy.world_size)
+        mine, trainer.streams.first_prompt = rank_share(batch, rank, world)
         metrics = reduce_metrics(strategy, train_step(trainer, [prompt_ids[i] for i in mine], n - 1))
         bar.finished_step(metrics)
         state.global_step = n
