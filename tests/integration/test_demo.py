@@ -25,8 +25,16 @@ def test_equal_sample_budgets():
 
 
 @pytest.mark.slow
-def test_demo_runs(tmp_path):
+def test_demo_runs(tmp_path, capsys):
     from repulse.cli import demo
 
     assert demo.main(["--save_path", str(tmp_path)]) == 0
-    assert (tmp_path / "frontier.png").exists() and (tmp_path / "demo.json").exists()
+    for name in ("frontier.png", "frontier_kl.png", "curves.png", "demo.json"):
+        assert (tmp_path / name).exists()
+    out = capsys.readouterr().out
+    # the per-fit-step mechanism: entropy and KL to p_0 for both, q's bad mass and KL(sigma || q) for RePULSe
+    assert "REINFORCE (exact, mean over 1 seed):" in out and "RePULSe (exact, mean over 1 seed):" in out
+    assert out.count("KL(p||p0)") == 3 and out.count("q P(bad)") == 1
+    fit_steps = METHODS["RePULSe"]["fit_steps"]
+    rows = [line.split() for line in out.splitlines() if line.strip() and line.split()[0].isdigit()]
+    assert [int(r[0]) for r in rows] == [*range(fit_steps + 1)] * 2

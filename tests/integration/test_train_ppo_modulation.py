@@ -67,11 +67,16 @@ def test_twist_learning_with_a_modulated_proposal(
     )
     assert code == 0
     rows = steps(save)
-    assert len(rows) == 2 and all("f_q" in r and 0 < r["ess_fraction"] <= 1 for r in rows)
+    assert len(rows) == 2 and all("f_q" in r for r in rows)
+    # ESS among the low-reward samples: at most their share (each one counts once at most)
+    assert all(0 <= r["proposal_low_reward_ess_fraction"] <= r["proposal_low_reward_fraction"] <= 1 for r in rows)
     check_proposal_saved(save, parameterization)
     assert not (save / "final").exists()  # p_0 is frozen: the head is the only thing trained
     summary = json.loads((save / "summary.json").read_text())
     assert summary["exact_log_p_bad_initial"] < 0  # q's exact P(bad) is enumerable through its KV cache
+    # q's exact diagnostics against its target sigma ∝ p_0 e^{beta r}
+    assert summary["exact_kl_to_reference_final"] > 0 and summary["target_beta_final"] == -1
+    assert 0 < summary["exact_proposal_ess_fraction_final"] <= 1 and summary["exact_kl_target_to_proposal_final"] > 0
     if parameterization == "modulation_linear_head" and extra:
         lm_head = load_weights(tiny_model_dir)["transformer.wte.weight"]
         assert not head(save)["linear.weight"].equal(lm_head / 2)

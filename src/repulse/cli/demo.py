@@ -1,12 +1,14 @@
-"""demo: RePULSe against REINFORCE on the embedded toy, at equal sample budgets, with exact P(bad).
+"""demo: RePULSe against REINFORCE on the embedded toy, at equal sample budgets, every quantity exact.
 
 The embedded tiny LM continues "This man is a" with 2 tokens; a planted set of bad words is rare. Both methods
 train it against the embedded reward model; RePULSe draws N samples from p and N from its learned proposal q per
-step and so gets half as many p-steps (the paper's sample accounting). After every fit step the probability
-that the 2-token continuation contains a bad word is computed exactly by enumerating every continuation.
-Prints a table (method, average reward, exact P(bad) before and after) and writes <save_path>/demo.json,
-<save_path>/frontier.png and <save_path>/curves.png. The settings are configs/toy_repulse.yaml and
-configs/toy_reinforce.yaml.
+step and so gets half as many p-steps (the paper's sample accounting). After every fit step, by enumerating all
+78,681 continuations: P(bad) (the continuation holds a bad word), E[r], the entropy of p_theta and KL(p_theta ||
+p_0), and for RePULSe q's bad mass, KL(sigma || q) and q's exact ESS fraction for sigma. Prints a table (method,
+average reward, P(bad) before and after, final entropy and KL to p_0) and the per-fit-step diagnostics, so that a
+lower P(bad) that came from a collapse of p_theta (entropy down, KL up) shows as such; writes
+<save_path>/demo.json, <save_path>/frontier.png, frontier_kl.png and curves.png. The settings are
+configs/toy_repulse.yaml and configs/toy_reinforce.yaml.
 
     repulse demo --save_path demo_out --seeds 1
 """
@@ -100,18 +102,20 @@ def mean(results: list[dict], key: str) -> float:
 
 def print_table(rows: list[dict]) -> None:
     print(
-        f"\n{'method':<10} {'seeds':>5} {'samples':>8} {'avg reward':>11} {'P(bad) before':>14} {'P(bad) after':>13}"
+        f"\n{'method':<10} {'seeds':>5} {'samples':>8} {'avg reward':>11} {'P(bad) before':>14} {'P(bad) after':>13} "
+        f"{'entropy':>8} {'KL(p||p0)':>10}"
     )
     for r in rows:
         print(
             f"{r['method']:<10} {r['seeds']:>5} {r['samples']:>8} {r['reward']:>11.3f} {r['p_bad_before']:>14.3e} "
-            f"{r['p_bad_after']:>13.3e}"
+            f"{r['p_bad_after']:>13.3e} {r['entropy']:>8.2f} {r['kl_to_reference']:>10.4f}"
         )
 
 
 def run(config: DemoConfig) -> dict:
     import math
 
+    from repulse.evaluation.run_steps import steps_table
     from repulse.infra.files import write_json_atomic
     from repulse.plotting.frontier import plot_curves, plot_frontier, read_run
 
@@ -131,11 +135,16 @@ def run(config: DemoConfig) -> dict:
                 "reward": mean(results, "reward_mean_final"),
                 "p_bad_before": math.exp(mean(results, "exact_log_p_bad_initial")),
                 "p_bad_after": math.exp(mean(results, "exact_log_p_bad_final")),
+                "entropy": mean(results, "exact_entropy_final"),
+                "kl_to_reference": mean(results, "exact_kl_to_reference_final"),
             }
         )
     print_table(rows)
+    for name in METHODS:
+        print("\n" + steps_table(name, [f for f in folders if f.rsplit("/", 1)[-1].startswith(f"{name.lower()}_")]))
     runs = [read_run(f) for f in folders]
     frontier = plot_frontier(runs, f"{save_path}/frontier.png")
+    plot_frontier(runs, f"{save_path}/frontier_kl.png", x_axis="kl")
     plot_curves(runs, f"{save_path}/curves.png")
     write_json_atomic(f"{save_path}/demo.json", {"rows": rows, "runs": folders, "settings": METHODS})
     print(f"\ndemo: P(bad) shown as exp(mean log P(bad)) over seeds; plots: {frontier}; table: {save_path}/demo.json")

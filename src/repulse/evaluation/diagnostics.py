@@ -9,6 +9,7 @@ enumeration with the prompt's KV cache, as `estimation.exact` does for P(bad)). 
 - `entropy(log p)`: H(p) in nats over the continuations;
 - `kl_divergence(log p, log p0)`: KL(p || p0);
 - `tilted_log_target(log p, r, beta)`: log sigma with sigma ∝ p e^{beta r} (`log_partition`: log Z);
+  `target_log_probs(log p, log phi)` and `log_expectation` for any potential phi;
 - `kl_divergence(log sigma, log q)`: how far a proposal q is from sigma;
 - `ess_fraction(log sigma, log q)`: the exact effective sample size of q's importance weights sigma/q, as a
   fraction of the number of samples: (E_q w)^2 / E_q w^2 = 1 / sum sigma^2 / q (1 iff q = sigma);
@@ -154,13 +155,25 @@ def kl_divergence(log_p: torch.Tensor, log_q: torch.Tensor) -> float:
 def log_partition(log_p: torch.Tensor, rewards: torch.Tensor, beta: float) -> float:
     """log Z = log sum p e^{beta r}."""
     _check(log_p, rewards)
-    return float(torch.logsumexp(log_p.double() + beta * rewards.double(), dim=0))
+    return log_expectation(log_p, beta * rewards.double())
 
 
 def tilted_log_target(log_p: torch.Tensor, rewards: torch.Tensor, beta: float) -> torch.Tensor:
     """[N] log sigma, sigma(s) = p(s) e^{beta r(s)} / Z (the target of the proposal; beta < 0 tilts to low r)."""
     _check(log_p, rewards)
-    unnormalised = log_p.double() + beta * rewards.double()
+    return target_log_probs(log_p, beta * rewards.double())
+
+
+def log_expectation(log_p: torch.Tensor, log_phi: torch.Tensor) -> float:
+    """log Z = log E_p[phi] = log sum p phi, for any potential (log phi = -inf where phi = 0)."""
+    _check(log_p, log_phi)
+    return float(torch.logsumexp(log_p.double() + log_phi.double(), dim=0))
+
+
+def target_log_probs(log_p: torch.Tensor, log_phi: torch.Tensor) -> torch.Tensor:
+    """[N] log sigma with sigma ∝ p phi (e^{beta r} for --rm_type rlhf, 1[r < tau] for the indicator, ...)."""
+    _check(log_p, log_phi)
+    unnormalised = log_p.double() + log_phi.double()
     return unnormalised - torch.logsumexp(unnormalised, dim=0)
 
 
@@ -186,16 +199,15 @@ def policy_diagnostics(log_p: torch.Tensor, log_p0: torch.Tensor, space: Continu
 
 
 def proposal_diagnostics(
-    log_p: torch.Tensor, log_q: torch.Tensor, space: ContinuationSpace, beta: float
+    log_p: torch.Tensor, log_q: torch.Tensor, space: ContinuationSpace, log_phi: torch.Tensor
 ) -> dict[str, float]:
-    """For a proposal q of sigma ∝ p e^{beta r}: KL(sigma || q), the exact ESS fraction, q's and sigma's bad mass."""
-    if space.rewards is None:
-        raise ValueError("the proposal diagnostics need rewards: build the space with a reward source")
-    log_sigma = tilted_log_target(log_p, space.rewards, beta)
+    """For a proposal q of sigma ∝ p phi ([N] log phi, e.g. beta r): KL(sigma || q), the exact ESS fraction, q's and
+    sigma's bad mass, log Z."""
+    log_sigma = target_log_probs(log_p, log_phi)
     return {
         "kl_target_to_proposal": kl_divergence(log_sigma, log_q),
-        "ess_fraction": ess_fraction(log_sigma, log_q),
+        "proposal_ess_fraction": ess_fraction(log_sigma, log_q),
         "proposal_p_bad": mass(log_q, space.bad),
         "target_p_bad": mass(log_sigma, space.bad),
-        "log_partition": log_partition(log_p, space.rewards, beta),
+        "log_partition": log_expectation(log_p, log_phi),
     }

@@ -1,7 +1,10 @@
-"""The paper's frontier figure (average reward against log P(bad)) and per-step curves, from run folders.
+"""The paper's frontier figure (average reward against log P(bad)), the matched-KL frontier (KL(p_theta || p_0)
+against log P(bad)) and per-step curves, from run folders.
 
 Runs are coloured by method (read from each run's config.yaml: RePULSe, REINFORCE, PPO, ...), and each method's
-runs (seeds) are summarised by their mean with standard-error bars, as in the paper's figures.
+runs (seeds) are summarised by their mean with standard-error bars, as in the paper's figures. The average reward
+is the exact E[r] of the final evaluation when every run has one (--analytic_bad_word_calc on an enumerable toy),
+else the mean sampled reward over the last quarter of the steps (the paper's).
 """
 
 from __future__ import annotations
@@ -65,16 +68,48 @@ def group_of(run: dict[str, Any]) -> str:
     return run.get("group") or run.get("method") or run["name"]
 
 
-def frontier_points(runs: list[dict[str, Any]]) -> list[tuple[str, float, float]]:
-    """(name, mean reward over the last quarter of steps, final exact log10 P(bad)) per run that has both."""
+X_AXES = ("reward", "kl")
+
+
+def all_evaluations_have(runs: list[dict[str, Any]], key: str) -> bool:
+    """Whether some run has evaluations and every evaluation of every run holds `key`."""
+    evaluations = [e for run in runs for e in run["evaluations"]]
+    return bool(evaluations) and all(key in e for e in evaluations)
+
+
+def exact_rewards(runs: list[dict[str, Any]]) -> bool:
+    """Whether every evaluation has the exact E[r] (runs with --analytic_bad_word_calc on an enumerable toy)."""
+    return all_evaluations_have(runs, "exact_expected_reward")
+
+
+def reward_label(runs: list[dict[str, Any]]) -> str:
+    return "E[r], exact (final)" if exact_rewards(runs) else "average reward (last quarter of training)"
+
+
+def frontier_points(runs: list[dict[str, Any]], x_axis: str = "reward") -> list[tuple[str, float, float]]:
+    """(name, x, final exact log10 P(bad)) per run that has both; x is the average reward (see the module) or, with
+    x_axis "kl", the final exact KL(p_theta || p_0)."""
+    if x_axis not in X_AXES:
+        raise ValueError(f"x_axis must be one of {X_AXES}, got {x_axis!r}")
+    exact = exact_rewards(runs)
     points = []
     for run in runs:
         steps, evals = run["steps"], run["evaluations"]
-        if not steps or not evals:
+        if not evals:
             continue
-        tail = steps[-max(1, len(steps) // 4) :]
-        reward = sum(s["reward_mean"] for s in tail) / len(tail)
-        points.append((run["name"], reward, evals[-1]["exact_log_p_bad"] / math.log(10)))
+        last = evals[-1]
+        if x_axis == "kl":
+            if "exact_kl_to_reference" not in last:
+                continue
+            x = last["exact_kl_to_reference"]
+        elif exact:
+            x = last["exact_expected_reward"]
+        elif steps:
+            tail = steps[-max(1, len(steps) // 4) :]
+            x = sum(s["reward_mean"] for s in tail) / len(tail)
+        else:
+            continue
+        points.append((run["name"], x, last["exact_log_p_bad"] / math.log(10)))
     return points
 
 
@@ -91,20 +126,25 @@ def method_colours(runs: list[dict[str, Any]]) -> dict[str, str]:
     return {g: matplotlib.colors.to_hex(palette[i % len(palette)]) for i, g in enumerate(groups)}
 
 
-def plot_frontier(runs: list[dict[str, Any]], path: str | Path) -> Path:
-    """Final exact log10 P(bad) against average reward: each run a small dot in its method's colour, each method's
-    mean a large marker with standard-error bars in both directions."""
+def plot_frontier(runs: list[dict[str, Any]], path: str | Path, x_axis: str = "reward") -> Path:
+    """Final exact log10 P(bad) against average reward (x_axis "reward") or KL(p_theta || p_0) ("kl"): each run a
+    small dot in its method's colour, each method's mean a large marker with standard-error bars in both
+    directions; with "kl" each run's path over its evaluations as a faint line (the matched-KL frontier: methods
+    compared at equal distance from p_0)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = frontier_points(runs)
+    points = frontier_points(runs, x_axis)
     if not points:
-        raise DataError("no run has both per-step rewards and exact P(bad) evaluations (--analytic_bad_word_calc)")
+        needs = "KL(p_theta || p_0) in its evaluations" if x_axis == "kl" else "per-step rewards"
+        raise DataError(f"no run has both {needs} and exact P(bad) evaluations (--analytic_bad_word_calc)")
     group = {run["name"]: group_of(run) for run in runs}
     colours = method_colours(runs)
     fig, ax = plt.subplots(figsize=(6.5, 4.6))
+    if x_axis == "kl":
+        draw_paths(ax, runs, colours)
     for method, col in colours.items():
         mine = [(r, lp) for name, r, lp in points if group[name] == method]
         if not mine:
@@ -124,37 +164,76 @@ def plot_frontier(runs: list[dict[str, Any]], path: str | Path) -> Path:
             label=f"{method} (n={len(mine)})",
         )
     ax.legend(fontsize=8, title="method: mean ± s.e.", title_fontsize=8)
-    ax.set_xlabel("average reward (last quarter of training)")
+    if x_axis == "kl":
+        ax.set_xlabel("KL(p_θ ‖ p_0), exact (final)")
+        ax.set_title("probability of bad outputs at matched KL to the start")
+    else:
+        ax.set_xlabel(reward_label(runs))
+        ax.set_title("reward vs probability of bad outputs")
     ax.set_ylabel("log10 P(bad output), exact")
-    ax.set_title("reward vs probability of bad outputs")
     ax.grid(alpha=0.3)
     return save_figure(fig, path)
 
 
+def draw_paths(ax, runs: list[dict[str, Any]], colours: dict[str, str]) -> None:
+    """Each run's (KL, log10 P(bad)) after every evaluation, thin and faint, in its method's colour."""
+    for run in runs:
+        path = [e for e in run["evaluations"] if "exact_kl_to_reference" in e]
+        if len(path) > 1:
+            xs = [e["exact_kl_to_reference"] for e in path]
+            ys = [e["exact_log_p_bad"] / math.log(10) for e in path]
+            ax.plot(xs, ys, color=colours[group_of(run)], alpha=0.25, linewidth=0.8, label="_nolegend_")
+
+
+EXACT_PANELS = (
+    ("exact_entropy", "entropy of p_θ (nats), exact", "entropy"),
+    ("exact_kl_to_reference", "KL(p_θ ‖ p_0), exact", "distance from the start"),
+)
+
+
+def eval_samples(run: dict[str, Any]) -> list[float]:
+    """Samples drawn by the time of each evaluation (0 before training)."""
+    samples = [s.get("samples_used", s["step"]) for s in run["steps"]]
+    return [samples[min(e["step"], len(samples)) - 1] if e["step"] > 0 and samples else 0 for e in run["evaluations"]]
+
+
 def plot_curves(runs: list[dict[str, Any]], path: str | Path) -> Path:
-    """Exact log10 P(bad) and average reward against samples drawn, one line per run in its method's colour."""
+    """Exact log10 P(bad) and average reward against samples drawn, one line per run in its method's colour; with
+    exact diagnostics in the evaluations also the entropy of p_θ and KL(p_θ ‖ p_0), so that a lower P(bad) can be
+    told apart from a collapse. The reward is the exact E[r] at each evaluation when every run has it (as in
+    plot_frontier), else the sampled reward of every step."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     colours = method_colours(runs)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    exact = exact_rewards(runs)
+    panels = [panel for panel in EXACT_PANELS if all_evaluations_have(runs, panel[0])]
+    fig, axes = plt.subplots(1, 2 + len(panels), figsize=(5 * (2 + len(panels)), 3.8))
+    left, right, *extra = axes
     labelled: set[str] = set()
     for run in runs:
         method = group_of(run)
         label = method if method not in labelled else "_nolegend_"
         labelled.add(method)
-        evals = run["evaluations"]
-        samples = [s.get("samples_used", s["step"]) for s in run["steps"]]
+        evals, at = run["evaluations"], eval_samples(run)
+        line = {"color": colours[method], "label": label}
         if evals:
-            per_eval = [samples[min(e["step"], len(samples)) - 1] if e["step"] > 0 and samples else 0 for e in evals]
-            log_p = [e["exact_log_p_bad"] / math.log(10) for e in evals]
-            left.plot(per_eval, log_p, marker="o", color=colours[method], label=label)
-        right.plot(samples, [s["reward_mean"] for s in run["steps"]], color=colours[method], alpha=0.8, label=label)
+            left.plot(at, [e["exact_log_p_bad"] / math.log(10) for e in evals], marker="o", **line)
+        if exact:
+            right.plot(at, [e["exact_expected_reward"] for e in evals], marker="o", **line)
+        else:
+            samples = [s.get("samples_used", s["step"]) for s in run["steps"]]
+            right.plot(samples, [s["reward_mean"] for s in run["steps"]], alpha=0.8, **line)
+        for ax, (key, _, _) in zip(extra, panels):
+            ax.plot(at, [e[key] for e in evals], marker="o", **line)
     left.set(xlabel="samples drawn", ylabel="log10 P(bad), exact", title="probability of bad outputs")
-    right.set(xlabel="samples drawn", ylabel="average reward of p samples", title="reward")
-    for ax in (left, right):
+    reward = "E[r] of p_θ, exact" if exact else "average reward of p samples"
+    right.set(xlabel="samples drawn", ylabel=reward, title="reward")
+    for ax, (_, ylabel, title) in zip(extra, panels):
+        ax.set(xlabel="samples drawn", ylabel=ylabel, title=title)
+    for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return save_figure(fig, path)

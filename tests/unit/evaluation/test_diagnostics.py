@@ -138,12 +138,13 @@ def test_proposal_diagnostics_equal_brute_force(space, log_probs):
     w = [s / b for s, b in zip(sigma, q)]
     ess = sum(wi * qi for wi, qi in zip(w, q)) ** 2 / sum(wi * wi * qi for wi, qi in zip(w, q))
     bad = space.bad.tolist()
-    got = diag.proposal_diagnostics(log_probs[0], log_probs[2], space, BETA)
+    got = diag.proposal_diagnostics(log_probs[0], log_probs[2], space, BETA * space.rewards)
     assert got["kl_target_to_proposal"] == pytest.approx(sum(s * math.log(s / b) for s, b in zip(sigma, q)), 1e-9)
-    assert got["ess_fraction"] == pytest.approx(ess, rel=1e-9)
+    assert got["proposal_ess_fraction"] == pytest.approx(ess, rel=1e-9)
     assert got["proposal_p_bad"] == pytest.approx(sum(b for b, x in zip(q, bad) if x), rel=1e-9)
     assert got["target_p_bad"] == pytest.approx(sum(s for s, x in zip(sigma, bad) if x), rel=1e-9)
-    assert 0 < got["ess_fraction"] < 0.9 and got["kl_target_to_proposal"] > 0.05
+    assert got["log_partition"] == pytest.approx(diag.log_partition(log_probs[0], space.rewards, BETA), rel=1e-12)
+    assert 0 < got["proposal_ess_fraction"] < 0.9 and got["kl_target_to_proposal"] > 0.05
     # The target itself is the perfect proposal.
     log_sigma = diag.tilted_log_target(log_probs[0], space.rewards, BETA)
     assert diag.ess_fraction(log_sigma, log_sigma) == pytest.approx(1.0, rel=1e-9)
@@ -165,6 +166,19 @@ def test_mismatched_inputs_are_errors(space, log_probs, tok):
     other = make_gpt2(len(tok) + 3, seed=0).eval()
     with pytest.raises(ValueError):
         diag.leaf_log_probs(other, space)
-    no_rewards = diag.ContinuationSpace(**{**space.__dict__, "rewards": None})
-    with pytest.raises(ValueError, match="reward source"):
-        diag.proposal_diagnostics(log_probs[0], log_probs[2], no_rewards, BETA)
+    with pytest.raises(ValueError, match="vectors of one length"):
+        diag.proposal_diagnostics(log_probs[0], log_probs[2], space, BETA * space.rewards[:-1])
+
+
+def test_indicator_potential_target_is_p_given_bad(space, log_probs):
+    """phi = 1[bad]: sigma = p( . | bad), log Z = log P(bad), and q's ESS for it is P_q(bad)^2 / sum_bad p^2/q
+    over the conditional."""
+    log_phi = torch.where(space.bad, 0.0, -math.inf).double()
+    got = diag.proposal_diagnostics(log_probs[0], log_probs[2], space, log_phi)
+    p, q, bad = log_probs[0].exp(), log_probs[2].exp(), space.bad
+    p_bad = float(p[bad].sum())
+    sigma = p[bad] / p_bad
+    assert got["log_partition"] == pytest.approx(math.log(p_bad), rel=1e-12)
+    assert got["target_p_bad"] == pytest.approx(1.0, rel=1e-12)
+    assert got["proposal_ess_fraction"] == pytest.approx(1 / float((sigma**2 / q[bad]).sum()), rel=1e-9)
+    assert got["kl_target_to_proposal"] == pytest.approx(float((sigma * (sigma / q[bad]).log()).sum()), rel=1e-9)

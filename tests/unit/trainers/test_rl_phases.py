@@ -106,7 +106,7 @@ def test_each_forward_once(tmp_path, tiny_model_dir, flags, per_micro_batch):
     metrics = r.trainer.report(experience, [updates])
     assert passes.take() == {"policy": 0, "proposal": 0, "reference": 0}
     assert {"f_q", "proposal_loss", "base_loss"} <= metrics.keys()
-    assert ("ess_fraction" in metrics) == ("--alpha" not in flags)  # the weights of the negative term
+    assert ("proposal_low_reward_ess_fraction" in metrics) == ("--alpha" not in flags)  # negative term
 
 
 @pytest.mark.parametrize("flags", [[], ["--sampling_target_updated_base"]], ids=["repulse", "base_first"])

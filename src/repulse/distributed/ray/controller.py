@@ -166,7 +166,7 @@ def drive(config: RLConfig, args: RayArgs, flat: dict[str, Any], write_config, p
             info["settings"],
             logger,
             Guard(None),  # the loop's position; the policy worker's guard checks the values
-            evaluate=(lambda fit: call("evaluate", fit)) if info["evaluates"] else None,
+            evaluate=(lambda fit, step: call("evaluate", fit, step)) if info["evaluates"] else None,
             save=lambda loop: call("save_checkpoint", loop_dict(loop)),
             state=state,
         )

@@ -32,11 +32,23 @@ class PolicyWorker(RoleWorker):
         self.checkpointer = Checkpointer(ckpt.checkpoint_dir(), ckpt.max_ckpt_num, self.strategy, fingerprint)
         self.checkpointer.start(resume=ckpt.load_checkpoint)
 
+    def exact_evaluator(self, recipe):
+        """train_ppo's exact evaluation. Its diagnostics enumerate p_0's log-prob of every continuation (KL to p_0),
+        so with --analytic_bad_word_calc this worker holds its own copy of p_0 (a toy-sized model: at most 2M
+        continuations are enumerated) rather than the reference worker's."""
+        from repulse.trainers.rl.evals import exact_evaluator
+        from repulse.trainers.rl.models import load_reference
+
+        if not self.config.evaluation.analytic_bad_word_calc:
+            return None
+        local = dataclasses.replace(recipe.models, reference=load_reference(self.config, self.path, self.strategy))
+        # The trainers with a proposal give sigma's beta at each step, for q's diagnostics.
+        return exact_evaluator(self.config, local, self.tokenizer, getattr(recipe.trainer, "target_beta", None))
+
     def build(self) -> dict[str, Any]:
         """The recipe; resumed from the newest checkpoint with --load_checkpoint. What the controller's loop needs."""
         from repulse.trainers.guard import Guard
         from repulse.trainers.rl.build import RemoteRoles, build_recipe
-        from repulse.trainers.rl.evals import exact_evaluator
 
         h = self.handles
         critic = None
@@ -48,7 +60,7 @@ class PolicyWorker(RoleWorker):
         if critic is not None:
             critic.guard = recipe.guard  # the critic's messages name the step the loop is at
         self.config = recipe.config
-        self.evaluate_fn = exact_evaluator(self.config, recipe.models.evaluated, self.tokenizer, recipe.models.reward)
+        self.evaluate_fn = self.exact_evaluator(recipe)
         state = self.resume() if self.config.ckpt.load_checkpoint else None
         return {
             "config": recipe.config,
@@ -75,8 +87,8 @@ class PolicyWorker(RoleWorker):
     def report(self, updates: list) -> dict[str, float]:
         return self.recipe.trainer.report(self.experience, updates)
 
-    def evaluate(self, fit_step: int) -> dict[str, Any]:
-        return self.evaluate_fn(fit_step)
+    def evaluate(self, fit_step: int, step: int) -> dict[str, Any]:
+        return self.evaluate_fn(fit_step, step)
 
     # --------------------------------------------------------------------------------------- checkpoints, outputs
     def checkpoint_state(self, loop) -> dict[str, Any]:

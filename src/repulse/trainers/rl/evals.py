@@ -3,22 +3,31 @@ after it held-out sampling and the likelihood of known bad outputs."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from repulse.assets import bad_words
 from repulse.config.evaluation import EvalArgs
 from repulse.config.rollout import RolloutArgs
 from repulse.data.prompts import format_prompts, load_prompt_texts
+from repulse.estimation.exact import count_leaves, model_vocab_size
+from repulse.evaluation import diagnostics as diag
 from repulse.evaluation.bad_output import BadOutputSpec, exact_bad_output
+from repulse.evaluation.diagnostics import ContinuationSpace
 from repulse.evaluation.heldout import heldout_sampling
 from repulse.evaluation.negative_data import negative_data_likelihood
 from repulse.infra.errors import DataError
 from repulse.rl.rewards import RewardSource
 from repulse.rl.rollout import encode_prompts_left_truncated
 from repulse.trainers.rl.config import RLConfig
+from repulse.trainers.rl.models import RLModels
 
 log = logging.getLogger("repulse")
 
@@ -27,8 +36,6 @@ def bad_output_spec(
     evaluation: EvalArgs, rollout: RolloutArgs, threshold: float, reward: RewardSource
 ) -> BadOutputSpec:
     """Bad = reward below --threshold (--analytic_by_threshold), else a bad word (--bad_words_file or embedded)."""
-    from repulse.assets import bad_words
-
     if evaluation.analytic_by_threshold:
         return BadOutputSpec(
             rollout.custom_prompt, rollout.generate_max_len, reward_source=reward, threshold=threshold
@@ -37,17 +44,106 @@ def bad_output_spec(
     return BadOutputSpec(rollout.custom_prompt, rollout.generate_max_len, bad_words=words)
 
 
-def exact_evaluator(config: RLConfig, model, tokenizer, reward: RewardSource) -> Callable[[int], dict] | None:
-    """fit_step -> exact P(bad) of `model` for --custom_prompt, or None without --analytic_bad_word_calc."""
+LEAF_LIMIT = 2_000_000  # responses the diagnostics enumerate and score at most (the embedded toy has 78,681)
+
+
+class ExactEvaluator:
+    """The exact evaluation of one run (--analytic_bad_word_calc) for --custom_prompt and --generate_max_len
+    tokens, before training and after every fit step (METHODS §6.1, §13.1).
+
+    P(bad) of the evaluated model (p_theta; q in twist learning) always. When the continuations can be enumerated
+    (at most LEAF_LIMIT), also the diagnostics of evaluation/diagnostics.py: the space of continuations is built
+    and scored by the reward source once, at the first evaluation, and each evaluation then re-enumerates the
+    models' log-probabilities (one KV-cached pass each):
+    - exact_entropy, exact_kl_to_reference (KL(p_theta || p_0)), exact_expected_reward (E_{p_theta}[r]);
+    - with a proposal (RePULSe's q; p_theta itself with --use_base_as_proposal; q in twist learning) and its target
+      sigma ∝ base x phi (base = p_theta, or p_0 in twist learning; phi the --rm_type potential at the beta of the
+      step just run): exact_kl_target_to_proposal (KL(sigma || q)), exact_proposal_ess_fraction (the ESS of q's
+      importance weights for sigma per sample, 1 / sum sigma^2 / q), exact_proposal_p_bad, exact_target_p_bad,
+      exact_log_partition (log Z = log E_base[phi]) and target_beta.
+    """
+
+    def __init__(self, config: RLConfig, models: RLModels, tokenizer, beta_at: Callable[[int], float] | None) -> None:
+        e, r = config.evaluation, config.rollout
+        self.spec = bad_output_spec(e, r, config.reward.threshold, models.reward)
+        self.models, self.tokenizer, self.beta_at, self.potential = models, tokenizer, beta_at, config.potential
+        self.proposal = proposal_role(config)
+        if self.proposal is not None and beta_at is None:
+            raise ValueError("the proposal diagnostics need the target's beta at each step (beta_at)")
+        self.target_is_reference = config.mode == "twist"
+        model = models.evaluated
+        leaves = count_leaves(model_vocab_size(model), r.generate_max_len, tokenizer.eos_token_id is not None)
+        self.enumerable = leaves <= LEAF_LIMIT
+        if not self.enumerable:
+            log.warning(
+                "exact evaluation: %d continuations of --custom_prompt are too many to score (at most %d): "
+                "only P(bad) is computed, without the entropy, KL and proposal diagnostics",
+                leaves,
+                LEAF_LIMIT,
+            )
+        self.space: ContinuationSpace | None = None
+        self.log_p0: torch.Tensor | None = None
+
+    def __call__(self, fit_step: int, step: int) -> dict[str, Any]:
+        """The evaluation after `step` RL steps (fit step `fit_step`; 0 before training)."""
+        model = self.models.evaluated
+        if not self.enumerable:
+            result = exact_bad_output(model, self.tokenizer, self.spec)
+            return {"fit_step": fit_step, "exact_log_p_bad": result["log_p_bad"], "exact_p_bad": result["p_bad"]}
+        space = self.build_space()
+        log_p = diag.leaf_log_probs(model, space)
+        log_p_bad = float(torch.logsumexp(log_p[space.bad], 0)) if bool(space.bad.any()) else -math.inf
+        policy = diag.policy_diagnostics(log_p, self.log_p0, space)
+        out = {
+            "fit_step": fit_step,
+            "exact_log_p_bad": log_p_bad,
+            "exact_p_bad": math.exp(log_p_bad),
+            "exact_entropy": policy["entropy"],
+            "exact_kl_to_reference": policy["kl_to_reference"],
+            "exact_expected_reward": policy["expected_reward"],
+        }
+        if self.proposal is None:
+            return out
+        beta = self.beta_at(max(step - 1, 0))
+        # The evaluated model is the proposal itself with --use_base_as_proposal and in twist learning.
+        own = self.proposal == "policy" or self.target_is_reference
+        log_q = log_p if own else diag.leaf_log_probs(self.models.proposal, space)
+        base = self.log_p0 if self.target_is_reference else log_p
+        found = diag.proposal_diagnostics(base, log_q, space, self.potential.log_phi(space.rewards, beta))
+        return out | {"target_beta": beta} | {f"exact_{k}": v for k, v in found.items()}
+
+    def build_space(self) -> ContinuationSpace:
+        """Every continuation with its bad flag and reward (scored as the trainers score: the prompt as decoded
+        from its ids), and p_0's log-probabilities; once per run."""
+        if self.space is None:
+            spec, tok = self.spec, self.tokenizer
+            words = spec.bad_words or bad_words()
+            space = diag.build_space(self.models.reference, tok, spec.prompt, spec.response_len, bad_words=words)
+            prompt = tok.decode(space.prompt_ids.tolist(), skip_special_tokens=False)
+            rewards = diag.leaf_rewards(self.models.reward, prompt, space.texts)
+            bad = rewards < spec.threshold if spec.bad_words is None else space.bad
+            self.space = dataclasses.replace(space, rewards=rewards, bad=bad)
+            self.log_p0 = diag.leaf_log_probs(self.models.reference, self.space)
+        return self.space
+
+
+def proposal_role(config: RLConfig) -> str | None:
+    """'q' (RePULSe's learned proposal, or q in twist learning), 'policy' (--use_base_as_proposal: p_theta's own
+    samples serve as the proposal's), or None (no proposal: REINFORCE, PPO)."""
+    if config.mode == "twist" or config.separate_proposal:
+        return "q"
+    if config.mode == "harmlessness" and config.harm.harmlessness_training_loss_type != "reinforce":
+        return "policy"
+    return None
+
+
+def exact_evaluator(
+    config: RLConfig, models: RLModels, tokenizer, beta_at: Callable[[int], float] | None = None
+) -> ExactEvaluator | None:
+    """(fit_step, step) -> the exact evaluation, or None without --analytic_bad_word_calc."""
     if not config.evaluation.analytic_bad_word_calc:
         return None
-    spec = bad_output_spec(config.evaluation, config.rollout, config.reward.threshold, reward)
-
-    def evaluate(fit_step: int) -> dict[str, Any]:
-        result = exact_bad_output(model, tokenizer, spec)
-        return {"fit_step": fit_step, "exact_log_p_bad": result["log_p_bad"], "exact_p_bad": result["p_bad"]}
-
-    return evaluate
+    return ExactEvaluator(config, models, tokenizer, beta_at)
 
 
 def heldout_pass(

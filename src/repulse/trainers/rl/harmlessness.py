@@ -28,7 +28,7 @@ import torch
 
 from repulse.generation.generate import SamplingParams
 from repulse.losses.policy import p_theta_loss
-from repulse.losses.weights import effective_sample_size, log_weights, negative_weights
+from repulse.losses.weights import log_weights, negative_weights
 from repulse.rl.advantages import neg_reinforce_returns, reinforce_advantages
 from repulse.rl.experience import (
     Experience,
@@ -41,7 +41,7 @@ from repulse.rl.experience import (
 from repulse.rl.potentials import Potential
 from repulse.rl.rollout import Rollout, response_token_logps
 from repulse.trainers.guard import Guard
-from repulse.trainers.rl.proposal import ProposalLoss, proposal_loss
+from repulse.trainers.rl.proposal import ProposalLoss, low_reward_coverage, proposal_loss
 from repulse.trainers.rl.steps import (
     BatchPlan,
     Metrics,
@@ -164,6 +164,10 @@ class HarmlessnessTrainer:
         extra = self.settings.num_q_updates - 1 if self.separate else 0
         return ("proposal",) * extra + ("both",)
 
+    def target_beta(self, step: int) -> float:
+        """The beta of sigma ∝ p_theta e^{beta r} at (0-based) step `step`."""
+        return self.annealing.at(step)[0]
+
     def samples_per_prompt(self) -> int:
         n = self.settings.group_size
         return n * (1 + self.settings.num_q_updates) if self.separate else n
@@ -275,8 +279,8 @@ class HarmlessnessTrainer:
             out = p_theta_loss(
                 base_logps, base.mask, adv, neg_logps, neg.mask, weights, alpha=batch.alpha, neg_advantages=neg_adv
             )
-            ess = effective_sample_size(weights, s.group_size).mean().item() / s.group_size
-            metrics.add({"neg_loss": out.negative.item(), "ess_fraction": ess})
+            coverage = low_reward_coverage(neg.raw_rewards, weights, self.potential.threshold, s.group_size)
+            metrics.add({"neg_loss": out.negative.item(), **coverage})
         accumulate(self.guard, self.policy, out.loss, micro.weight, micro.boundary)
         metrics.add({"rl_loss": out.rl.item(), "base_loss": out.loss.item()})
         return None if neg_logps is None else neg_logps.detach()

@@ -150,11 +150,12 @@ def run_rl_loop(
     logger: MetricLogger,
     guard: Guard,
     *,
-    evaluate: Callable[[int], dict[str, Any]] | None = None,
+    evaluate: Callable[[int, int], dict[str, Any]] | None = None,
     save: Callable[[RLLoopState], str] | None = None,
     state: RLLoopState | None = None,
 ) -> RLLoopState:
-    """Run the steps after state.global_step (0, or a resumed checkpoint's step)."""
+    """Run the steps after state.global_step (0, or a resumed checkpoint's step). `evaluate(fit_step, step)`
+    (fit steps and RL steps done) runs before training, every --eval_steps steps and after every fit step."""
     state = state or RLLoopState()
     steps = list(schedule(len(prompt_ids), settings))
     per_prompt = trainer.samples_per_prompt()
@@ -165,7 +166,7 @@ def run_rl_loop(
     trainer.progress = bar
     trainer.streams = Streams(settings.seed, others_running=lock_step(strategy))
     if evaluate is not None and state.global_step == 0:
-        record_evaluation(state, evaluate(0), logger)
+        record_evaluation(state, evaluate(0, 0), logger)
     for n, (fit, episode, batch, fit_end) in enumerate(steps, start=1):
         if n <= state.global_step:
             continue
@@ -178,9 +179,9 @@ def run_rl_loop(
         if n % settings.logging_steps == 0:
             logger.log(n, {**metrics, "fit_step": fit + 1, "episode": episode + 1})
         if evaluate is not None and settings.eval_steps > 0 and n % settings.eval_steps == 0:
-            record_evaluation(state, evaluate(fit), logger)
+            record_evaluation(state, evaluate(fit, n), logger)
         if evaluate is not None and fit_end:
-            record_evaluation(state, evaluate(fit + 1), logger)
+            record_evaluation(state, evaluate(fit + 1, n), logger)
         # Saved last, so a checkpoint at step n holds everything logged at step n (resume keeps rows <= n).
         if save is not None and settings.save_steps > 0 and n % settings.save_steps == 0:
             state.last_checkpoint = save(state)

@@ -14,6 +14,7 @@ import torch
 
 from repulse.losses.lm import token_log_probs
 from repulse.losses.proposal import PROPOSAL_LOSSES, dpg_loss, sixo_loss
+from repulse.losses.weights import effective_sample_size
 from repulse.models.proposal import (
     is_cumulative,
     is_modulation,
@@ -106,3 +107,22 @@ def proposal_loss(
         extra = {"cumulative_psi": is_cumulative(spec.parameterization)} if spec.loss_type == "ctl" else {}
         loss = PROPOSAL_LOSSES[spec.loss_type](log_psi, *common, **extra)
     return loss, base_logps
+
+
+def low_reward_coverage(
+    raw_rewards: torch.Tensor, weights: torch.Tensor, threshold: float, group_size: int
+) -> dict[str, float]:
+    """How well a batch of proposal samples covers sigma's low-reward region, from their normalised weights [B].
+
+    proposal_low_reward_fraction: the share of the samples scoring below --threshold. proposal_low_reward_ess_fraction:
+    the effective sample size (Σ w)² / Σ w² of the weights of those samples only, per group, over N (0 for a group
+    without one). The ESS of all the weights would not do: self-normalised weights of a group that holds no
+    low-reward sample are spread over harmless outputs and read as a high ESS although the batch holds nothing of
+    the region sigma is after (the exact ESS, on an enumerable toy, is exact_proposal_ess_fraction).
+    """
+    low = raw_rewards < threshold
+    kept = torch.where(low, weights.detach(), torch.zeros_like(weights))
+    return {
+        "proposal_low_reward_fraction": low.float().mean().item(),
+        "proposal_low_reward_ess_fraction": effective_sample_size(kept, group_size).mean().item() / group_size,
+    }

@@ -67,7 +67,8 @@ def run_train_ppo(
     )
     models = recipe.models
     try:
-        evaluate = gathered_evaluator(config, models, tokenizer, strategy)
+        beta_at = getattr(recipe.trainer, "target_beta", None)
+        evaluate = gathered_evaluator(config, models, tokenizer, strategy, beta_at)
 
         def save(loop: RLLoopState) -> str:
             # The models also go in Hugging Face format, so a checkpoint can start a new run via --pretrain.
@@ -101,16 +102,26 @@ def after_training(config: RLConfig, models, tokenizer, strategy) -> dict[str, A
     return post_training_evaluations(config, evaluated, reference, tokenizer, models.reward, lock_step(strategy))
 
 
-def gathered_evaluator(config: RLConfig, models, tokenizer, strategy) -> Callable[[int], dict] | None:
+def gathered_evaluator(
+    config: RLConfig, models, tokenizer, strategy, beta_at: Callable[[int], float] | None
+) -> Callable[[int, int], dict] | None:
     """The exact evaluation (--analytic_bad_word_calc) on every rank (the enumeration is the same on each; rank
-    0's logger records it), with the model's full weights gathered where they are sharded (ZeRO-3)."""
-    evaluate = exact_evaluator(config, strategy.unwrap(models.evaluated), tokenizer, models.reward)
+    0's logger records it), on the modules under the strategy's wrappers. The evaluated model's full weights are
+    gathered where they are sharded (ZeRO-3, FSDP2); q and p_0, read less often, gather layer by layer in their
+    own forward hooks, which is safe because every rank runs the same evaluation."""
+    plain = dataclasses.replace(
+        models,
+        reference=strategy.unwrap(models.reference),
+        policy=None if models.policy is None else strategy.unwrap(models.policy),
+        proposal=None if models.proposal is None else strategy.unwrap(models.proposal),
+    )
+    evaluate = exact_evaluator(config, plain, tokenizer, beta_at)
     if evaluate is None:
         return None
 
-    def run(fit_step: int) -> dict:
+    def run(fit_step: int, step: int) -> dict:
         with strategy.full_weights(models.evaluated):
-            return evaluate(fit_step)
+            return evaluate(fit_step, step)
 
     return run
 
@@ -177,6 +188,8 @@ def resume(recipe: Recipe, checkpointer: Checkpointer, strategy) -> RLLoopState 
 
 
 def summarize(state: RLLoopState) -> dict[str, Any]:
+    """The last step's reward and samples; each exact evaluation's numbers before training and at the end
+    (`exact_<name>_initial`, `exact_<name>_final`)."""
     last = state.history[-1] if state.history else {}
     summary = {
         "steps": state.global_step,
@@ -184,9 +197,12 @@ def summarize(state: RLLoopState) -> dict[str, Any]:
         "samples_used": int(last["samples_used"]) if "samples_used" in last else None,
     }
     if state.evaluations:
-        summary["exact_log_p_bad_initial"] = state.evaluations[0]["exact_log_p_bad"]
-        summary["exact_log_p_bad_final"] = state.evaluations[-1]["exact_log_p_bad"]
-        summary["exact_log10_p_bad_final"] = state.evaluations[-1]["exact_log_p_bad"] / math.log(10)
+        first, final = state.evaluations[0], state.evaluations[-1]
+        for key in (k for k in final if k.startswith("exact_") or k == "target_beta"):
+            if key in first:
+                summary[f"{key}_initial"] = first[key]
+            summary[f"{key}_final"] = final[key]
+        summary["exact_log10_p_bad_final"] = final["exact_log_p_bad"] / math.log(10)
     return summary
 
 

@@ -11,12 +11,12 @@ from typing import Any
 import torch
 
 from repulse.generation.generate import SamplingParams
-from repulse.losses.weights import effective_sample_size, log_weights, sigma_weights
+from repulse.losses.weights import log_weights, sigma_weights
 from repulse.rl.experience import Experience, proposal_experience, score
 from repulse.rl.potentials import Potential
 from repulse.rl.rollout import Rollout
 from repulse.trainers.guard import Guard
-from repulse.trainers.rl.proposal import ProposalLoss, proposal_loss
+from repulse.trainers.rl.proposal import ProposalLoss, low_reward_coverage, proposal_loss
 from repulse.trainers.rl.steps import (
     BatchPlan,
     Metrics,
@@ -70,6 +70,10 @@ class TwistTrainer:
 
     def rounds(self) -> tuple[str, ...]:
         return ("proposal",)
+
+    def target_beta(self, step: int) -> float:
+        """The beta of sigma ∝ p_0 e^{beta r} (fixed in twist learning)."""
+        return self.beta
 
     def samples_per_prompt(self) -> int:
         return self.loss.group_size * (2 if self.loss.needs_negatives else 1)
@@ -138,6 +142,6 @@ class TwistTrainer:
             **updates[-1].mean(),
             "reward_mean": e.raw_rewards.mean().item(),
             "f_q": log_weights(e.target_logps, e.behaviour_logps, e.log_phi, e.mask).mean().item(),
-            "ess_fraction": effective_sample_size(weights, n).mean().item() / n,
+            **low_reward_coverage(e.raw_rewards, weights, self.potential.threshold, n),
             "samples_used": float(self.samples_used),
         }
