@@ -1,6 +1,7 @@
 """Run a training command and interrupt it (KeyboardInterrupt on every rank) once optimizer step N is done, as
 a user's Ctrl-C would: `python -m tests.integration.interrupt N repulse.cli.train_sft FLAGS...` (also under
-torchrun and the deepspeed launcher, which is why this is a module and not a monkeypatch)."""
+torchrun and the deepspeed launcher, which is why this is a module and not a monkeypatch). For train_ppo, N is
+the RL step: the run stops as step N + 1 starts, after step N's checkpoint."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import importlib
 import sys
 
 from repulse.trainers import loop
+from repulse.trainers.rl import loop as rl_loop
 
 
 def main() -> int:
@@ -23,6 +25,14 @@ def main() -> int:
             raise KeyboardInterrupt
 
     loop.finish_optimizer_step = finish_then_stop
+    rl_step = rl_loop.train_step
+
+    def rl_step_unless_stopped(trainer, prompt_ids, step):
+        if step == stop_after:  # 0-based: step N + 1 is starting
+            raise KeyboardInterrupt
+        return rl_step(trainer, prompt_ids, step)
+
+    rl_loop.train_step = rl_step_unless_stopped
     return importlib.import_module(module).main(argv)
 
 

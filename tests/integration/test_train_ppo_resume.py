@@ -240,9 +240,9 @@ def test_checkpoints_hold_only_plain_values(
 ):
     states, save = [], Checkpointer.save
 
-    def capture(self, step, state, extra=None):
+    def capture(self, step, state, extra=None, collective=None):
         states.append(state)
-        return save(self, step, state, extra)
+        return save(self, step, state, extra, collective)
 
     monkeypatch.setattr(Checkpointer, "save", capture)
     flags, _ = modes(prompt_file, bad_words_file, ptx_file)[mode]

@@ -1,4 +1,4 @@
-"""train_ppo: PPO / REINFORCE, twist (proposal) learning, and RePULSe harmlessness training, on one process.
+"""train_ppo: PPO / REINFORCE, twist (proposal) learning, and RePULSe harmlessness training.
 
 Modes:
 - PPO (`--actor_loss_type ppo`, critic + GAE + KL penalty) or REINFORCE (`--actor_loss_type reinforce`,
@@ -10,6 +10,9 @@ Modes:
   learned proposal q of sigma_theta ∝ p_theta e^{beta r}; q trained with CTL/DPG alongside.
 Each step samples --rollout_batch_size prompts x --duplicate_rollout_batch_by responses and trains on them for
 --max_epochs: --train_batch_size sequences per optimizer step, in micro-batches of --micro_train_batch_size.
+Under torchrun or the deepspeed launcher (torch DDP, DeepSpeed ZeRO 0-3 with --zero_stage, or FSDP2) each of the N
+processes samples and trains on its share of both (rollout_batch_size = N x micro_rollout_batch_size, as in the
+fork) and the strategy averages the gradients.
 Departures from the reference code: importance weights use masked sums; scoring runs in eval mode; nothing is
 scored after EOS in the exact evaluation; `--num_episodes > 1` works for every harmlessness variant.
 `--save_steps N` (harmlessness: `--save_steps_harmless N`) checkpoints every N steps; `--load_checkpoint` resumes
@@ -72,22 +75,14 @@ def warn_inert_flags(evaluation: EvalArgs) -> None:
         )
 
 
-def check_single_process() -> None:
-    import os
-
-    from repulse.infra.errors import UserError
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UserError("train_ppo runs on one process (CPU or one GPU); multi-process RL is train_ppo_ray's job")
-
-
 def start(config: RLConfig, command: str = "train_ppo"):
     """(strategy, model path, tokenizer), with the seed set; the embedded tiny LM without --pretrain."""
     from repulse.distributed.launch import make_strategy
     from repulse.infra.seed import set_seed
     from repulse.models.load import load_tokenizer, resolve_model_path
 
-    strategy = make_strategy(config.strategy, command=command)
+    # train_ppo trains through prepare_train on every strategy; train_ppo_ray's workers are one process each.
+    strategy = make_strategy(config.strategy, sharded=command == "train_ppo", command=command)
     set_seed(config.optim.seed)
     path = resolve_model_path(config.model.pretrain, "tiny_lm")
     tokenizer = load_tokenizer(
@@ -105,15 +100,17 @@ def only_negative_data(config: RLConfig, strategy, path: str, tokenizer) -> dict
 
     model = load_scoring_lm(path).to(strategy.device)
     result = negative_data_pass(config.evaluation, config.rollout, model, tokenizer)
-    write_json_atomic(f"{config.ckpt.save_path}/negative_data.json", result)
-    print(f"train_ppo: negative-data mean log-prob {result['mean_logprob']:.4f} over {result['n_sequences']} texts")
+    if strategy.is_rank_0():
+        write_json_atomic(f"{config.ckpt.save_path}/negative_data.json", result)
+        n = result["n_sequences"]
+        print(f"train_ppo: negative-data mean log-prob {result['mean_logprob']:.4f} over {n} texts")
+    strategy.cleanup()
     return result
 
 
 def train(config: RLConfig) -> dict:
     from repulse.trainers.rl.run import run_train_ppo
 
-    check_single_process()
     warn_inert_flags(config.evaluation)
     strategy, path, tokenizer = start(config)
     if config.evaluation.only_evaluate_on_neg_data:
@@ -124,10 +121,15 @@ def train(config: RLConfig) -> dict:
         if strategy.is_rank_0():
             write_resolved_config(config.ckpt.save_path, flat)
 
-    summary = run_train_ppo(config, strategy, path, tokenizer, flat, write_config)
+    try:
+        summary = run_train_ppo(config, strategy, path, tokenizer, flat, write_config)
+    except BaseException:
+        strategy.cleanup(failed=True)  # a refused checkpoint, an interrupt: free the process group
+        raise
     shown = {k: v for k, v in summary.items() if isinstance(v, int | float)}
     summary_line = " ".join(f"{k}={v:.4g}" for k, v in shown.items())
-    print(f"train_ppo: {summary_line}; outputs in {config.ckpt.save_path}")
+    if strategy.is_rank_0():
+        print(f"train_ppo: {summary_line}; outputs in {config.ckpt.save_path}")
     strategy.cleanup()
     return summary
 

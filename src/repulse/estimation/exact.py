@@ -38,10 +38,12 @@ class ExactResult:
 
 
 # ---- validation ------------------------------------------------------------------------------------------------
-def _get_vocab_size(model) -> int:
+def model_vocab_size(model) -> int:
+    """Rows of the model's output head (which may exceed the tokenizer's vocabulary), else config.vocab_size."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is not None and getattr(head, "weight", None) is not None:
-        return int(head.weight.shape[0])
+        # A ZeRO-3 partitioned parameter holds an empty tensor and keeps its full shape in ds_shape.
+        return int(getattr(head.weight, "ds_shape", head.weight.shape)[0])
     return int(model.config.vocab_size)
 
 
@@ -56,7 +58,7 @@ def _validate_common_args(
     prompt = torch.as_tensor(prompt_ids).long()
     if prompt.dim() != 1 or prompt.numel() == 0:
         raise ValueError(f"prompt_ids must be a non-empty 1-D tensor of token ids, got shape {tuple(prompt.shape)}")
-    vocab = _get_vocab_size(model)
+    vocab = model_vocab_size(model)
     if int(prompt.min()) < 0 or int(prompt.max()) >= vocab:
         raise ValueError(f"prompt_ids holds token ids outside [0, {vocab})")
     if eos_token_id is not None and not 0 <= int(eos_token_id) < vocab:

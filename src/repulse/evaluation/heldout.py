@@ -52,12 +52,15 @@ def heldout_sampling(
     params: SamplingParams,
     iters: int,
     threshold: float,
+    others_running=None,
 ) -> dict:
-    """Sample `group_size` responses per held-out prompt `iters` times; statistics plus the raw rewards."""
+    """Sample `group_size` responses per held-out prompt `iters` times; statistics plus the raw rewards.
+    `others_running`: the sampler's lock-step where a forward is a collective (generation/stepwise.py)."""
     rewards, kls = [], []
     device = next(model.parameters()).device
     for _ in range(iters):
-        roll = sample_rollout(model, tokenizer, prompt_ids, group_size, params).to(device)
+        roll = sample_rollout(model, tokenizer, prompt_ids, group_size, params, others_running=others_running)
+        roll = roll.to(device)
         rewards.append(reward_source(roll.prompts, roll.responses).float().cpu())
         # The sampler's own log-probs: only the reference runs on the samples.
         logp = masked_sum(roll.logps, roll.action_mask, dim=-1)

@@ -6,6 +6,7 @@ Sampling settings are passed explicitly (never taken from the model's generation
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -63,6 +64,12 @@ def response_mask_from_ids(response_ids: torch.Tensor, eos_token_id: int | None)
     return ~after_eos
 
 
+def stream_seed(*parts: int | str) -> int:
+    """A 63-bit seed from `parts` (stable across processes and runs, unlike Python's str hash)."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
 def encode_prompts(tokenizer, prompts: list[str] | list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded prompt ids [B, P] and mask."""
     if prompts and isinstance(prompts[0], str):
@@ -75,6 +82,56 @@ def encode_prompts(tokenizer, prompts: list[str] | list[list[int]]) -> tuple[tor
     return pad_sequences(ids, tokenizer.pad_token_id, side="left"), pad_sequences(masks, 0, side="left")
 
 
+def sample_chunks(
+    model,
+    tokenizer,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    params: SamplingParams,
+    batch_size: int,
+    *,
+    return_logprobs: bool,
+    on_batch: Callable[[int], None] | None,
+    seed: int | None,
+    first_prompt: int,
+    others_running: Callable[[bool], bool] | None,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """generate()'s model calls, `batch_size` prompts each: (response columns of each call, log-prob rows)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    width = input_ids.shape[1]
+    chunks, logp_chunks = [], []
+    for start in range(0, input_ids.shape[0], batch_size):
+        ids = input_ids[start : start + batch_size].to(device)
+        mask = attention_mask[start : start + batch_size].to(device)
+        # Our KV-cached loop rather than Hugging Face generate: the same exact ancestral sampler with less
+        # per-step overhead, the prompt prefilled once, and one uniform per row instead of torch.multinomial's one
+        # exponential per token (1.7x faster end to end on the tiny LM, 1.5x on SmolLM2, CPU:
+        # benchmarks/sampling_throughput.py); it also serves the modulated proposal, which has no generate.
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device).manual_seed(stream_seed(seed, first_prompt + start))
+        out = sample_stepwise(
+            model,
+            tokenizer,
+            ids,
+            mask,
+            params,
+            return_logprobs=return_logprobs,
+            generator=generator,
+            others_running=others_running,
+        )
+        if return_logprobs:
+            out, logps = out
+            logp_chunks += list(logps.cpu())
+        chunks.append(out[:, width:].cpu())
+        if on_batch is not None:
+            on_batch(out.shape[0])
+    model.train(was_training)
+    return chunks, logp_chunks
+
+
 def generate(
     model,
     tokenizer,
@@ -84,32 +141,33 @@ def generate(
     *,
     return_logprobs: bool = False,
     on_batch: Callable[[int], None] | None = None,
+    seed: int | None = None,
+    first_prompt: int = 0,
+    others_running: Callable[[bool], bool] | None = None,
 ) -> GenerationOutput:
     """Sample `params.num_samples` responses for each prompt, `batch_size` prompts per model call.
 
     `on_batch(rows)` is called after each model call with the number of responses it drew (progress bars).
+    `seed`: each model call draws from its own generator, seeded by `seed` and the index of its first prompt
+    counted from `first_prompt` (where these prompts start in a batch split over processes), so a process that
+    samples prompts k.. of a batch draws what one process sampling the whole batch draws for them (default:
+    torch's global stream). `others_running`: see sample_stepwise (sharded strategies).
     """
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     input_ids, attention_mask = encode_prompts(tokenizer, prompts)
     width = input_ids.shape[1]
-    chunks, logp_chunks = [], []
-    for start in range(0, len(prompts), batch_size):
-        ids = input_ids[start : start + batch_size].to(device)
-        mask = attention_mask[start : start + batch_size].to(device)
-        # Our KV-cached loop rather than Hugging Face generate: the same exact ancestral sampler with less
-        # per-step overhead, the prompt prefilled once, and one uniform per row instead of torch.multinomial's one
-        # exponential per token (1.7x faster end to end on the tiny LM, 1.5x on SmolLM2, CPU:
-        # benchmarks/sampling_throughput.py); it also serves the modulated proposal, which has no generate.
-        out = sample_stepwise(model, tokenizer, ids, mask, params, return_logprobs=return_logprobs)
-        if return_logprobs:
-            out, logps = out
-            logp_chunks += list(logps.cpu())
-        chunks.append(out[:, width:].cpu())
-        if on_batch is not None:
-            on_batch(out.shape[0])
-    model.train(was_training)
+    chunks, logp_chunks = sample_chunks(
+        model,
+        tokenizer,
+        input_ids,
+        attention_mask,
+        params,
+        batch_size,
+        return_logprobs=return_logprobs,
+        on_batch=on_batch,
+        seed=seed,
+        first_prompt=first_prompt,
+        others_running=others_running,
+    )
     responses = pad_sequences([r for c in chunks for r in c], tokenizer.pad_token_id)
     response_mask = response_mask_from_ids(responses, tokenizer.eos_token_id)
     responses = responses.masked_fill(~response_mask, tokenizer.pad_token_id)

@@ -9,6 +9,8 @@ sampling from softmax(logits).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from repulse.losses.lm import token_log_probs
@@ -70,6 +72,19 @@ def prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, n: int
     return logits, cache, positions[:, -1:].repeat_interleave(n, dim=0)
 
 
+def next_logits(model, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache, keep: dict):
+    """The next-token logits after the last token of `ids` (its KV cache given), and the cache grown by it."""
+    out = model(
+        input_ids=ids[:, -1:],
+        attention_mask=mask,
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+        **keep,
+    )
+    return out.logits[:, -1], out.past_key_values
+
+
 @torch.no_grad()
 def sample_stepwise(
     model,
@@ -79,6 +94,8 @@ def sample_stepwise(
     params,
     streamer=None,
     return_logprobs: bool = False,
+    generator: torch.Generator | None = None,
+    others_running: Callable[[bool], bool] | None = None,
 ):
     """Left-padded prompts [B, P] -> [B * num_samples, P + T] (prompt then response, rows grouped by prompt).
 
@@ -90,6 +107,10 @@ def sample_stepwise(
     With `return_logprobs`, also the log-probability of each drawn token under the model's own distribution
     (log_softmax of its logits, before temperature / top-k / top-p, as a scoring pass computes it): [B * n, T],
     0 after a row's EOS. RL reads these instead of running the model again on its samples.
+
+    `generator`: the draws' random stream (default: torch's global one). `others_running(done_here)` (where a
+    forward is a collective): called after each token on every rank; while some rank samples, one that is done
+    runs forwards on pad tokens and drops them at the end: as many forwards everywhere, the same result.
     """
     n = params.num_samples
     if streamer is not None:
@@ -100,33 +121,28 @@ def sample_stepwise(
     logits, cache, positions = prefill(model, input_ids, attention_mask, n, keep)
     ids, mask = input_ids.repeat_interleave(n, dim=0), attention_mask.repeat_interleave(n, dim=0)
     done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-    logps = []
+    logps, width = [], None
     for step in range(params.max_new_tokens):
         if step > 0:
-            out = model(
-                input_ids=ids[:, -1:],
-                attention_mask=mask,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-                **keep,
-            )
-            logits, cache = out.logits[:, -1], out.past_key_values
+            logits, cache = next_logits(model, ids, mask, positions, cache, keep)
         scores = processors(ids, logits.float())
-        token = scores.argmax(-1) if params.greedy else sample_categorical(scores.softmax(-1))
+        token = scores.argmax(-1) if params.greedy else sample_categorical(scores.softmax(-1), generator)
         token = torch.where(done, torch.full_like(token, pad), token)
         if return_logprobs:
             taken = token_log_probs(logits[:, None], token[:, None]).squeeze(1)
             logps.append(torch.where(done, torch.zeros_like(taken), taken))
-        ids = torch.cat([ids, token[:, None]], dim=1)
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        ids, mask = torch.cat([ids, token[:, None]], dim=1), torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         positions = positions + 1
         if streamer is not None:
             streamer.put(token.cpu())
         if eos is not None:
             done |= token == eos
-        if done.all():
+        width = ids.shape[1] if width is None and done.all() else width
+        # Once per token on every rank alike (a collective), so the ranks stay in step.
+        if not (others_running(width is not None) if others_running is not None else width is None):
             break
     if streamer is not None:
         streamer.end()
+    if width is not None:  # drop the columns stepped only to keep pace with other ranks
+        ids, logps = ids[:, :width], logps[: width - input_ids.shape[1]]
     return (ids, torch.stack(logps, dim=1)) if return_logprobs else ids

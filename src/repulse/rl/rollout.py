@@ -85,12 +85,21 @@ def sample_rollout(
     params: SamplingParams,
     batch_size: int = 64,
     on_batch: Callable[[int], None] | None = None,
+    **streams,
 ) -> Rollout:
     """N = group_size samples for each prompt from `model` (ancestral sampling with `params`), with the log-probs
-    the model drew them with. `on_batch(rows)` after each generation call (progress)."""
+    the model drew them with. `on_batch(rows)` after each generation call (progress). `streams`: generate()'s
+    seed, first_prompt and others_running."""
     params = replace(params, num_samples=group_size)
     out = generate(
-        model, tokenizer, prompt_ids, params, batch_size=batch_size, return_logprobs=True, on_batch=on_batch
+        model,
+        tokenizer,
+        prompt_ids,
+        params,
+        batch_size=batch_size,
+        return_logprobs=True,
+        on_batch=on_batch,
+        **streams,
     )
     texts = tokenizer.batch_decode(prompt_ids, skip_special_tokens=False)
     prompts = [texts[i] for i in out.prompt_index.tolist()]

@@ -84,14 +84,19 @@ def load_run_checkpoint(checkpointer: Checkpointer, path: Path) -> dict[str, Any
 
 
 def save_run_checkpoint(
-    checkpointer: Checkpointer, step: int, state: dict[str, Any], extra: Callable[[Path], None] | None = None
+    checkpointer: Checkpointer,
+    step: int,
+    state: dict[str, Any],
+    extra: Callable[[Path], None] | None = None,
+    collective: Callable[[Path], None] | None = None,
 ) -> str:
-    """Checkpointer.save of `state`; the folder written. Refuses non-finite weights."""
+    """Checkpointer.save of `state` (`extra`: rank 0's files, `collective`: every rank's); the folder written.
+    Refuses non-finite weights."""
     for name, weights in state.get("models", {}).items():
         bad = [k for k, v in weights.items() if torch.is_tensor(v) and not bool(torch.isfinite(v).all())]
         if bad:
             raise RuntimeError(f"refusing to checkpoint non-finite weights of {name}: {bad[:3]}")
-    return str(checkpointer.save(step, state, extra=extra))
+    return str(checkpointer.save(step, state, extra=extra, collective=collective))
 
 
 def model_states(models: Mapping[str, torch.nn.Module | None], frozen: tuple[str, ...] = ()) -> dict[str, Any]:

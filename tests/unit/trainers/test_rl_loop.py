@@ -101,3 +101,24 @@ def test_train_step_makes_and_updates_each_round_then_reports(kinds):
 
     metrics = loop.train_step(Trainer(), [[1]], 0)
     assert calls == list(kinds) and metrics["loss"] == 1.0
+
+
+def test_rank_share_splits_a_step_into_equal_contiguous_shares():
+    from repulse.trainers.rl.loop import rank_share
+
+    assert [rank_share([5, 6, 7, 8], r, 2) for r in (0, 1)] == [([5, 6], 0), ([7, 8], 2)]
+    # a batch that does not divide is padded with its first prompts, as DistributedSampler pads
+    assert [rank_share([5, 6, 7], r, 2) for r in (0, 1)] == [([5, 6], 0), ([7, 5], 2)]
+    assert [rank_share([9], r, 2) for r in (0, 1)] == [([9], 0), ([9], 1)]
+    assert rank_share([5, 6, 7], 0, 1) == ([5, 6, 7], 0)
+
+
+def test_streams_give_each_call_of_a_step_its_own_seed():
+    from repulse.trainers.rl.steps import Streams
+
+    streams = Streams(seed=1)
+    first, second = streams.next_call(0, "p"), streams.next_call(0, "q")
+    again = Streams(seed=1).next_call(0, "p")
+    assert first["seed"] == again["seed"] and first["seed"] != second["seed"]
+    assert streams.next_call(1, "p")["seed"] not in (first["seed"], second["seed"])
+    assert Streams().next_call(0, "p")["seed"] is None  # torch's global stream

@@ -51,7 +51,10 @@ class RemoteCritic:
     def start_update(self) -> None:
         self.call("start_update", self.guard.step, self.guard.last_checkpoint)
 
-    def backward(self, rollout, old_values: torch.Tensor, returns: torch.Tensor, weight: float) -> float:
+    def backward(
+        self, rollout, old_values: torch.Tensor, returns: torch.Tensor, weight: float, boundary: bool = True
+    ) -> float:
+        # The critic worker is one process: there is no reduction for `boundary` to defer.
         return self.call("backward", rollout.to("cpu"), old_values.cpu(), returns.cpu(), weight)
 
     def step(self) -> float:

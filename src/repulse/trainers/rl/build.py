@@ -11,11 +11,12 @@ from typing import Any
 
 import torch
 
-from repulse.config.common import PPOOptimArgs
 from repulse.config.rollout import RolloutArgs
 from repulse.data.prompts import format_prompts, load_prompt_texts
+from repulse.distributed.strategy import OptimizerSpec
 from repulse.infra.errors import UserError
 from repulse.infra.seed import set_seed
+from repulse.models.load import model_positions
 from repulse.rl.kl import AdaptiveKLController, FixedKLController
 from repulse.rl.rewards import NegativeDataRecorder, RewardSource, make_reward_source
 from repulse.rl.rollout import encode_prompts_left_truncated
@@ -23,11 +24,11 @@ from repulse.trainers.guard import Guard
 from repulse.trainers.optim import build_optimizer, build_scheduler
 from repulse.trainers.rl.config import RLConfig
 from repulse.trainers.rl.harmlessness import Annealing, HarmlessnessSettings, HarmlessnessTrainer
-from repulse.trainers.rl.loop import RLLoopSettings, RLTrainer, schedule
+from repulse.trainers.rl.loop import RLLoopSettings, RLTrainer, rank_share, schedule
 from repulse.trainers.rl.models import RLModels, load_models
 from repulse.trainers.rl.ppo import Critic, PPOSettings, PPOTrainer
 from repulse.trainers.rl.proposal import ProposalLoss
-from repulse.trainers.rl.steps import BatchPlan, TrainedModel
+from repulse.trainers.rl.steps import BatchPlan, Streams, TrainedModel
 from repulse.trainers.rl.twist import TwistTrainer
 
 log = logging.getLogger("repulse")
@@ -57,25 +58,82 @@ class RemoteRoles:
 
 
 def build_recipe(config: RLConfig, strategy, path: str, tokenizer, remote: RemoteRoles | None = None) -> Recipe:
+    check_strategy(config, strategy)
     reward = remote.reward if remote else make_reward_source(config.reward, config.model, strategy.device)
     # --save_negdata records what the trainers score; the evaluations score through the plain source.
     recorder = NegativeDataRecorder(reward, config.harm.save_negdata_threshold) if config.harm.save_negdata else None
-    models = load_models(config, path, strategy, reward, reference=remote.reference if remote else None)
-    # Sampling draws from the seed whichever models this process loaded (a critic's new value head draws from
-    # it), so runs that spread the models over processes sample the same tokens.
-    set_seed(config.optim.seed)
     prompt_ids = load_prompt_ids(config, tokenizer)
-    config = config._replace(rollout=fit_to_positions(config.rollout, models.evaluated.config, prompt_ids))
+    config = config._replace(rollout=fit_to_positions(config.rollout, model_positions(path), prompt_ids))
     settings = loop_settings(config, len(prompt_ids))
+    world = strategy.world_size
+    # Each rank's experience buffers: its share of every step's prompts (trainers/rl/loop.py rank_share).
     buffers = [
-        len(batch) * config.rollout.duplicate_rollout_batch_by for *_, batch, _ in schedule(len(prompt_ids), settings)
+        len(rank_share(batch, 0, world)[0]) * config.rollout.duplicate_rollout_batch_by
+        for *_, batch, _ in schedule(len(prompt_ids), settings)
     ]
-    plan = batch_plan(config)
-    warn_partial_steps(plan, buffers)
+    plan = batch_plan(config, world)
+    warn_partial_steps(plan, buffers, world)
+    steps = sum(plan.steps_per_buffer(rows) for rows in buffers)  # optimizer steps of each model over the run
+    preparer = StrategyPreparer(config, strategy, plan, steps)
+    models = load_models(config, path, strategy, reward, preparer, reference=remote.reference if remote else None)
+    # Whichever models this process loaded (a critic's new value head draws from the seed), the run goes on from
+    # the seed, as it does when the models are spread over processes.
+    set_seed(config.optim.seed)
     guard = Guard(strategy)
-    remote_critic = remote.critic if remote else None
-    trainer = build_trainer(config, models, tokenizer, guard, plan, buffers, recorder or reward, remote_critic)
+    remote_critic = remote.critic.prepare(steps) if remote and remote.critic is not None else None
+    trainer = build_trainer(config, models, tokenizer, guard, plan, len(buffers), recorder or reward, remote_critic)
+    trainer.streams = Streams(config.optim.seed)  # seeded sampling wherever the phases are called from
     return Recipe(config, models, trainer, prompt_ids, settings, guard, recorder)
+
+
+def check_strategy(config: RLConfig, strategy) -> None:
+    """What does not run on several processes, or where each rank holds only a shard of the weights (ZeRO-3,
+    FSDP2), said before anything loads."""
+    if strategy.world_size > 1 and config.harm.save_negdata:
+        raise UserError("--save_negdata: the negative samples are recorded on one process only for now")
+    if not getattr(strategy, "forward_collectives", False):
+        return
+    if config.modulated:
+        raise UserError(
+            f"--parameterization {config.proposal.parameterization}: a modulated proposal (q = p e^m, built on the "
+            "full weights of its base) does not run on sharded weights (ZeRO-3, FSDP2); use --zero_stage 2 or a "
+            "policy_psi_* proposal"
+        )
+    if config.ppo.enable_ema:
+        raise UserError(
+            "--enable_ema: the EMA copy of the actor is kept from full weights; use --zero_stage 0-2 or ddp"
+        )
+
+
+@dataclass
+class StrategyPreparer:
+    """Hands each trained model to strategy.prepare_train with AdamW at its role's learning rate and the
+    --lr_scheduler over its optimizer steps (q in harmlessness training steps --num_episodes times per step), and
+    each frozen one to prepare_frozen."""
+
+    config: RLConfig
+    strategy: Any
+    plan: BatchPlan
+    steps: int
+
+    def train(self, model: torch.nn.Module, role: str) -> tuple[torch.nn.Module, Any, Any]:
+        o, mode = self.config.optim, self.config.mode
+        lr = {"policy": o.base_actor_learning_rate if mode == "harmlessness" else o.actor_learning_rate}
+        lr |= {"proposal": o.actor_learning_rate, "critic": o.critic_learning_rate}
+        steps = self.steps
+        if role == "proposal" and mode == "harmlessness":
+            steps *= self.config.rollout.num_episodes  # the extra rounds draw buffers of the same size
+        spec = OptimizerSpec(
+            build_optimizer=lambda m: build_optimizer(m, o, lr=lr[role]),
+            build_scheduler=lambda opt: build_scheduler(opt, o, steps),
+            micro_batch_size=self.plan.micro_batch,
+            accumulation_steps=self.plan.global_batch // self.plan.micro_batch,
+            max_norm=o.max_norm,
+        )
+        return self.strategy.prepare_train(model, spec)
+
+    def frozen(self, model: torch.nn.Module) -> torch.nn.Module:
+        return self.strategy.prepare_frozen(model)
 
 
 def load_prompt_ids(config: RLConfig, tokenizer) -> list[list[int]]:
@@ -95,10 +153,9 @@ def load_prompt_ids(config: RLConfig, tokenizer) -> list[list[int]]:
     return encode_prompts_left_truncated(tokenizer, texts, r.prompt_max_len)
 
 
-def fit_to_positions(rollout: RolloutArgs, model_config, prompt_ids: list[list[int]]) -> RolloutArgs:
-    """--generate_max_len lowered (and said) so that the longest prompt and its response fit the model's
+def fit_to_positions(rollout: RolloutArgs, limit: int | None, prompt_ids: list[list[int]]) -> RolloutArgs:
+    """--generate_max_len lowered (and said) so that the longest prompt and its response fit the model's `limit`
     positions; a prompt that fills them is an error naming --prompt_max_len."""
-    limit = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None)
     if limit is None or not prompt_ids:
         return rollout
     longest = max(len(p) for p in prompt_ids)
@@ -133,33 +190,40 @@ def loop_settings(config: RLConfig, n_prompts: int) -> RLLoopSettings:
     )
 
 
-def batch_plan(config: RLConfig) -> BatchPlan:
+def batch_plan(config: RLConfig, world: int = 1) -> BatchPlan:
+    """Each rank's plan: --train_batch_size sequences per optimizer step over all ranks (the fork's DeepSpeed
+    geometry), so each rank steps on its share of train_batch_size / world rows; the strategy averages."""
     o = config.optim
     shuffle = config.mode == "ppo" and config.proposal.actor_loss_type == "ppo"
-    return BatchPlan(o.micro_train_batch_size, o.train_batch_size, o.max_epochs, shuffle)
+    if o.train_batch_size % (o.micro_train_batch_size * world):
+        raise UserError(
+            f"--train_batch_size {o.train_batch_size} must be a multiple of --micro_train_batch_size "
+            f"{o.micro_train_batch_size} x {world} processes (each process steps on its share of the batch)"
+        )
+    return BatchPlan(o.micro_train_batch_size, o.train_batch_size // world, o.max_epochs, shuffle)
 
 
-def warn_partial_steps(plan: BatchPlan, buffers: list[int]) -> None:
-    """Say once when an experience buffer is not a whole number of --train_batch_size (its last step is smaller)."""
+def warn_partial_steps(plan: BatchPlan, buffers: list[int], world: int = 1) -> None:
+    """Say once when a process's experience buffer is not a whole number of its share of --train_batch_size (its
+    last step is smaller)."""
     odd = sorted({rows for rows in buffers if rows % plan.global_batch})
     if odd:
+        share = f" (each of {world} processes: {plan.global_batch})" if world > 1 else ""
         log.warning(
-            "experience buffers of %s sequences are not multiples of --train_batch_size %d: the last optimizer "
+            "experience buffers of %s sequences are not multiples of --train_batch_size %d%s: the last optimizer "
             "step of each such buffer takes the sequences left over",
             ", ".join(map(str, odd)),
-            plan.global_batch,
+            plan.global_batch * world,
+            share,
         )
 
 
-def trained(
-    name: str, model, optim: PPOOptimArgs, lr: float, steps: int, eval_mode: bool, frozen: bool = False
-) -> TrainedModel:
-    """The model with AdamW at `lr` and the --lr_scheduler over `steps` optimizer steps (none when frozen)."""
-    if frozen:
-        return TrainedModel(name, model, max_norm=optim.max_norm, eval_mode=eval_mode)
-    optimizer = build_optimizer(model, optim, lr=lr)
-    scheduler = build_scheduler(optimizer, optim, steps)
-    return TrainedModel(name, model, optimizer, scheduler, optim.max_norm, eval_mode)
+def trained(name: str, models: RLModels, role: str, config: RLConfig, guard: Guard) -> TrainedModel:
+    """The model of `role` with the optimizer and schedule the strategy built for it (none when frozen)."""
+    optimizer, scheduler = models.optimizers.get(role, (None, None))
+    sharded = guard.strategy.kind != "replicated"
+    model = getattr(models, role)
+    return TrainedModel(name, model, optimizer, scheduler, config.optim.max_norm, config.ppo.model_eval, sharded)
 
 
 def build_trainer(
@@ -168,17 +232,14 @@ def build_trainer(
     tokenizer,
     guard: Guard,
     plan: BatchPlan,
-    buffers: list[int],
+    n_steps: int,
     reward: RewardSource,
     remote_critic=None,
 ) -> RLTrainer:
-    steps = sum(plan.steps_per_buffer(rows) for rows in buffers)  # optimizer steps of each model over the run
     if config.mode == "harmlessness":
-        return build_harmlessness(config, models, tokenizer, guard, plan, steps, len(buffers), reward)
-    o, eval_mode = config.optim, config.ppo.model_eval
-    q_frozen = o.actor_learning_rate <= 0
+        return build_harmlessness(config, models, tokenizer, guard, plan, n_steps, reward)
     if config.mode == "twist":
-        proposal = trained("proposal q", models.proposal, o, o.actor_learning_rate, steps, eval_mode, q_frozen)
+        proposal = trained("proposal q", models, "proposal", config, guard)
         return TwistTrainer(
             proposal,
             models.reference,
@@ -192,7 +253,7 @@ def build_trainer(
             guard,
             prompts_per_generation=config.rollout.micro_rollout_batch_size,
         )
-    return build_ppo(config, models, tokenizer, guard, plan, steps, reward, remote_critic)
+    return build_ppo(config, models, tokenizer, guard, plan, reward, remote_critic)
 
 
 def proposal_loss_spec(config: RLConfig) -> ProposalLoss:
@@ -201,16 +262,13 @@ def proposal_loss_spec(config: RLConfig) -> ProposalLoss:
 
 
 def build_harmlessness(
-    config: RLConfig, models: RLModels, tokenizer, guard: Guard, plan: BatchPlan, steps: int, n_steps: int, reward
+    config: RLConfig, models: RLModels, tokenizer, guard: Guard, plan: BatchPlan, n_steps: int, reward
 ) -> HarmlessnessTrainer:
-    o, h, eval_mode = config.optim, config.harm, config.ppo.model_eval
-    policy = trained("p_theta", models.policy, o, o.base_actor_learning_rate, steps, eval_mode)
+    h = config.harm
+    policy = trained("p_theta", models, "policy", config, guard)
     proposal = None
     if models.proposal is not None:
-        # q updates --num_episodes times per step (the extra rounds draw buffers of the same size).
-        q_steps = steps * config.rollout.num_episodes
-        frozen = o.actor_learning_rate <= 0
-        proposal = trained("proposal q", models.proposal, o, o.actor_learning_rate, q_steps, eval_mode, frozen)
+        proposal = trained("proposal q", models, "proposal", config, guard)
     beta = config.proposal.target_dist_beta
     annealing = Annealing(
         beta=beta if beta is not None else 1.0,
@@ -252,27 +310,25 @@ def build_harmlessness(
 
 
 def critic_of(config: RLConfig, model, guard: Guard, steps: int) -> Critic:
-    """PPO's critic: the value model with AdamW at --critic_learning_rate over the run's `steps` optimizer steps."""
+    """PPO's critic in a train_ppo_ray worker (one process): the value model with AdamW at --critic_learning_rate
+    over the run's `steps` optimizer steps. train_ppo's critic gets its optimizer from the strategy (load_models)."""
     o = config.optim
-    trained_critic = trained("critic", model, o, o.critic_learning_rate, steps, config.ppo.model_eval)
+    optimizer = build_optimizer(model, o, lr=o.critic_learning_rate)
+    trained_critic = TrainedModel(
+        "critic", model, optimizer, build_scheduler(optimizer, o, steps), o.max_norm, config.ppo.model_eval
+    )
     return Critic(trained_critic, guard, config.reward.value_head_prefix, config.ppo.value_clip)
 
 
 def build_ppo(
-    config: RLConfig,
-    models: RLModels,
-    tokenizer,
-    guard: Guard,
-    plan: BatchPlan,
-    steps: int,
-    reward,
-    remote_critic=None,
+    config: RLConfig, models: RLModels, tokenizer, guard: Guard, plan: BatchPlan, reward, remote_critic=None
 ) -> PPOTrainer:
-    o, p, eval_mode = config.optim, config.ppo, config.ppo.model_eval
-    actor = trained("actor", models.policy, o, o.actor_learning_rate, steps, eval_mode)
-    critic = critic_of(config, models.critic, guard, steps) if models.critic is not None else None
-    if remote_critic is not None:  # held by another process, which builds the same critic_of there
-        critic = remote_critic.prepare(steps)
+    p = config.ppo
+    actor = trained("actor", models, "policy", config, guard)
+    critic = remote_critic  # held by another process (train_ppo_ray), which builds critic_of there
+    if models.critic is not None:
+        trained_critic = trained("critic", models, "critic", config, guard)
+        critic = Critic(trained_critic, guard, config.reward.value_head_prefix, p.value_clip)
     kl = AdaptiveKLController(p.init_kl_coef, p.kl_target, p.kl_horizon) if p.kl_target is not None else None
     settings = PPOSettings(
         group_size=config.rollout.duplicate_rollout_batch_by,
@@ -300,12 +356,13 @@ def build_ppo(
         guard,
         critic=critic,
         ema=models.ema,
-        ptx_batches=ptx_batches(config, tokenizer, guard.strategy.device) if p.pretrain_data else None,
+        ptx_batches=ptx_batches(config, tokenizer, guard.strategy) if p.pretrain_data else None,
     )
 
 
-def ptx_batches(config: RLConfig, tokenizer, device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
-    """An endless, seeded stream of pre-training batches (full-sequence LM loss) for the PPO-ptx term."""
+def ptx_batches(config: RLConfig, tokenizer, strategy) -> Iterator[dict[str, torch.Tensor]]:
+    """An endless, seeded stream of pre-training batches (full-sequence LM loss) for the PPO-ptx term; on N
+    processes rank r takes batches r, r + N, ... of the one seeded order."""
     from repulse.data.collate import PadCollator
     from repulse.data.loading import blend_datasets
     from repulse.data.sft import SFTDataset
@@ -317,8 +374,11 @@ def ptx_batches(config: RLConfig, tokenizer, device: torch.device) -> Iterator[d
     )
     collate, size = PadCollator(tokenizer.pad_token_id), config.optim.micro_train_batch_size
     gen = torch.Generator().manual_seed(config.optim.seed)
+    rank, world, n = strategy.rank, strategy.world_size, 0
     while True:
         order = torch.randperm(len(data), generator=gen).tolist()
         for i in range(0, len(order), size):
-            batch = collate([data[j] for j in order[i : i + size]])
-            yield {k: v.to(device) for k, v in batch.items()}
+            n += 1
+            if (n - 1) % world == rank:
+                batch = collate([data[j] for j in order[i : i + size]])
+                yield {k: v.to(strategy.device) for k, v in batch.items()}

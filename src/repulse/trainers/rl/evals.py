@@ -17,7 +17,7 @@ from repulse.assets import bad_words
 from repulse.config.evaluation import EvalArgs
 from repulse.config.rollout import RolloutArgs
 from repulse.data.prompts import format_prompts, load_prompt_texts
-from repulse.estimation.exact import count_leaves
+from repulse.estimation.exact import count_leaves, model_vocab_size
 from repulse.evaluation import diagnostics as diag
 from repulse.evaluation.bad_output import BadOutputSpec, exact_bad_output
 from repulse.evaluation.diagnostics import ContinuationSpace
@@ -72,7 +72,7 @@ class ExactEvaluator:
             raise ValueError("the proposal diagnostics need the target's beta at each step (beta_at)")
         self.target_is_reference = config.mode == "twist"
         model = models.evaluated
-        leaves = count_leaves(vocab_size(model), r.generate_max_len, tokenizer.eos_token_id is not None)
+        leaves = count_leaves(model_vocab_size(model), r.generate_max_len, tokenizer.eos_token_id is not None)
         self.enumerable = leaves <= LEAF_LIMIT
         if not self.enumerable:
             log.warning(
@@ -127,13 +127,6 @@ class ExactEvaluator:
         return self.space
 
 
-def vocab_size(model) -> int:
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is not None and getattr(head, "weight", None) is not None:
-        return int(head.weight.shape[0])
-    return int(model.config.vocab_size)
-
-
 def proposal_role(config: RLConfig) -> str | None:
     """'q' (RePULSe's learned proposal, or q in twist learning), 'policy' (--use_base_as_proposal: p_theta's own
     samples serve as the proposal's), or None (no proposal: REINFORCE, PPO)."""
@@ -153,7 +146,9 @@ def exact_evaluator(
     return ExactEvaluator(config, models, tokenizer, beta_at)
 
 
-def heldout_pass(config: RLConfig, model, reference, tokenizer, reward: RewardSource) -> dict[str, Any]:
+def heldout_pass(
+    config: RLConfig, model, reference, tokenizer, reward: RewardSource, others_running=None
+) -> dict[str, Any]:
     e, r = config.evaluation, config.rollout
     raw = load_prompt_texts(
         e.heldout_prompt_data,
@@ -176,6 +171,7 @@ def heldout_pass(config: RLConfig, model, reference, tokenizer, reward: RewardSo
         params=config.sampling,
         iters=e.sampling_iters,
         threshold=config.reward.threshold,
+        others_running=others_running,
     )
     log.info(
         "held-out: reward mean %.4f, fraction below %.2f = %.3g (95%% CI %s) over %d samples",
@@ -218,11 +214,14 @@ def negative_data_pass(evaluation: EvalArgs, rollout: RolloutArgs, model, tokeni
     return result
 
 
-def post_training_evaluations(config: RLConfig, model, reference, tokenizer, reward: RewardSource) -> dict[str, Any]:
-    """--evaluate_heldout_sampling and --evaluate_on_neg_data, after training."""
+def post_training_evaluations(
+    config: RLConfig, model, reference, tokenizer, reward: RewardSource, others_running=None
+) -> dict[str, Any]:
+    """--evaluate_heldout_sampling and --evaluate_on_neg_data, after training (on every rank: `others_running`
+    is the sampler's lock-step where a forward is a collective)."""
     out: dict[str, Any] = {}
     if config.evaluation.evaluate_heldout_sampling:
-        out["heldout"] = heldout_pass(config, model, reference, tokenizer, reward)
+        out["heldout"] = heldout_pass(config, model, reference, tokenizer, reward, others_running)
     if config.evaluation.evaluate_on_neg_data:
         out["negative_data"] = negative_data_pass(config.evaluation, config.rollout, model, tokenizer)
     return out

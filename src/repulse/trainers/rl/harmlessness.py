@@ -39,10 +39,20 @@ from repulse.rl.experience import (
     with_potential,
 )
 from repulse.rl.potentials import Potential
-from repulse.rl.rollout import Rollout, response_token_logps, sample_rollout
+from repulse.rl.rollout import Rollout, response_token_logps
 from repulse.trainers.guard import Guard
 from repulse.trainers.rl.proposal import ProposalLoss, low_reward_coverage, proposal_loss
-from repulse.trainers.rl.steps import BatchPlan, Metrics, Progress, TrainedModel, accumulate, optimizer_step
+from repulse.trainers.rl.steps import (
+    BatchPlan,
+    Metrics,
+    MicroStep,
+    Progress,
+    Streams,
+    TrainedModel,
+    accumulate,
+    draw,
+    optimizer_step,
+)
 
 
 def geometric_value(start: float | None, end: float, step: int, total_steps: int) -> float:
@@ -148,7 +158,7 @@ class HarmlessnessTrainer:
         # p_theta's gradient pass on q's samples doubles as q's target only if it scores as an eval pass would.
         self.share_p_pass = policy.eval_mode or not has_dropout(policy.model)
         self.samples_used = 0
-        self.progress = Progress()
+        self.progress, self.streams = Progress(), Streams()
 
     def rounds(self) -> tuple[str, ...]:
         extra = self.settings.num_q_updates - 1 if self.separate else 0
@@ -173,22 +183,26 @@ class HarmlessnessTrainer:
             self.proposal.load_state_dict(state["proposal"])
 
     # ------------------------------------------------------------------------------------------- make experience
-    def sample(self, model, prompt_ids: list[list[int]]) -> Rollout:
-        roll = sample_rollout(
+    def sample(self, model, prompt_ids: list[list[int]], step: int, tag: str) -> Rollout:
+        roll = draw(
+            self.guard,
+            self.streams,
+            self.progress,
             model,
             self.tokenizer,
             prompt_ids,
             self.settings.group_size,
             self.sampling,
             batch_size=self.settings.prompts_per_generation,
-            on_batch=self.progress.sampled,
+            step=step,
+            tag=tag,
         )
         self.samples_used += roll.sequences.shape[0]
-        return roll.to(self.guard.strategy.device)
+        return roll
 
-    def proposal_samples(self, prompt_ids: list[list[int]], beta: float) -> Experience:
+    def proposal_samples(self, prompt_ids: list[list[int]], step: int, beta: float) -> Experience:
         self.progress.phase("sampling q")
-        roll = self.sample(self.proposal.model, prompt_ids)
+        roll = self.sample(self.proposal.model, prompt_ids, step, "q")
         raw = score(self.reward_source, roll)
         self.guard.check(raw, "reward")
         return proposal_experience(roll, raw, self.potential.log_phi(raw, beta))
@@ -197,14 +211,14 @@ class HarmlessnessTrainer:
         """kind 'proposal': q's samples only (a proposal-only round); 'both': p_theta's, then q's (RePULSe)."""
         beta, alpha = self.annealing.at(step)
         if kind == "proposal":
-            return HarmlessnessExperience(None, self.proposal_samples(prompt_ids, beta), step, beta, alpha)
+            return HarmlessnessExperience(None, self.proposal_samples(prompt_ids, step, beta), step, beta, alpha)
         self.progress.phase("sampling p_theta")
-        roll = self.sample(self.policy.model, prompt_ids)
+        roll = self.sample(self.policy.model, prompt_ids, step, "p_theta")
         raw = score(self.reward_source, roll)
         self.guard.check(raw, "reward")
         base = policy_experience(roll, raw, self.reference, self.shaping, self.settings.kl_coef)
         if self.separate:
-            return HarmlessnessExperience(base, self.proposal_samples(prompt_ids, beta), step, beta, alpha)
+            return HarmlessnessExperience(base, self.proposal_samples(prompt_ids, step, beta), step, beta, alpha)
         if self.settings.loss_type == "reinforce":
             return HarmlessnessExperience(base, None, step, beta, alpha)
         neg = with_potential(base, self.potential.log_phi(raw, beta))
@@ -223,13 +237,13 @@ class HarmlessnessTrainer:
                 trained.start_update()
         for micro in self.plan.micro_steps(len(experience), self.progress):
             batch = experience.select(micro.rows)
-            p_logps = self.p_backward(batch, micro.weight, metrics)
+            p_logps = self.p_backward(batch, micro, metrics)
             if self.settings.update_base_first and micro.boundary:
                 self.step(self.policy, "base_grad_norm", metrics)
                 target = None  # p_theta just changed: q's target needs a fresh pass
             else:
                 target = p_logps if self.share_p_pass else None
-            q_logps = self.q_backward(batch, micro.weight, target, metrics)
+            q_logps = self.q_backward(batch, micro, target, metrics)
             if micro.epoch == 0 and self.separate:  # f_q with p_theta as it stood before this micro-batch
                 self.record_f_q(batch.neg, p_logps if p_logps is not None else q_logps, metrics)
             if micro.boundary:
@@ -244,12 +258,12 @@ class HarmlessnessTrainer:
             return metrics
         self.proposal.start_update()
         for micro in self.plan.micro_steps(len(experience), self.progress):
-            self.q_backward(experience.select(micro.rows), micro.weight, None, metrics)
+            self.q_backward(experience.select(micro.rows), micro, None, metrics)
             if micro.boundary:
                 self.step(self.proposal, "proposal_grad_norm", metrics)
         return metrics
 
-    def p_backward(self, batch: HarmlessnessExperience, weight: float, metrics: Metrics) -> torch.Tensor | None:
+    def p_backward(self, batch: HarmlessnessExperience, micro: MicroStep, metrics: Metrics) -> torch.Tensor | None:
         """p_theta's loss on one micro-batch, backward; its log-probs on the proposal samples (detached), if made."""
         s, base, neg = self.settings, batch.base, batch.neg
         base_logps = response_token_logps(self.policy.model, base.rollout, grad=True)
@@ -267,7 +281,7 @@ class HarmlessnessTrainer:
             )
             coverage = low_reward_coverage(neg.raw_rewards, weights, self.potential.threshold, s.group_size)
             metrics.add({"neg_loss": out.negative.item(), **coverage})
-        accumulate(self.guard, self.policy, out.loss, weight)
+        accumulate(self.guard, self.policy, out.loss, micro.weight, micro.boundary)
         metrics.add({"rl_loss": out.rl.item(), "base_loss": out.loss.item()})
         return None if neg_logps is None else neg_logps.detach()
 
@@ -288,13 +302,13 @@ class HarmlessnessTrainer:
         return weights, reinforce_advantages(returns, s.group_size, s.neg_baseline_type, s.neg_hardcoded_baseline)
 
     def q_backward(
-        self, batch: HarmlessnessExperience, weight: float, p_logps: torch.Tensor | None, metrics: Metrics
+        self, batch: HarmlessnessExperience, micro: MicroStep, p_logps: torch.Tensor | None, metrics: Metrics
     ) -> torch.Tensor | None:
         """q's loss toward sigma_theta on one micro-batch of its samples, backward; the log p_theta it used."""
         if not self.separate or not self.proposal.trains:
             return None
         loss, used = proposal_loss(self.q_loss, self.proposal.model, batch.neg, self.policy.model, base_logps=p_logps)
-        accumulate(self.guard, self.proposal, loss, weight)
+        accumulate(self.guard, self.proposal, loss, micro.weight, micro.boundary)
         metrics.add({"proposal_loss": loss.item()})
         return used
 

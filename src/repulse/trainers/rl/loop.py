@@ -2,9 +2,13 @@
 (make_experience, update, report), then logging, evaluations and checkpoints.
 
 The supervised loop (trainers/loop.py) iterates a dataset in global batches; RL steps instead make their own
-data, so this is the loop for train_ppo. It shares the non-finite guard (trainers/guard.py) and the checkpoint
-functions (trainers/checkpointing.py) with the supervised loop. The step schedule is fixed (seeded prompt
-order per fit and episode), so a resumed run finds its place by counting steps.
+data, so this is the loop for train_ppo. On N processes each step's prompt batch (--rollout_batch_size prompts)
+is cut into N equal contiguous shares, one per rank (the fork's rollout_batch_size = world x
+micro_rollout_batch_size geometry); each rank samples, scores and trains on its share, the strategy reduces the
+gradients, and the step's metrics are averaged over the ranks (sample counts summed). It shares the non-finite
+guard (trainers/guard.py) and the checkpoint functions (trainers/checkpointing.py) with the supervised loop. The
+step schedule is fixed (seeded prompt order per fit and episode), so a resumed run finds its place by counting
+steps.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from tqdm.auto import tqdm
 
 from repulse.infra.metrics import MetricLogger
 from repulse.trainers.guard import Guard
-from repulse.trainers.rl.steps import Metrics, Progress
+from repulse.trainers.rl.steps import Metrics, Progress, Streams
 
 log = logging.getLogger("repulse")
 
@@ -30,6 +34,7 @@ class RLTrainer(Protocol):
     make_experience then update; then report. State for checkpoints: state_dict / load_state_dict."""
 
     progress: Progress
+    streams: Streams
 
     def rounds(self) -> tuple[str, ...]: ...
     def samples_per_prompt(self) -> int: ...
@@ -73,6 +78,34 @@ def schedule(n_prompts: int, settings: RLLoopSettings) -> Iterator[tuple[int, in
             batches = prompt_batches(n_prompts, settings.prompts_per_step, settings.seed + 7919 * fit + episode)
             for i, batch in enumerate(batches):
                 yield fit, episode, batch, episode == settings.episodes - 1 and i == len(batches) - 1
+
+
+def rank_share(batch: list[int], rank: int, world: int) -> tuple[list[int], int]:
+    """(this rank's prompts of a step's batch, the position of its first in the batch): equal contiguous shares,
+    a batch that does not divide evenly padded by repeating its first prompts (as torch's DistributedSampler
+    does; with --new_custom_single_prompt every rank samples the one prompt)."""
+    share = -(-len(batch) // world)
+    padded = (batch * world)[: share * world]
+    return padded[rank * share : (rank + 1) * share], rank * share
+
+
+SUMMED = ("samples_used",)
+
+
+def reduce_metrics(strategy, metrics: dict[str, float]) -> dict[str, float]:
+    """A step's metrics over the ranks: means (every rank has as many samples), sample counts summed."""
+    if strategy is None or strategy.world_size == 1:
+        return metrics
+    summed = {k: v for k, v in metrics.items() if k in SUMMED}
+    averaged = {k: v for k, v in metrics.items() if k not in SUMMED}
+    return {**strategy.all_reduce(averaged), **strategy.all_reduce(summed, op="sum")}
+
+
+def lock_step(strategy) -> Callable[[bool], bool] | None:
+    """Where a forward is a collective (ZeRO-3, FSDP2), sampling ranks keep stepping until all are done."""
+    if strategy is None or strategy.world_size == 1 or not getattr(strategy, "forward_collectives", False):
+        return None
+    return lambda done: strategy.all_reduce({"running": 0.0 if done else 1.0}, op="max")["running"] > 0
 
 
 def train_step(trainer: RLTrainer, prompt_ids: list[list[int]], step: int) -> dict[str, float]:
@@ -126,16 +159,20 @@ def run_rl_loop(
     state = state or RLLoopState()
     steps = list(schedule(len(prompt_ids), settings))
     per_prompt = trainer.samples_per_prompt()
-    drawn = [len(batch) * per_prompt for _, _, batch, _ in steps]
-    bar = SampleBar(sum(drawn), sum(drawn[: state.global_step]), settings.progress)
+    strategy = guard.strategy  # None: a controller whose workers hold the strategy (train_ppo_ray), one rank
+    rank, world = (strategy.rank, strategy.world_size) if strategy is not None else (0, 1)
+    drawn = [len(rank_share(batch, 0, world)[0]) * per_prompt for _, _, batch, _ in steps]
+    bar = SampleBar(sum(drawn), sum(drawn[: state.global_step]), settings.progress and rank == 0)
     trainer.progress = bar
+    trainer.streams = Streams(settings.seed, others_running=lock_step(strategy))
     if evaluate is not None and state.global_step == 0:
         record_evaluation(state, evaluate(0, 0), logger)
     for n, (fit, episode, batch, fit_end) in enumerate(steps, start=1):
         if n <= state.global_step:
             continue
         guard.step, guard.last_checkpoint = n, state.last_checkpoint
-        metrics = train_step(trainer, [prompt_ids[i] for i in batch], n - 1)
+        mine, trainer.streams.first_prompt = rank_share(batch, rank, world)
+        metrics = reduce_metrics(strategy, train_step(trainer, [prompt_ids[i] for i in mine], n - 1))
         bar.finished_step(metrics)
         state.global_step = n
         state.history.append({"step": n, **metrics})

@@ -17,9 +17,18 @@ from repulse.models.logprobs import forward_logits
 from repulse.models.reward import token_values
 from repulse.rl.advantages import compute_gae, per_token_rewards, reinforce_advantages, whiten
 from repulse.rl.experience import Experience, RewardShaping, policy_experience, score
-from repulse.rl.rollout import Rollout, response_token_logps, sample_rollout
+from repulse.rl.rollout import Rollout, response_token_logps
 from repulse.trainers.guard import Guard
-from repulse.trainers.rl.steps import BatchPlan, Metrics, Progress, TrainedModel, accumulate, optimizer_step
+from repulse.trainers.rl.steps import (
+    BatchPlan,
+    Metrics,
+    Progress,
+    Streams,
+    TrainedModel,
+    accumulate,
+    draw,
+    optimizer_step,
+)
 
 
 @dataclass
@@ -84,10 +93,12 @@ class Critic:
     def start_update(self) -> None:
         self.trained.start_update()
 
-    def backward(self, roll: Rollout, old_values: torch.Tensor, returns: torch.Tensor, weight: float) -> float:
-        """The value loss of one micro-batch, backward scaled by `weight`; its value."""
+    def backward(
+        self, roll: Rollout, old_values: torch.Tensor, returns: torch.Tensor, weight: float, boundary: bool = True
+    ) -> float:
+        """The value loss of one micro-batch, backward scaled by `weight` (`boundary`: the step's last); its value."""
         loss = value_loss(self.token_values(roll), old_values, returns, roll.action_mask, self.value_clip)
-        accumulate(self.guard, self.trained, loss, weight)
+        accumulate(self.guard, self.trained, loss, weight, boundary)
         return loss.item()
 
     def step(self) -> float:
@@ -123,7 +134,7 @@ class PPOTrainer:
         self.sampling, self.shaping, self.settings, self.plan, self.guard = sampling, shaping, settings, plan, guard
         self.ptx_batches = ptx_batches
         self.ptx_used = self.samples_used = 0
-        self.progress = Progress()
+        self.progress, self.streams = Progress(), Streams()
 
     def rounds(self) -> tuple[str, ...]:
         return ("policy",)
@@ -151,15 +162,19 @@ class PPOTrainer:
     def make_experience(self, prompt_ids: list[list[int]], step: int, kind: str = "policy") -> PPOExperience:
         s = self.settings
         self.progress.phase("sampling")
-        roll = sample_rollout(
+        roll = draw(
+            self.guard,
+            self.streams,
+            self.progress,
             self.actor.model,
             self.tokenizer,
             prompt_ids,
             s.group_size,
             self.sampling,
             batch_size=s.prompts_per_generation,
-            on_batch=self.progress.sampled,
-        ).to(self.guard.strategy.device)
+            step=step,
+            tag="actor",
+        )
         self.samples_used += roll.sequences.shape[0]
         raw = score(self.reward_source, roll)
         self.guard.check(raw, "reward")
@@ -210,10 +225,11 @@ class PPOTrainer:
             batch = experience.select(micro.rows)
             if train_actor:
                 loss, values = self.actor_loss(batch)
-                accumulate(self.guard, self.actor, loss, micro.weight)
+                accumulate(self.guard, self.actor, loss, micro.weight, micro.boundary)
                 metrics.add(values)
             if self.critic is not None:
-                vloss = self.critic.backward(batch.samples.rollout, batch.values, batch.returns, micro.weight)
+                rows = batch.samples.rollout
+                vloss = self.critic.backward(rows, batch.values, batch.returns, micro.weight, boundary=micro.boundary)
                 metrics.add({"value_loss": vloss})
             if micro.boundary:
                 self.step_models(train_actor, metrics)

@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from repulse.infra.checkpoint import Checkpointer
@@ -27,7 +28,7 @@ from repulse.trainers.checkpointing import (
 from repulse.trainers.rl.build import Recipe, build_recipe
 from repulse.trainers.rl.config import RLConfig
 from repulse.trainers.rl.evals import exact_evaluator, post_training_evaluations
-from repulse.trainers.rl.loop import RLLoopState, run_rl_loop
+from repulse.trainers.rl.loop import RLLoopState, lock_step, run_rl_loop
 from repulse.trainers.rl.models import save_models
 
 log = logging.getLogger("repulse")
@@ -66,7 +67,8 @@ def run_train_ppo(
     )
     models = recipe.models
     try:
-        evaluate = exact_evaluator(config, models, tokenizer, getattr(recipe.trainer, "target_beta", None))
+        beta_at = getattr(recipe.trainer, "target_beta", None)
+        evaluate = gathered_evaluator(config, models, tokenizer, strategy, beta_at)
 
         def save(loop: RLLoopState) -> str:
             # The models also go in Hugging Face format, so a checkpoint can start a new run via --pretrain.
@@ -74,7 +76,7 @@ def run_train_ppo(
                 checkpointer,
                 loop.global_step,
                 checkpoint_state(recipe, loop, strategy),
-                extra=lambda tmp: save_models(models, tokenizer, strategy, str(tmp), twist=config.mode == "twist"),
+                collective=lambda shared: save_shared(recipe, strategy, tokenizer, shared),
             )
 
         state = run_rl_loop(
@@ -89,22 +91,74 @@ def run_train_ppo(
         )
     finally:
         logger.close()
-    summary = summarize(state)
-    summary.update(post_training_evaluations(config, models.evaluated, models.reference, tokenizer, models.reward))
-    if strategy.is_rank_0():
-        write_outputs(recipe, state, summary, tokenizer, strategy)
+    summary = summarize(state) | after_training(config, models, tokenizer, strategy)
+    write_outputs(recipe, state, summary, tokenizer, strategy)
     return summary
 
 
+def after_training(config: RLConfig, models, tokenizer, strategy) -> dict[str, Any]:
+    """The post-training evaluations, on every rank (sampling in lock-step where a forward is a collective)."""
+    evaluated, reference = strategy.unwrap(models.evaluated), strategy.unwrap(models.reference)
+    return post_training_evaluations(config, evaluated, reference, tokenizer, models.reward, lock_step(strategy))
+
+
+def gathered_evaluator(
+    config: RLConfig, models, tokenizer, strategy, beta_at: Callable[[int], float] | None
+) -> Callable[[int, int], dict] | None:
+    """The exact evaluation (--analytic_bad_word_calc) on every rank (the enumeration is the same on each; rank
+    0's logger records it), on the modules under the strategy's wrappers. The evaluated model's full weights are
+    gathered where they are sharded (ZeRO-3, FSDP2); q and p_0, read less often, gather layer by layer in their
+    own forward hooks, which is safe because every rank runs the same evaluation."""
+    plain = dataclasses.replace(
+        models,
+        reference=strategy.unwrap(models.reference),
+        policy=None if models.policy is None else strategy.unwrap(models.policy),
+        proposal=None if models.proposal is None else strategy.unwrap(models.proposal),
+    )
+    evaluate = exact_evaluator(config, plain, tokenizer, beta_at)
+    if evaluate is None:
+        return None
+
+    def run(fit_step: int, step: int) -> dict:
+        with strategy.full_weights(models.evaluated):
+            return evaluate(fit_step, step)
+
+    return run
+
+
 def checkpoint_state(recipe: Recipe, loop: RLLoopState, strategy) -> dict[str, Any]:
-    """Everything a resumed run needs besides the RNG (the Checkpointer adds that): plain tensors and values."""
-    models = {k: strategy.unwrap(v) for k, v in recipe.models.checkpointed().items()}
+    """Everything a resumed run needs besides the RNG (the Checkpointer adds that): plain tensors and values.
+    Replicated strategies: every model's trainable weights here (optimizers in the trainer's state). Sharded ones:
+    each trained model's strategy.training_state here, its weights and optimizer in its shards (save_shared)."""
+    models = recipe.models
+    sharded = None
+    if strategy.kind == "replicated":
+        weights = model_states(
+            {k: strategy.unwrap(v) for k, v in models.checkpointed().items()}, frozen=FROZEN_IN_CHECKPOINT
+        )
+    else:
+        weights = model_states({"ema": models.ema}, frozen=FROZEN_IN_CHECKPOINT)
+        sharded = {
+            role: strategy.training_state(getattr(models, role), optimizer, scheduler)
+            for role, (optimizer, scheduler) in models.optimizers.items()
+        }
     return {
-        "models": model_states(models, frozen=FROZEN_IN_CHECKPOINT),
+        "models": weights,
+        "sharded": sharded,
         "trainer": recipe.trainer.state_dict(),
         "loop": dataclasses.asdict(loop),
         "negdata": recipe.recorder.state_dict() if recipe.recorder is not None else None,
     }
+
+
+def save_shared(recipe: Recipe, strategy, tokenizer, folder: Path) -> None:
+    """Collective, into the checkpoint: each trained model's shards (sharded strategies: folder/<role>/) and the
+    models in Hugging Face format, so a checkpoint can start a new run via --pretrain."""
+    models = recipe.models
+    if strategy.kind != "replicated":
+        for role, (optimizer, _) in models.optimizers.items():
+            strategy.save_shards(getattr(models, role), optimizer, folder / role)
+    save_models(models, tokenizer, strategy, str(folder), twist=recipe.config.mode == "twist")
 
 
 def resume(recipe: Recipe, checkpointer: Checkpointer, strategy) -> RLLoopState | None:
@@ -114,8 +168,16 @@ def resume(recipe: Recipe, checkpointer: Checkpointer, strategy) -> RLLoopState 
     if path is None:
         return None
     saved = load_run_checkpoint(checkpointer, path)
-    models = {k: strategy.unwrap(v) for k, v in recipe.models.checkpointed().items()}
-    load_model_states(models, saved["models"], frozen=FROZEN_IN_CHECKPOINT)
+    models = recipe.models
+    load_model_states(
+        {k: strategy.unwrap(v) for k, v in models.checkpointed().items()},
+        saved["models"],
+        frozen=FROZEN_IN_CHECKPOINT,
+    )
+    if strategy.kind != "replicated":
+        for role, (optimizer, scheduler) in models.optimizers.items():
+            model = getattr(models, role)
+            strategy.load_training_state(model, optimizer, scheduler, saved["sharded"][role], path / role)
     recipe.trainer.load_state_dict(saved["trainer"])
     if recipe.recorder is not None and saved["negdata"] is not None:
         recipe.recorder.load_state_dict(saved["negdata"])
@@ -145,9 +207,12 @@ def summarize(state: RLLoopState) -> dict[str, Any]:
 
 
 def write_outputs(recipe: Recipe, state: RLLoopState, summary: dict[str, Any], tokenizer, strategy) -> None:
+    """Collective (the models are gathered where sharded); rank 0 writes."""
     config = recipe.config
     info = config.evaluation.save_info_path or config.ckpt.save_path
     save_models(recipe.models, tokenizer, strategy, config.ckpt.save_path, twist=config.mode == "twist")
+    if not strategy.is_rank_0():
+        return
     write_json_atomic(f"{info}/evaluations.json", state.evaluations)
     write_json_atomic(f"{info}/summary.json", summary)
     if recipe.recorder is not None:

@@ -16,14 +16,17 @@ backward with scale_wrt_gas off) and steps when the trainer says so.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
 
+from repulse.generation.generate import SamplingParams, stream_seed
 from repulse.infra.checkpoint import load_optional_state, optional_state
+from repulse.rl.rollout import Rollout, sample_rollout
 from repulse.trainers.guard import Guard
 
 
@@ -38,6 +41,9 @@ class TrainedModel:
     scheduler: Any = None
     max_norm: float = 1.0
     eval_mode: bool = False
+    # Under a sharded strategy (DeepSpeed, FSDP2) the run's checkpoint takes the optimizer and schedule from the
+    # strategy (training_state, save_shards), not from here.
+    sharded: bool = False
 
     @property
     def trains(self) -> bool:
@@ -47,6 +53,8 @@ class TrainedModel:
         self.model.train(not self.eval_mode)
 
     def state_dict(self) -> dict[str, Any]:
+        if self.sharded:
+            return {"optimizer": None, "scheduler": None}
         return {"optimizer": optional_state(self.optimizer), "scheduler": optional_state(self.scheduler)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -94,10 +102,14 @@ class BatchPlan:
                     yield MicroStep(rows, len(rows) / len(step_rows), i == len(micro) - 1, epoch)
 
 
-def accumulate(guard: Guard, trained: TrainedModel, loss: torch.Tensor, weight: float) -> None:
-    """Backward of one micro-batch's loss (checked first) into the model's gradients, scaled by `weight`."""
+def accumulate(guard: Guard, trained: TrainedModel, loss: torch.Tensor, weight: float, boundary: bool) -> None:
+    """Backward of one micro-batch's loss (checked first) into the model's gradients, scaled by `weight`; before
+    the step's last micro-batch (`boundary`) inside the strategy's no_sync, which DeepSpeed reads at backward to
+    know whether the step ends. (DDP decides at the forward, which ran earlier, so it reduces every micro-batch:
+    the same gradients, more communication.)"""
     guard.check(loss, f"{trained.name} loss")
-    guard.strategy.backward(loss * weight, trained.model)
+    with contextlib.nullcontext() if boundary else guard.strategy.no_sync(trained.model):
+        guard.strategy.backward(loss * weight, trained.model)
 
 
 def optimizer_step(guard: Guard, trained: TrainedModel) -> float:
@@ -124,3 +136,55 @@ class Progress:
 
     def phase(self, name: str) -> None:
         """Entering a phase: 'sampling p', 'updating', ..."""
+
+
+@dataclass
+class Streams:
+    """Where a trainer's samples draw their randomness. `seed` None: torch's global stream. Otherwise each
+    generation call has its own stream, keyed by the seed, the step, the call's place in the step and the index
+    of its first prompt in the step's batch (`first_prompt` is where this process's share starts), so N processes
+    sampling their shares of a batch draw exactly what one process draws for the whole batch, and a resumed run
+    what an uninterrupted one drew. `others_running`: the lock-step of sharded strategies (sample_stepwise)."""
+
+    seed: int | None = None
+    first_prompt: int = 0
+    others_running: Callable[[bool], bool] | None = None
+    _step: int = field(default=-1, repr=False)
+    _calls: int = field(default=0, repr=False)
+
+    def next_call(self, step: int, tag: str) -> dict[str, Any]:
+        """generate()'s stream arguments for the next generation call of `step` (the model's `tag` for the key)."""
+        if step != self._step:
+            self._step, self._calls = step, 0
+        self._calls += 1
+        seed = None if self.seed is None else stream_seed(self.seed, step, self._calls, tag)
+        return {"seed": seed, "first_prompt": self.first_prompt, "others_running": self.others_running}
+
+
+def draw(
+    guard: Guard,
+    streams: Streams,
+    progress: Progress,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompt_ids: list[list[int]],
+    group_size: int,
+    sampling: SamplingParams,
+    *,
+    batch_size: int,
+    step: int,
+    tag: str,
+) -> Rollout:
+    """`group_size` samples per prompt from `model` (the module under a strategy's wrapper: sampling needs no
+    gradient reduction), on the strategy's device."""
+    roll = sample_rollout(
+        guard.strategy.unwrap(model),
+        tokenizer,
+        prompt_ids,
+        group_size,
+        sampling,
+        batch_size=batch_size,
+        on_batch=progress.sampled,
+        **streams.next_call(step, tag),
+    )
+    return roll.to(guard.strategy.device)

@@ -14,10 +14,19 @@ from repulse.generation.generate import SamplingParams
 from repulse.losses.weights import log_weights, sigma_weights
 from repulse.rl.experience import Experience, proposal_experience, score
 from repulse.rl.potentials import Potential
-from repulse.rl.rollout import Rollout, sample_rollout
+from repulse.rl.rollout import Rollout
 from repulse.trainers.guard import Guard
 from repulse.trainers.rl.proposal import ProposalLoss, low_reward_coverage, proposal_loss
-from repulse.trainers.rl.steps import BatchPlan, Metrics, Progress, TrainedModel, accumulate, optimizer_step
+from repulse.trainers.rl.steps import (
+    BatchPlan,
+    Metrics,
+    Progress,
+    Streams,
+    TrainedModel,
+    accumulate,
+    draw,
+    optimizer_step,
+)
 
 
 @dataclass
@@ -57,7 +66,7 @@ class TwistTrainer:
         self.sampling, self.potential, self.beta, self.loss = sampling, potential, beta, loss
         self.plan, self.guard, self.prompts_per_generation = plan, guard, prompts_per_generation
         self.samples_used = 0
-        self.progress = Progress()
+        self.progress, self.streams = Progress(), Streams()
 
     def rounds(self) -> tuple[str, ...]:
         return ("proposal",)
@@ -76,29 +85,33 @@ class TwistTrainer:
         self.samples_used = state["samples_used"]
         self.proposal.load_state_dict(state["proposal"])
 
-    def sample(self, model, prompt_ids: list[list[int]]) -> Rollout:
-        roll = sample_rollout(
+    def sample(self, model, prompt_ids: list[list[int]], step: int, tag: str) -> Rollout:
+        roll = draw(
+            self.guard,
+            self.streams,
+            self.progress,
             model,
             self.tokenizer,
             prompt_ids,
             self.loss.group_size,
             self.sampling,
             batch_size=self.prompts_per_generation,
-            on_batch=self.progress.sampled,
+            step=step,
+            tag=tag,
         )
         self.samples_used += roll.sequences.shape[0]
-        return roll.to(self.guard.strategy.device)
+        return roll
 
     def make_experience(self, prompt_ids: list[list[int]], step: int, kind: str = "proposal") -> TwistExperience:
         self.progress.phase("sampling q")
-        roll = self.sample(self.proposal.model, prompt_ids)
+        roll = self.sample(self.proposal.model, prompt_ids, step, "q")
         raw = score(self.reward_source, roll)
         self.guard.check(raw, "reward")
         samples = proposal_experience(roll, raw, self.potential.log_phi(raw, self.beta), target=self.base)
         negatives = None
         if self.loss.needs_negatives:  # exact negatives: fresh samples from the base model
             self.progress.phase("sampling p_0")
-            negatives = self.sample(self.base, prompt_ids)
+            negatives = self.sample(self.base, prompt_ids, step, "p_0")
         return TwistExperience(samples, negatives, step)
 
     def update(self, experience: TwistExperience) -> Metrics:
@@ -116,7 +129,7 @@ class TwistTrainer:
                 base_logps=batch.samples.target_logps,
                 negatives=batch.negatives,
             )
-            accumulate(self.guard, self.proposal, loss, micro.weight)
+            accumulate(self.guard, self.proposal, loss, micro.weight, micro.boundary)
             metrics.add({"proposal_loss": loss.item()})
             if micro.boundary:
                 metrics.add({"proposal_grad_norm": optimizer_step(self.guard, self.proposal)})

@@ -1,0 +1,222 @@
+"""train_ppo on 2 gloo processes under torchrun equals one process with the same global batch: each rank samples
+its own share of a step's prompts (drawing what one process draws for them), the strategy reduces the
+gradients of every trained model, and the exact P(bad) per fit step and the final weights agree."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from repulse.cli import train_ppo
+from repulse.config.rollout import DEFAULT_SINGLE_PROMPT
+from tests.conftest import write_jsonl
+from tests.integration.helpers import changed_and_unchanged, load_weights, run_torchrun
+from tests.integration.launchers import launch
+
+# The demo's RePULSe toy (embedded tiny LM and reward model, "This man is a" + 2 tokens), 2 fit steps, two q
+# updates per step, 4 prompts x 8 samples per step (2 per rank on 2 processes), one optimizer step of 32 rows in
+# micro-batches of 8 (accumulated over 4 on one process, over 2 on each of 2).
+TOY = [
+    "--config",
+    "configs/toy_repulse.yaml",
+    "--seed",
+    "1",
+    "--fit_steps",
+    "2",
+    "--harmlessness_training_num_episodes",
+    "2",
+    "--num_episodes",
+    "2",
+    "--duplicate_rollout_batch_by",
+    "8",
+    "--rollout_batch_size",
+    "4",
+    "--micro_rollout_batch_size",
+    "1",
+    "--micro_train_batch_size",
+    "8",
+    "--train_batch_size",
+    "32",
+]
+
+
+@pytest.fixture(scope="module")
+def toy_prompts(tmp_path_factory) -> Path:
+    """The toy's prompt 4 times: one process samples the 4 groups, each of two processes 2."""
+    rows = [{"prompt": DEFAULT_SINGLE_PROMPT}] * 4
+    return write_jsonl(tmp_path_factory.mktemp("prompts") / "prompts.jsonl", rows)
+
+
+def toy_argv(prompts: Path, save: Path, *extra: str) -> list[str]:
+    return [
+        *TOY,
+        "--new_custom_single_prompt",
+        "false",
+        "--prompt_data",
+        str(prompts),
+        "--save_path",
+        str(save),
+        *extra,
+    ]
+
+
+def evaluations(save: Path) -> list[float]:
+    return [e["exact_log_p_bad"] for e in json.loads((save / "evaluations.json").read_text())]
+
+
+def step_rows(save: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (save / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "reward_mean" in r]
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, toy_prompts) -> Path:
+    save = tmp_path_factory.mktemp("one") / "run"
+    assert train_ppo.main(toy_argv(toy_prompts, save)) == 0
+    return save
+
+
+def assert_same_run(one: Path, two: Path, folders: tuple[str, ...]) -> None:
+    assert evaluations(two) == pytest.approx(evaluations(one), abs=1e-5)
+    assert len(evaluations(one)) == 3  # before training and after each fit step
+    ref, got = step_rows(one), step_rows(two)
+    assert [r["samples_used"] for r in got] == [r["samples_used"] for r in ref]
+    for key in ("reward_mean", "proposal_reward_mean", "base_loss", "proposal_loss"):
+        assert [r[key] for r in got] == pytest.approx([r[key] for r in ref], rel=1e-5, abs=1e-6), key
+    for folder in folders:
+        a, b = load_weights(one / folder), load_weights(two / folder)
+        assert a.keys() == b.keys()
+        for key in a:
+            expected, got = without_key_bias(key, a[key]), without_key_bias(key, b[key])
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5, msg=f"{folder}: {key}")
+
+
+def without_key_bias(name: str, weight: torch.Tensor) -> torch.Tensor:
+    """GPT-2's fused query/key/value bias without its key third: softmax is shift-invariant, so the key bias has
+    an analytically zero gradient, and Adam turns float summation noise there (which differs with the number of
+    micro-batches summed) into updates of ~1e-5. Its query and value thirds are compared."""
+    if not name.endswith("attn.c_attn.bias"):
+        return weight
+    third = weight.shape[0] // 3
+    return torch.cat([weight[:third], weight[2 * third :]])
+
+
+def test_repulse_ddp_two_processes_equal_one(tmp_path, toy_prompts, one_process):
+    save = tmp_path / "two"
+    done = run_torchrun("repulse.cli.train_ppo", toy_argv(toy_prompts, save, "--strategy", "ddp"))
+    assert "strategy: torch DDP, rank 0 of 2" in done.stderr
+    assert_same_run(one_process, save, ("final", "final_proposal"))
+
+
+@pytest.mark.slow
+def test_repulse_ddp_resumed_equals_one_process(tmp_path, toy_prompts, one_process):
+    """Stopped after step 2 of 4 (checkpoints every 2 steps), resumed on 2 processes: the same run."""
+    save = tmp_path / "two"
+    argv = toy_argv(toy_prompts, save, "--strategy", "ddp", "--save_steps_harmless", "2")
+    stopped = launch("torchrun", "tests.integration.interrupt", ["2", "repulse.cli.train_ppo", *argv], ok=False)
+    assert stopped.returncode != 0 and not (save / "final").exists(), stopped.stderr[-3000:]
+    assert sorted(p.name for p in (save / "checkpoints").iterdir()) == ["global_step2"]
+    resumed = launch("torchrun", "repulse.cli.train_ppo", [*argv, "--load_checkpoint"])
+    assert f"resumed from {save / 'checkpoints' / 'global_step2'} (step 2)" in resumed.stderr
+    assert_same_run(one_process, save, ("final", "final_proposal"))
+
+
+SHARDED = {
+    "zero2": ("deepspeed", ["--zero_stage", "2"], "DeepSpeed ZeRO-2, rank 0 of 2", "deepspeed"),
+    "zero3": ("deepspeed", ["--zero_stage", "3"], "DeepSpeed ZeRO-3, rank 0 of 2", "deepspeed"),
+    "fsdp2": ("torchrun", ["--strategy", "fsdp2"], "FSDP2, rank 0 of 2", "dcp"),
+}
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param("zero2", marks=pytest.mark.slow), "zero3", pytest.param("fsdp2", marks=pytest.mark.slow)]
+)
+def test_repulse_sharded_two_processes_equal_one(tmp_path, toy_prompts, one_process, name):
+    """One engine (or FSDP2 module) per trained model (p_theta, q), p_0 sharded too, sampling in lock-step;
+    stopped after step 2 (ZeRO: under the fork's deepspeed launcher) and resumed under torchrun from the
+    strategy's own shards."""
+    launcher, flags, announced, shards = SHARDED[name]
+    save = tmp_path / "two"
+    argv = toy_argv(toy_prompts, save, *flags, "--save_steps_harmless", "2")
+    stopped = launch(launcher, "tests.integration.interrupt", ["2", "repulse.cli.train_ppo", *argv], ok=False)
+    assert announced in stopped.stderr
+    assert (save / "checkpoints" / "global_step2" / "proposal" / shards).is_dir(), stopped.stderr[-3000:]
+    resumed = launch("torchrun", "repulse.cli.train_ppo", [*argv, "--load_checkpoint"])
+    assert f"resumed from {save / 'checkpoints' / 'global_step2'} (step 2)" in resumed.stderr
+    assert_same_run(one_process, save, ("final", "final_proposal"))
+
+
+@pytest.fixture(scope="module")
+def four_prompts(tmp_path_factory) -> Path:
+    rows = [{"prompt": p} for p in ("this man is a", "the woman is", "this man is so", "the man is very")]
+    return write_jsonl(tmp_path_factory.mktemp("four") / "prompts.jsonl", rows)
+
+
+GEOMETRY = [
+    "--reward_fn",
+    "tests.integration.toy_reward:score",
+    "--duplicate_rollout_batch_by",
+    "4",
+    "--micro_train_batch_size",
+    "4",
+    "--train_batch_size",
+    "8",
+    "--rollout_batch_size",
+    "2",
+    "--micro_rollout_batch_size",
+    "1",
+    "--generate_max_len",
+    "3",
+    "--actor_learning_rate",
+    "1e-2",
+    "--critic_learning_rate",
+    "1e-2",
+    "--lr_scheduler",
+    "constant",
+    "--lr_warmup_ratio",
+    "0",
+    "--disable_progress_bar",
+    "--seed",
+    "1",
+]
+MODES = {
+    "reinforce_rloo": ["--actor_loss_type", "reinforce", "--reinforce_baseline_type", "expectation"],
+    "twist_ctl": ["--actor_loss_type", "ctl", "--parameterization", "policy_psi_q_p_s_t", "--target_dist_beta", "-1"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_group_wise_modes_two_processes_equal_one(tmp_path, tiny_model_dir, four_prompts, mode):
+    """REINFORCE with RLOO baselines and twist learning (CTL) are group-wise, so 2 processes equal 1."""
+    common = ["--pretrain", str(tiny_model_dir), "--prompt_data", str(four_prompts), *GEOMETRY, *MODES[mode]]
+    common += ["--init_kl_coef", "0"]
+    assert train_ppo.main([*common, "--save_path", str(tmp_path / "one")]) == 0
+    run_torchrun("repulse.cli.train_ppo", [*common, "--save_path", str(tmp_path / "two"), "--strategy", "ddp"])
+    ref, got = step_rows(tmp_path / "one"), step_rows(tmp_path / "two")
+    assert [r["reward_mean"] for r in got] == pytest.approx([r["reward_mean"] for r in ref], abs=1e-6)
+    a, b = load_weights(tmp_path / "one" / "final"), load_weights(tmp_path / "two" / "final")
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-5, msg=key)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", [["--strategy", "ddp"], ["--zero_stage", "3"]], ids=["ddp", "zero3"])
+def test_ppo_with_critic_trains_actor_and_critic_on_two_processes(tmp_path, tiny_model_dir, four_prompts, strategy):
+    """PPO whitens advantages over each rank's buffer (as the fork does), so it is not compared with one process:
+    both trained models change everywhere, the reference-KL path runs, the held-out sampling after training runs
+    (in lock-step under ZeRO-3), and the outputs are rank 0's."""
+    save = tmp_path / "two"
+    argv = ["--pretrain", str(tiny_model_dir), "--prompt_data", str(four_prompts), *GEOMETRY, "--init_kl_coef", "0.01"]
+    heldout = ["--evaluate_heldout_sampling", "--heldout_prompt_data", str(four_prompts), "--sampling_iters", "2"]
+    run_torchrun("repulse.cli.train_ppo", [*argv, *heldout, *strategy, "--save_path", str(save)])
+    assert json.loads((save / "summary.json").read_text())["heldout"]["n_samples"] == 2 * 4 * 4
+    initial = load_weights(tiny_model_dir)
+    changed, unchanged = changed_and_unchanged(initial, load_weights(save / "final"))
+    assert changed and not [k for k in unchanged if "bias" not in k], unchanged
+    critic = load_weights(save / "final_critic")
+    assert [k for k in initial if k in critic and torch.equal(initial[k], critic[k]) and "bias" not in k] == []
+    assert len(step_rows(save)) == 2
