@@ -24,6 +24,12 @@ RewardSource = Callable[[Sequence[str], Sequence[str]], torch.Tensor]
 
 
 class LocalRewardModel:
+    """A reward model scoring texts in batches of at least `batch_size` rows and at most TOKENS_PER_ROW x
+    `batch_size` tokens: short texts (the enumerated continuations of the exact evaluation, most RL samples) go
+    through in fewer, larger forwards; long ones in batches of `batch_size`, as before."""
+
+    TOKENS_PER_ROW = 512
+
     def __init__(
         self,
         model,
@@ -47,10 +53,25 @@ class LocalRewardModel:
         self.value_head_prefix, self.normalize = value_head_prefix, True
         self.max_len, self.batch_size = max_len, batch_size
 
-    def encode(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        seqs = [torch.tensor(ids, dtype=torch.long) for ids in encode_for_reward(self.tokenizer, texts, self.max_len)]
+    def pad(self, encoded: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        seqs = [torch.tensor(ids, dtype=torch.long) for ids in encoded]
         masks = [torch.ones(len(s), dtype=torch.long) for s in seqs]
         return pad_sequences(seqs, self.tokenizer.pad_token_id), pad_sequences(masks, 0)
+
+    def batches(self, lengths: Sequence[int]) -> list[tuple[int, int]]:
+        """Contiguous (start, end) row ranges: each grows while it has fewer than batch_size rows or its padded
+        size (rows x longest) stays within the token budget."""
+        budget, out, start = self.batch_size * self.TOKENS_PER_ROW, [], 0
+        while start < len(lengths):
+            end, longest = start, 0
+            while end < len(lengths):
+                longest_next = max(longest, lengths[end])
+                if end - start >= self.batch_size and (end - start + 1) * longest_next > budget:
+                    break
+                end, longest = end + 1, longest_next
+            out.append((start, end))
+            start = end
+        return out
 
     @torch.no_grad()
     def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
@@ -58,14 +79,15 @@ class LocalRewardModel:
 
         device = next(self.model.parameters()).device
         texts = [p + r for p, r in zip(prompts, responses, strict=True)]
+        encoded = encode_for_reward(self.tokenizer, texts, self.max_len)  # one tokenizer call for the lot
         out = []
-        for start in range(0, len(texts), self.batch_size):
-            ids, mask = self.encode(texts[start : start + self.batch_size])
+        for start, end in self.batches([len(ids) for ids in encoded]):
+            ids, mask = self.pad(encoded[start:end])
             rewards = sequence_rewards(
                 self.model, ids.to(device), mask.to(device), self.value_head_prefix, normalize=self.normalize
             )
             out.append(rewards.float().cpu())
-        return torch.cat(out)
+        return torch.cat(out) if out else torch.zeros(0)
 
 
 class FunctionReward:
