@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m repulse.cli.demo --save_path demo_out --seeds 1
+	$(BIN)/python -m repulse.cli.demo --save_path demo_out --seeds 3
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
