@@ -75,21 +75,38 @@ def method_runs(group: str) -> dict[str, dict[str, Any]]:
         return {
             "bruteforce": {"kind": "bruteforce", "n_samples": BUDGET // 4, "batch_size": 128},
             "itgis": {"kind": "itgis", "n_samples": 1024, "batch_size": 128, "temperature": t_itgis},
+            "ceis": {"kind": "ceis", "n_samples": BUDGET // 4, "batch_size": 128},
+            "mixture": {"kind": "mixture", "n_samples": 1024, "batch_size": 128, "temperature": t_itgis},
             "mhis": {"kind": "mhis", "n_samples": 16 * 48, "batch_size": 16, "burn_in": 15, "temperature": t_mhis},
         }
     return {
         "bruteforce": {"kind": "bruteforce", "n_samples": BUDGET, "batch_size": 256},
         "itgis": {"kind": "itgis", "n_samples": 4096, "batch_size": 256, "temperature": t_itgis},
+        "ceis": {"kind": "ceis", "n_samples": BUDGET, "batch_size": 256},
+        "mixture": {"kind": "mixture", "n_samples": 4096, "batch_size": 256, "temperature": t_itgis},
         "mhis": {"kind": "mhis", "n_samples": 32 * 96, "batch_size": 32, "burn_in": 31, "temperature": t_mhis},
+        "ceis_cli": {"kind": "ceis", "n_samples": 4096, "batch_size": 256},
+        "itgis_defensive": {
+            "kind": "itgis",
+            "n_samples": 4096,
+            "batch_size": 256,
+            "temperature": t_itgis,
+            "defensive": 0.2,
+        },
         "bruteforce_cli": {"kind": "bruteforce", "n_samples": 4096, "batch_size": 256},
         "itgis_reference": {"kind": "itgis_reference", "n_samples": 4096, "batch_size": 256, "temperature": t_itgis},
         "mhis_cli": {"kind": "mhis", "n_samples": 4096, "batch_size": 256, "burn_in": 64, "temperature": t_mhis},
     }
 
 
+def selected_runs(group: str, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    runs = method_runs(group)
+    return {k: v for k, v in runs.items() if not args.methods or k in args.methods.split(",")}
+
+
 def passes(result) -> int:
     """Forward rows plus backward rows (ITGIS's last batch and naive MC run forward only)."""
-    if result.method == "itgis":
+    if result.method in ("itgis", "mixture"):
         return result.n_model_rows + result.details["n_gradient_rows"]
     return result.n_model_rows * (2 if result.method == "mhis" else 1)
 
@@ -98,7 +115,9 @@ def run_one(case: Case, settings: dict[str, Any], seed: int):
     import torch
 
     from repulse.estimation import importance
+    from repulse.estimation.crossentropy import estimate_ceis
     from repulse.estimation.mhis import estimate_mhis
+    from repulse.estimation.mixture import estimate_mixture
     from repulse.estimation.montecarlo import estimate_naive
 
     kwargs = {k: v for k, v in settings.items() if k != "kind"}
@@ -109,7 +128,13 @@ def run_one(case: Case, settings: dict[str, Any], seed: int):
             return importance.estimate_itgis(case.scorer, case.dist, generator=generator, **kwargs)
         finally:
             importance.warmup_batches = keep
-    estimators = {"itgis": importance.estimate_itgis, "mhis": estimate_mhis, "bruteforce": estimate_naive}
+    estimators = {
+        "itgis": importance.estimate_itgis,
+        "ceis": estimate_ceis,
+        "mixture": estimate_mixture,
+        "mhis": estimate_mhis,
+        "bruteforce": estimate_naive,
+    }
     return estimators[settings["kind"]](case.scorer, case.dist, generator=generator, **kwargs)
 
 
@@ -117,6 +142,14 @@ def log10_error(estimate: float, truth: float) -> float:
     if estimate > 0 and truth > 0:
         return abs(math.log10(estimate / truth))
     return 0.0 if estimate == truth else math.inf
+
+
+WARNING_KINDS = {"effective sample size": "ess", "Pareto": "pareto_k", "chains": "rhat", "gradient": "gradient_kl"}
+
+
+def warning_kinds(warnings: list[str]) -> list[str]:
+    """Short names of the warnings that fired (ESS, Pareto k̂, split-R̂, the ITGIS proposal that did not move)."""
+    return [kind for key, kind in WARNING_KINDS.items() if any(key in w for w in warnings)]
 
 
 def record(case: Case, name: str, seed: int, r, exact: float) -> dict[str, Any]:
@@ -133,7 +166,10 @@ def record(case: Case, name: str, seed: int, r, exact: float) -> dict[str, Any]:
         "log10_error": log10_error(r.estimate, exact),
         "ess": r.details.get("ess"),
         "pareto_k": r.details.get("pareto_k"),
+        "gradient_kl": r.details.get("gradient_kl"),
+        "proposal_kl": r.details.get("proposal_kl"),
         "warned": bool(r.warnings()),
+        "warning_kinds": warning_kinds(r.warnings()),
         "passes": passes(r),
         "wall_time_s": r.wall_time_s,
     }
@@ -151,7 +187,7 @@ def run_case(case: Case, args: argparse.Namespace) -> list[dict[str, Any]]:
         flush=True,
     )
     records = []
-    runs = method_runs(case.group)
+    runs = selected_runs(case.group, args)
     for seed in range(args.seeds):
         order = list(runs) if seed % 2 == 0 else list(runs)[::-1]  # drift in machine load hits all alike
         for name in order:
@@ -179,6 +215,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         "warned": 1 - len(quiet) / len(records),
         "coverage_unwarned": sum(r["covered"] for r in quiet) / len(quiet) if quiet else None,
         "median_ess": statistics.median(ess) if ess else None,
+        "warned_by": {k: sum(k in r["warning_kinds"] for r in records) / len(records) for k in WARNING_KINDS.values()},
         "s_per_estimate": statistics.fmean(r["wall_time_s"] for r in records),
     }
 
@@ -272,6 +309,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cases", default=",".join(PLANTED), help="planted cases to run")
     p.add_argument("--model_seeds", default="0", help="seeds of the planted models (1 was used to pick T)")
     p.add_argument("--seeds", type=int, default=40, help="estimator seeds per case and method")
+    p.add_argument("--methods", default="", help="comma-separated runs of method_runs to do (default: all)")
     p.add_argument("--targets", type=int, default=2, help="embedded bad words used as targets")
     p.add_argument("--smollm2_target", default=" kill")
     p.add_argument("--exact_batch", type=int, default=8192)
@@ -325,7 +363,8 @@ def make_payload(args: argparse.Namespace, cases: list[Case], records: list[dict
             "row); naive MC forward only",
             "error": "|log10(estimate / exact)|, infinite for a zero estimate",
             "coverage": "share of estimates whose reported 95% interval (estimate ± 1.96 SE) contains exact P",
-            "warned": "share of estimates with a warning (ESS < 100 or Pareto k > 0.7)",
+            "warned": "share of estimates with a warning (ESS < 100, Pareto k > 0.7, MHIS split-R-hat > 1.5, ITGIS "
+            "proposal within 0.5 nats of D); warned_by: the share per kind",
         },
         "cases": [{"group": c.group, "case": c.name, **c.info} for c in cases],
         "results": summary_rows(records, cases),

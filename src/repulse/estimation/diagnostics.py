@@ -29,6 +29,7 @@ import torch
 MIN_ESS = 100.0
 MAX_PARETO_K = 0.7
 MAX_RHAT = 1.5
+MIN_GRADIENT_KL = 0.5
 Z95 = 1.959963984540054
 
 
@@ -108,9 +109,21 @@ def interval95(estimate: float, std_err: float, dof: float | None = None) -> tup
     return max(0.0, estimate - q * std_err), estimate + q * std_err
 
 
-def trust_warnings(ess: float | None, k_hat: float | None, estimate: float, rhat: float | None = None) -> list[str]:
+def trust_warnings(
+    ess: float | None,
+    k_hat: float | None,
+    estimate: float,
+    rhat: float | None = None,
+    gradient_kl: float | None = None,
+) -> list[str]:
     """Plain-language reasons not to trust the estimate or its error bar (empty when none apply)."""
     out = []
+    if gradient_kl is not None and gradient_kl < MIN_GRADIENT_KL:
+        out.append(
+            f"the gradient barely moved the ITGIS proposal (KL to D {gradient_kl:.2f} < {MIN_GRADIENT_KL} nats): "
+            "the estimate reaches no rarer inputs than naive sampling does, and its interval says nothing about "
+            "them (try --method ceis, or a smaller --temperature)"
+        )
     if rhat is not None and math.isfinite(rhat) and rhat > MAX_RHAT:
         out.append(
             f"the chains have not mixed (split-R̂ of log f {rhat:.2f} > {MAX_RHAT}): the estimate is biased towards "
