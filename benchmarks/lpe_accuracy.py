@@ -66,6 +66,7 @@ class Case:
     scorer: Any
     dist: Any
     info: dict[str, Any] = field(default_factory=dict)
+    log_f: Any = None  # log f over the enumerated support, when cached
 
 
 def method_runs(group: str) -> dict[str, dict[str, Any]]:
@@ -175,11 +176,24 @@ def record(case: Case, name: str, seed: int, r, exact: float) -> dict[str, Any]:
     }
 
 
+def cached_exact(case: Case):
+    import torch
+
+    from repulse.estimation.montecarlo import LPEResult, enumerate_inputs
+
+    total = case.dist.num_inputs()
+    log_p = float(torch.logsumexp(case.dist.log_prob(enumerate_inputs(case.dist, 0, total)) + case.log_f, 0))
+    return LPEResult("exact", math.exp(log_p), 0.0, total, 0, 0.0, {"cached_log_f": True})
+
+
 def run_case(case: Case, args: argparse.Namespace) -> list[dict[str, Any]]:
     from repulse.estimation.montecarlo import estimate_exact
 
     t0 = time.perf_counter()
-    exact = estimate_exact(case.scorer, case.dist, batch_size=args.exact_batch, max_inputs=10**8)
+    if case.log_f is not None:  # the same sum as estimate_exact, over a cached log f
+        exact = cached_exact(case)
+    else:
+        exact = estimate_exact(case.scorer, case.dist, batch_size=args.exact_batch, max_inputs=10**8)
     case.info.update(exact=exact.estimate, support=exact.n_samples, exact_s=time.perf_counter() - t0)
     print(
         f"[lpe_accuracy] {case.name}: exact P = {exact.estimate:.3e} ({exact.n_samples} inputs, "
@@ -230,23 +244,48 @@ def summary_rows(records: list[dict[str, Any]], cases: list[Case]) -> list[dict[
     return rows
 
 
-def planted_cases(names, seed: int = 0) -> list[Case]:
+def planted_cases(names, seed: int = 0, cache_dir: str = "") -> list[Case]:
     """Planted cases built from model seed `seed` (named `<case>` for seed 0, `<case>_s<seed>` otherwise)."""
-    from dataclasses import replace
-
     from repulse.estimation.montecarlo import LMTargetScorer
-    from repulse.estimation.planted import CASES, build_planted
 
     out = []
     for name in names:
         t0 = time.perf_counter()
-        planted = build_planted(replace(CASES[name], seed=seed))
+        planted, log_f = load_or_build(name, seed, cache_dir)
         group = "limit" if name == "needle" else "planted"
         info = {"description": planted.describe(), "trigger_mass": planted.trigger_mass()}
         info["build_s"] = time.perf_counter() - t0
         label = name if seed == 0 else f"{name}_s{seed}"
-        out.append(Case(group, label, LMTargetScorer(planted.model, planted.target_ids), planted.dist, info))
+        scorer = LMTargetScorer(planted.model, planted.target_ids)
+        out.append(Case(group, label, scorer, planted.dist, info, log_f))
     return out
+
+
+def load_or_build(name: str, seed: int, cache_dir: str):
+    """build_planted(CASES[name] with `seed`), or its trained weights from --cache_dir (`<name>_s<seed>.pt`, written
+    here after a build; `<name>_s<seed>_logf.pt`, if present, holds log f over the enumerated support)."""
+    from dataclasses import replace
+
+    import torch
+
+    from repulse.estimation.distributions import FactorizedDistribution
+    from repulse.estimation.planted import CASES, PlantedCase, build_planted, make_model
+
+    spec = replace(CASES[name], seed=seed)
+    path = Path(cache_dir) / f"{name}_s{seed}.pt" if cache_dir else None
+    if path is None or not path.exists():
+        planted = build_planted(spec)
+        if path is not None:
+            state = {"state": planted.model.state_dict(), "probs": planted.dist.probs, "trig": planted.trigger_tokens}
+            torch.save(state, path)
+        return planted, None
+    saved = torch.load(path)
+    model = make_model(spec)
+    model.load_state_dict(saved["state"])
+    dist = FactorizedDistribution(saved["probs"], name=spec.name, description=f"Zipf({spec.zipf}) per position")
+    log_f_path = path.with_name(f"{name}_s{seed}_logf.pt")
+    log_f = torch.load(log_f_path) if log_f_path.exists() else None
+    return PlantedCase(spec, model.eval(), dist, saved["trig"]), log_f
 
 
 def embedded_cases(targets: int) -> list[Case]:
@@ -310,6 +349,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model_seeds", default="0", help="seeds of the planted models (1 was used to pick T)")
     p.add_argument("--seeds", type=int, default=40, help="estimator seeds per case and method")
     p.add_argument("--methods", default="", help="comma-separated runs of method_runs to do (default: all)")
+    p.add_argument("--merge", default="", help="comma-separated result files to combine into --out (runs nothing)")
+    p.add_argument("--cache_dir", default="", help="keep trained planted models (and cached log f tables) here")
     p.add_argument("--targets", type=int, default=2, help="embedded bad words used as targets")
     p.add_argument("--smollm2_target", default=" kill")
     p.add_argument("--exact_batch", type=int, default=8192)
@@ -323,9 +364,9 @@ def build_cases(args: argparse.Namespace):
     if "planted" in groups:
         for model_seed in map(int, args.model_seeds.split(",")):
             for name in args.cases.split(","):
-                yield from planted_cases([name], model_seed)
+                yield from planted_cases([name], model_seed, args.cache_dir)
     if "limit" in groups:
-        yield from planted_cases(["needle"])
+        yield from planted_cases(["needle"], 0, args.cache_dir)
     if "embedded" in groups:
         yield from embedded_cases(args.targets)
     if "smollm2" in groups:
@@ -336,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     args = parse_args(argv)
+    if args.merge:
+        return merge(args)
     set_offline_env()
     torch.set_num_threads(1)  # tiny models: extra intra-op threads only add contention on a shared machine
     records, cases = [], []
@@ -345,6 +388,26 @@ def main(argv: list[str] | None = None) -> int:
         path = write_json_atomic(result_path(args.out), make_payload(args, cases, records))  # partial results too
     print()
     print(format_table(summary_rows(records, cases), COLUMNS))
+    print(f"results written to {path}")
+    return 0
+
+
+def merge(args: argparse.Namespace) -> int:
+    """Combine result files of runs done in parallel (a record per case, method and seed; later files win)."""
+    import json
+
+    files = args.merge.split(",")
+    cases, records = {}, {}
+    for name in files:
+        payload = json.loads(result_path(name).read_text())
+        for c in payload["cases"]:
+            info = {k: v for k, v in c.items() if k not in ("group", "case")}
+            cases[c["case"]] = Case(c["group"], c["case"], None, None, info)
+        records.update({(r["case"], r["method"], r["seed"]): r for r in payload["records"]})
+    payload = make_payload(args, list(cases.values()), list(records.values()))
+    payload["merged_from"] = files
+    path = write_json_atomic(result_path(args.out), payload)
+    print(format_table(summary_rows(list(records.values()), list(cases.values())), COLUMNS))
     print(f"results written to {path}")
     return 0
 

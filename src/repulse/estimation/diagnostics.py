@@ -120,9 +120,9 @@ def trust_warnings(
     out = []
     if gradient_kl is not None and gradient_kl < MIN_GRADIENT_KL:
         out.append(
-            f"the gradient barely moved the ITGIS proposal (KL to D {gradient_kl:.2f} < {MIN_GRADIENT_KL} nats): "
-            "the estimate reaches no rarer inputs than naive sampling does, and its interval says nothing about "
-            "them (try --method ceis, or a smaller --temperature)"
+            f"the gradient barely moved its proposal (KL to D {gradient_kl:.2f} < {MIN_GRADIENT_KL} nats): the "
+            "gradient found no direction to the inputs that may hold P, so the interval says nothing about inputs "
+            "rarer than the sample reached (try --method ceis, or a smaller --temperature)"
         )
     if rhat is not None and math.isfinite(rhat) and rhat > MAX_RHAT:
         out.append(

@@ -17,7 +17,11 @@ Departures from the reference that make the error bars honest (docs/algorithms/l
 - The standard error is that of a sum of conditionally independent batches: SE² = Σ_b B·s_b² / n², s_b² the
   variance of the terms inside batch b (batches have different proposals; samples within one are i.i.d.).
 
-The Kish ESS and the Pareto k̂ of the terms (estimation/diagnostics.py) say when the SE is not to be trusted.
+The Kish ESS and the Pareto k̂ of the terms (estimation/diagnostics.py) say when the SE is not to be trusted, and
+`gradient_kl`, the KL of the last proposal to D, when the gradient tilted nothing: then no diagnostic of the sample
+can see inputs rarer than it reached (the planted `triple`: 0 of 20 intervals covered, ESS and k̂ fine), so that
+warns too. `defensive` > 0 draws a share of every batch from D itself (`sample_defensive`), which bounds the
+importance ratios; estimation/crossentropy.py and estimation/mixture.py use it.
 The gradient is that of log f (all target tokens) through one ordinary forward over the input embeddings, not the
 first target token's logit recomputed with the final norm applied twice.
 """

@@ -16,6 +16,8 @@ gradient (estimation/importance.py), q_ce = the smoothed weighted token frequenc
 (estimation/crossentropy.py). As in ITGIS the first half of the batches is a warm-up left out of the estimate, every
 batch's proposal depends only on earlier batches (so each batch mean is unbiased), and the standard error comes from
 the within-batch variances. It costs what ITGIS costs: a forward and a backward pass per input but the last batch.
+Like ITGIS it warns when the gradient left its component at D (`gradient_kl`): the mixture then rests on the CE
+component alone, with a fraction of CEIS's draws (on the planted `triple` it stayed 0.33 decades low).
 """
 
 from __future__ import annotations
@@ -111,7 +113,7 @@ def estimate_mixture(
         "temperature": temperature,
         "decay_rate": decay_rate,
         "defensive_fraction": defensive,
-        "gradient_proposal_kl": proposal_kl(log_grad, log_d),
+        "gradient_kl": proposal_kl(log_grad, log_d),
         "ce_proposal_kl": proposal_kl(q_ce.log(), log_d),
     }
     wall = time.perf_counter() - t0
