@@ -145,7 +145,13 @@ def log10_error(estimate: float, truth: float) -> float:
     return 0.0 if estimate == truth else math.inf
 
 
-WARNING_KINDS = {"effective sample size": "ess", "Pareto": "pareto_k", "chains": "rhat", "gradient": "gradient_kl"}
+WARNING_KINDS = {
+    "effective sample size": "ess",
+    "Pareto": "pareto_k",
+    "chains": "rhat",
+    "gradient": "gradient_kl",
+    "cross-entropy proposal": "proposal_kl",
+}
 
 
 def warning_kinds(warnings: list[str]) -> list[str]:
@@ -392,8 +398,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def rewarn(r: dict[str, Any]) -> dict[str, Any]:
+    """The record's warnings under the current thresholds, from its recorded diagnostics (split-R̂ kept as it was)."""
+    from repulse.estimation.diagnostics import trust_warnings
+
+    kl = {"gradient_kl": r.get("gradient_kl"), "proposal_kl": r.get("proposal_kl")}
+    warnings = trust_warnings(r["ess"], r["pareto_k"], r["estimate"], None, **kl)
+    kinds = warning_kinds(warnings) + (["rhat"] if "rhat" in r.get("warning_kinds", []) else [])
+    return {**r, "warned": bool(warnings) or bool(kinds), "warning_kinds": kinds}
+
+
 def merge(args: argparse.Namespace) -> int:
-    """Combine result files of runs done in parallel (a record per case, method and seed; later files win)."""
+    """Combine result files of runs done in parallel (a record per case, method and seed; later files win), with the
+    warnings recomputed from the recorded diagnostics under the current thresholds."""
     import json
 
     files = args.merge.split(",")
@@ -403,7 +420,7 @@ def merge(args: argparse.Namespace) -> int:
         for c in payload["cases"]:
             info = {k: v for k, v in c.items() if k not in ("group", "case")}
             cases[c["case"]] = Case(c["group"], c["case"], None, None, info)
-        records.update({(r["case"], r["method"], r["seed"]): r for r in payload["records"]})
+        records.update({(r["case"], r["method"], r["seed"]): rewarn(r) for r in payload["records"]})
     payload = make_payload(args, list(cases.values()), list(records.values()))
     payload["merged_from"] = files
     path = write_json_atomic(result_path(args.out), payload)
@@ -427,7 +444,7 @@ def make_payload(args: argparse.Namespace, cases: list[Case], records: list[dict
             "error": "|log10(estimate / exact)|, infinite for a zero estimate",
             "coverage": "share of estimates whose reported 95% interval (estimate ± 1.96 SE) contains exact P",
             "warned": "share of estimates with a warning (ESS < 100, Pareto k > 0.7, MHIS split-R-hat > 1.5, ITGIS "
-            "proposal within 0.5 nats of D); warned_by: the share per kind",
+            "or CEIS proposal within 1 nat of D); warned_by: the share per kind",
         },
         "cases": [{"group": c.group, "case": c.name, **c.info} for c in cases],
         "results": summary_rows(records, cases),
