@@ -1,4 +1,4 @@
-"""The flags of the paper's README commands (METHODS §10.6) parse unchanged."""
+"""The flags of the paper's README commands parse unchanged."""
 
 from __future__ import annotations
 
