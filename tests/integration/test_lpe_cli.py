@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SMALL = ["--distribution_name", "english", "--sequence_length", "2", "--batch_size", "32", "--n_samples", "64"]
 
 
-@pytest.mark.parametrize("method", ["itgis", "mhis", "bruteforce"])
+@pytest.mark.parametrize("method", ["itgis", "ceis", "mixture", "mhis", "bruteforce"])
 def test_estimate_writes_the_result_json(method, tmp_path, capsys):
     out = tmp_path / f"{method}.json"
     argv = [*SMALL, "--method", method, "--mhis_burn_in", "2", "--compare_exact", "--output_file", str(out)]
@@ -25,8 +25,8 @@ def test_estimate_writes_the_result_json(method, tmp_path, capsys):
     result = json.loads(out.read_text())
     keys = {"method", "estimate", "std_err", "ci95", "ess", "pareto_k", "warnings", "n_samples", "wall_time_s"}
     assert keys | {"exact", "log10_error"} <= set(result)
-    # ITGIS: the first of its 2 batches only adapts the proposal.
-    assert result["method"] == method and result["n_samples"] == (32 if method == "itgis" else 64)
+    # ITGIS, CEIS, the mixture: the first of their 2 batches only adapts the proposal.
+    assert result["method"] == method and result["n_samples"] == (32 if method in ("itgis", "ceis", "mixture") else 64)
     low, high = result["ci95"]
     assert low <= result["estimate"] <= high and result["ess"] > 0
     assert result["target_word"] == " fuck" and result["target_tokens"] == ["Ġfuck"]
@@ -38,6 +38,17 @@ def test_estimate_writes_the_result_json(method, tmp_path, capsys):
     assert f"ESS {result['ess']:.0f}" in printed.out
     # 32 or 64 samples are too few to trust: the warning is on stderr and in the JSON.
     assert result["warnings"] and "warning: effective sample size" in printed.err
+
+
+def test_itgis_says_when_its_gradient_did_not_move_the_proposal(tmp_path, capsys):
+    """A huge temperature flattens the tilt: the proposal is D, and the CLI must say that the interval knows nothing
+    of rarer inputs (beside the ESS it prints)."""
+    out = tmp_path / "flat.json"
+    assert lpe_cli.main([*SMALL, "--temperature", "1e6", "--output_file", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["gradient_kl"] < 0.01 and any("gradient barely moved" in w for w in result["warnings"])
+    printed = capsys.readouterr()
+    assert f"ESS {result['ess']:.0f}" in printed.out and "warning: the gradient barely moved" in printed.err
 
 
 @pytest.mark.parametrize(("method", "unit"), [("itgis", "sample"), ("mhis", "step"), ("bruteforce", "sample")])
@@ -72,6 +83,7 @@ def test_exact_method_reports_the_enumerated_probability(tmp_path):
         (["--distribution_name", "caps"], "all-caps"),
         (["--method", "nope"], "--method must be one of"),
         (["--n_samples", "32"], "--method itgis needs --n_samples >= 2 x --batch_size"),
+        (["--method", "ceis", "--defensive_fraction", "1"], "--defensive_fraction must be in [0, 1), got 1.0"),
     ],
 )
 def test_estimate_bad_input_exits_2_with_one_line(argv, message, capsys):

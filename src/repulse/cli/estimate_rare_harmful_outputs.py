@@ -1,10 +1,9 @@
 """estimate_rare_harmful_outputs: the probability that a model emits a rare target right after a random input.
 
 P = E_{x~D}[p(target | x)] over inputs x of --sequence_length tokens drawn from --distribution_name, by ITGIS,
-MHIS, naive Monte Carlo (bruteforce) or exact enumeration of the input space. Every estimate comes with a
-standard error, a 95% interval, its effective sample size (a warning says when it is too small, or the sampled
-terms too heavy-tailed, to trust the interval) and the wall time; --output_file gets a JSON document
-(docs/algorithms/lpe.md).
+CEIS, their mixture, MHIS, naive Monte Carlo (bruteforce) or exact enumeration of the input space. Every estimate
+comes with a standard error, a 95% interval, its effective sample size (a warning says when the sample cannot be
+trusted) and the wall time; --output_file gets a JSON document (docs/algorithms/lpe.md).
 
     repulse estimate_rare_harmful_outputs --method itgis --sequence_length 8 --n_samples 4096   # embedded tiny LM
     repulse estimate_rare_harmful_outputs --pretrain HuggingFaceTB/SmolLM-135M-Instruct --target_word " kill" \\
@@ -68,19 +67,23 @@ def encode_target(tokenizer, word: str) -> list[int]:
 
 
 def run_method(args: LPEArgs, temperature: float, scorer, dist, generator, progress: bool):
+    from repulse.estimation.crossentropy import estimate_ceis
     from repulse.estimation.importance import estimate_itgis
     from repulse.estimation.mhis import estimate_mhis
+    from repulse.estimation.mixture import estimate_mixture
     from repulse.estimation.montecarlo import estimate_naive
 
-    n, b, t = args.samples(), args.batch_size, temperature
-    sampling = {"n_samples": n, "batch_size": b, "generator": generator, "progress": progress}
-    if args.method == "itgis":
-        return estimate_itgis(scorer, dist, temperature=t, decay_rate=args.itgis_decay_rate, **sampling)
-    if args.method == "mhis":
-        return estimate_mhis(scorer, dist, temperature=t, burn_in=args.mhis_burn_in, **sampling)
-    if args.method == "bruteforce":
-        return estimate_naive(scorer, dist, **sampling)
-    return run_exact(args, scorer, dist, progress)
+    kw = {"n_samples": args.samples(), "batch_size": args.batch_size, "generator": generator, "progress": progress}
+    tilt = {"temperature": temperature, "decay_rate": args.itgis_decay_rate, "defensive": args.defensive()}
+    calls = {
+        "itgis": lambda: estimate_itgis(scorer, dist, **tilt, **kw),
+        "mixture": lambda: estimate_mixture(scorer, dist, **tilt, **kw),
+        "ceis": lambda: estimate_ceis(scorer, dist, defensive=args.defensive(), **kw),
+        "mhis": lambda: estimate_mhis(scorer, dist, temperature=temperature, burn_in=args.mhis_burn_in, **kw),
+        "bruteforce": lambda: estimate_naive(scorer, dist, **kw),
+        "exact": lambda: run_exact(args, scorer, dist, progress),
+    }
+    return calls[args.method]()
 
 
 def run_exact(args: LPEArgs, scorer, dist, progress: bool):

@@ -31,8 +31,8 @@ class BatchArgs:
         "Items per model call.",
         roles={
             "serve_rm": "Most texts in one model call; requests from many clients are merged up to this.",
-            "estimate_rare_harmful_outputs": "Inputs per model call; also the ITGIS proposal-update batch and the "
-            "number of MHIS chains.",
+            "estimate_rare_harmful_outputs": "Inputs per model call; also the proposal-update batch (itgis, ceis, "
+            "mixture) and the number of MHIS chains.",
             "forecast_rare_outputs": "Queries per model call.",
         },
     )

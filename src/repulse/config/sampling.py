@@ -19,8 +19,8 @@ class SamplingArgs:
         1.0,
         "Sampling temperature.",
         roles={
-            "estimate_rare_harmful_outputs": "Temperature T of the ITGIS/MHIS proposal over inputs (its scale depends "
-            "on the model's gradients; try another T when the result warns).",
+            "estimate_rare_harmful_outputs": "Temperature T of the ITGIS, mixture and MHIS proposals over inputs (its "
+            "scale depends on the model's gradients; try another T when the result warns).",
             "batch_inference": "Sampling temperature (ignored with --greedy_sampling).",
             "interactive_chat": "Sampling temperature (ignored with --greedy_sampling).",
         },

@@ -29,6 +29,7 @@ import torch
 MIN_ESS = 100.0
 MAX_PARETO_K = 0.7
 MAX_RHAT = 1.5
+MIN_PROPOSAL_KL = 1.0
 Z95 = 1.959963984540054
 
 
@@ -108,9 +109,27 @@ def interval95(estimate: float, std_err: float, dof: float | None = None) -> tup
     return max(0.0, estimate - q * std_err), estimate + q * std_err
 
 
-def trust_warnings(ess: float | None, k_hat: float | None, estimate: float, rhat: float | None = None) -> list[str]:
+def trust_warnings(
+    ess: float | None,
+    k_hat: float | None,
+    estimate: float,
+    rhat: float | None = None,
+    gradient_kl: float | None = None,
+    proposal_kl: float | None = None,
+) -> list[str]:
     """Plain-language reasons not to trust the estimate or its error bar (empty when none apply)."""
     out = []
+    if gradient_kl is not None and gradient_kl < MIN_PROPOSAL_KL:
+        out.append(
+            f"the gradient barely moved its proposal (KL to D {gradient_kl:.2f} < {MIN_PROPOSAL_KL} nats): the "
+            "gradient found no direction to the inputs that may hold P, so the interval says nothing about inputs "
+            "rarer than the sample reached (try --method ceis, or a smaller --temperature)"
+        )
+    if proposal_kl is not None and proposal_kl < MIN_PROPOSAL_KL:
+        out.append(
+            f"the cross-entropy proposal stayed near D (KL {proposal_kl:.2f} < {MIN_PROPOSAL_KL} nats): no sampled "
+            "token stood out, so the interval says nothing about inputs rarer than the sample reached"
+        )
     if rhat is not None and math.isfinite(rhat) and rhat > MAX_RHAT:
         out.append(
             f"the chains have not mixed (split-R̂ of log f {rhat:.2f} > {MAX_RHAT}): the estimate is biased towards "

@@ -17,7 +17,11 @@ Departures from the reference that make the error bars honest (docs/algorithms/l
 - The standard error is that of a sum of conditionally independent batches: SE² = Σ_b B·s_b² / n², s_b² the
   variance of the terms inside batch b (batches have different proposals; samples within one are i.i.d.).
 
-The Kish ESS and the Pareto k̂ of the terms (estimation/diagnostics.py) say when the SE is not to be trusted.
+The Kish ESS and the Pareto k̂ of the terms (estimation/diagnostics.py) say when the SE is not to be trusted, and
+`gradient_kl`, the KL of the last proposal to D, when the gradient tilted nothing: then no diagnostic of the sample
+can see inputs rarer than it reached (the planted `triple`: 0 of 20 intervals covered, ESS and k̂ fine), so that
+warns too. `defensive` > 0 draws a share of every batch from D itself (`sample_defensive`), which bounds the
+importance ratios; estimation/crossentropy.py and estimation/mixture.py use it.
 The gradient is that of log f (all target tokens) through one ordinary forward over the input embeddings, not the
 first target token's logit recomputed with the final norm applied twice.
 """
@@ -51,6 +55,37 @@ def proposal_log_probs(log_d: torch.Tensor, scores: torch.Tensor, temperature: f
 def sample_product(log_q: torch.Tensor, n: int, generator: torch.Generator | None) -> torch.Tensor:
     """n draws from the product distribution exp(log_q) [L, V] -> [n, L] long."""
     return torch.multinomial(log_q.exp(), n, replacement=True, generator=generator).T.contiguous()
+
+
+def defensive_log_ratio(log_d: torch.Tensor, log_q: torch.Tensor, x: torch.Tensor, defensive: float) -> torch.Tensor:
+    """log D(x) - log(a·D(x) + (1 - a)·q(x)) for inputs x [n, L] of two product distributions [L, V] -> [n]."""
+    positions = torch.arange(log_d.shape[0])
+    ld, lq = log_d[positions, x].sum(-1), log_q[positions, x].sum(-1)
+    if defensive <= 0:
+        return ld - lq
+    return ld - torch.logaddexp(ld + math.log(defensive), lq + math.log1p(-defensive))
+
+
+def sample_defensive(
+    log_d: torch.Tensor, log_q: torch.Tensor, n: int, defensive: float, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """n draws from the defensive mixture a·D + (1 - a)·q of two product distributions (Hesterberg 1995), and
+    their log importance ratios (`defensive_log_ratio`) -> ([n, L] long, [n] float64).
+
+    The ratio is that of the mixture, whichever component drew x: so it is at most 1/a, and the terms w·f have
+    the variance of f·D/q_mix, not of a proposal that may miss where D puts mass. a = 0 is the plain proposal."""
+    x = sample_product(log_q, n, generator)
+    if defensive > 0:
+        from_d = torch.rand(n, generator=generator) < defensive
+        x = torch.where(from_d[:, None], sample_product(log_d, n, generator), x)
+    return x, defensive_log_ratio(log_d, log_q, x, defensive)
+
+
+def proposal_kl(log_q: torch.Tensor, log_d: torch.Tensor) -> float:
+    """KL(q || D) in nats of two product distributions [L, V] (the sum over positions)."""
+    q = log_q.exp()
+    inside = q > 0
+    return float((q[inside] * (log_q[inside] - log_d[inside])).sum())
 
 
 def batched_mean_and_std_err(log_terms: torch.Tensor) -> tuple[float, float]:
@@ -89,6 +124,11 @@ def check_settings(n_samples: int, batch_size: int, temperature: float, decay_ra
         raise ValueError(f"--itgis_decay_rate must be in [0, 1], got {decay_rate}")
 
 
+def check_defensive(defensive: float) -> None:
+    if not 0 <= defensive < 1:
+        raise ValueError(f"--defensive_fraction must be in [0, 1), got {defensive}")
+
+
 def estimate_itgis(
     scorer: TargetScorer,
     dist: FactorizedDistribution,
@@ -97,24 +137,24 @@ def estimate_itgis(
     batch_size: int,
     temperature: float,
     decay_rate: float = 0.9,
+    defensive: float = 0.0,
     generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> LPEResult:
     """ITGIS estimate of P = E_D[f] from the batches after the warm-up, with its standard error (module
-    docstring)."""
+    docstring); `defensive` > 0 draws that share of every batch from D itself (`sample_defensive`)."""
     check_settings(n_samples, batch_size, temperature, decay_rate)
+    check_defensive(defensive)
     t0, rows0 = time.perf_counter(), scorer.rows
     log_d = dist.log_probs
     scores = torch.zeros_like(log_d)
     n_batches = n_samples // batch_size
     warmup = warmup_batches(n_batches)
-    positions = torch.arange(dist.length)
     log_terms = []
     with progress_bar(n_samples, "itgis", "sample", progress) as bar:
         for b in range(n_batches):
             log_q = proposal_log_probs(log_d, scores, itgis_temperature(temperature, decay_rate, b))
-            x = sample_product(log_q, batch_size, generator)
-            log_w = (log_d[positions, x] - log_q[positions, x]).sum(-1)
+            x, log_w = sample_defensive(log_d, log_q, batch_size, defensive, generator)
             if b + 1 < n_batches:
                 log_f, grad = scorer.log_prob_and_grad(x)
                 scores = decay_rate * scores + scorer.project(grad.mean(0))
@@ -132,6 +172,8 @@ def estimate_itgis(
         "warmup_samples": warmup * batch_size,
         "temperature": temperature,
         "decay_rate": decay_rate,
+        "defensive_fraction": defensive,
+        "gradient_kl": proposal_kl(log_q, log_d),
     }
     wall = time.perf_counter() - t0
     return LPEResult("itgis", estimate, se, log_terms.numel(), scorer.rows - rows0, wall, details)

@@ -47,7 +47,8 @@ class LPEResult:
         if self.method == "exact":
             return []
         d = self.details
-        return trust_warnings(d.get("ess"), d.get("pareto_k"), self.estimate, d.get("split_rhat"))
+        kl = {"gradient_kl": d.get("gradient_kl"), "proposal_kl": d.get("proposal_kl")}
+        return trust_warnings(d.get("ess"), d.get("pareto_k"), self.estimate, d.get("split_rhat"), **kl)
 
     def as_dict(self) -> dict[str, Any]:
         log10 = math.log10(self.estimate) if self.estimate > 0 else float("-inf")
