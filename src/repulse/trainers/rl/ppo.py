@@ -186,7 +186,9 @@ class PPOTrainer:
         rewards = per_token_rewards(exp.kl, seq_reward, roll.action_mask, self.kl.value)
         values = self.critic.values(roll)
         adv, returns = compute_gae(rewards, values, roll.action_mask, s.gamma, s.lambd)
-        return PPOExperience(exp, whiten(adv, roll.action_mask), values, returns, step, self.kl.value)
+        # Whitened with the whole step's statistics: every rank's share of the buffer (the valid tokens of all).
+        adv = whiten(adv, roll.action_mask, total=lambda v: self.guard.strategy.all_reduce(v, op="sum"))
+        return PPOExperience(exp, adv, values, returns, step, self.kl.value)
 
     def actor_loss(self, batch: PPOExperience) -> tuple[torch.Tensor, dict[str, float]]:
         samples = batch.samples
@@ -233,14 +235,19 @@ class PPOTrainer:
                 metrics.add({"value_loss": vloss})
             if micro.boundary:
                 self.step_models(train_actor, metrics)
-        self.kl.update(experience.samples.kl.sum(-1).mean().item(), len(experience))
+        # The adaptive KL coefficient follows the step's mean KL over every rank's rows (the ranks' buffers are equal
+        # in size), so all ranks keep one coefficient.
+        kl = self.guard.strategy.all_reduce({"kl": experience.samples.kl.sum(-1).mean().item()})["kl"]
+        self.kl.update(kl, len(experience) * self.guard.strategy.world_size)
         return metrics
 
     def step_models(self, train_actor: bool, metrics: Metrics) -> None:
         if train_actor:
             metrics.add({"actor_grad_norm": optimizer_step(self.guard, self.actor)})
             if self.ema is not None:
-                update_ema(self.ema, self.guard.strategy.unwrap(self.actor.model), self.settings.ema_beta)
+                strategy = self.guard.strategy
+                with strategy.full_weights(self.actor.model):  # each rank's full copy from the gathered shards
+                    update_ema(self.ema, strategy.unwrap(self.actor.model), self.settings.ema_beta)
         if self.critic is not None:
             metrics.add({"critic_grad_norm": self.critic.step()})
 
