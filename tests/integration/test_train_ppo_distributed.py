@@ -139,6 +139,23 @@ def test_repulse_ddp_resumed_equals_one_process(tmp_path, toy_prompts, one_proce
     assert_same_run(one_process, save, ("final", "final_proposal"))
 
 
+@pytest.mark.parametrize("mode", ["repulse", pytest.param("ppo", marks=pytest.mark.slow)])
+def test_ddp_reduces_gradients_once_per_optimizer_step(tmp_path, toy_prompts, tiny_model_dir, four_prompts, mode):
+    """Micro-batches before a step's last run forward and backward inside DDP's no_sync (DDP decides at the
+    forward): each gradient bucket of each trained model is all-reduced once per optimizer step, not once per
+    micro-batch (2 per step on each rank here)."""
+    counts = tmp_path / "reductions.json"
+    if mode == "repulse":
+        argv = toy_argv(toy_prompts, tmp_path / "run", "--strategy", "ddp", "--fit_steps", "1")
+    else:
+        argv = ["--pretrain", str(tiny_model_dir), "--prompt_data", str(four_prompts), *GEOMETRY]
+        argv += ["--micro_train_batch_size", "2", "--strategy", "ddp", "--save_path", str(tmp_path / "run")]
+    run_torchrun("tests.integration.count_reductions", [str(counts), "repulse.cli.train_ppo", *argv])
+    steps = json.loads(counts.read_text())
+    assert steps and all(buckets > 0 for _, buckets in steps), steps
+    assert [calls for calls, _ in steps] == [buckets for _, buckets in steps], steps
+
+
 SHARDED = {
     "zero2": ("deepspeed", ["--zero_stage", "2"], "DeepSpeed ZeRO-2, rank 0 of 2", "deepspeed"),
     "zero3": ("deepspeed", ["--zero_stage", "3"], "DeepSpeed ZeRO-3, rank 0 of 2", "deepspeed"),

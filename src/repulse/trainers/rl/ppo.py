@@ -27,6 +27,7 @@ from repulse.trainers.rl.steps import (
     TrainedModel,
     accumulate,
     draw,
+    micro_batch,
     optimizer_step,
 )
 
@@ -225,14 +226,16 @@ class PPOTrainer:
                 trained.start_update()
         for micro in self.plan.micro_steps(len(experience), self.progress):
             batch = experience.select(micro.rows)
-            if train_actor:
-                loss, values = self.actor_loss(batch)
-                accumulate(self.guard, self.actor, loss, micro.weight, micro.boundary)
-                metrics.add(values)
-            if self.critic is not None:
-                rows = batch.samples.rollout
-                vloss = self.critic.backward(rows, batch.values, batch.returns, micro.weight, boundary=micro.boundary)
-                metrics.add({"value_loss": vloss})
+            local_critic = getattr(self.critic, "trained", None)  # None when another process holds it
+            with micro_batch(self.guard, [self.actor if train_actor else None, local_critic], micro.boundary):
+                if train_actor:
+                    loss, values = self.actor_loss(batch)
+                    accumulate(self.guard, self.actor, loss, micro.weight, micro.boundary)
+                    metrics.add(values)
+                if self.critic is not None:
+                    rows, boundary = batch.samples.rollout, micro.boundary
+                    vloss = self.critic.backward(rows, batch.values, batch.returns, micro.weight, boundary=boundary)
+                    metrics.add({"value_loss": vloss})
             if micro.boundary:
                 self.step_models(train_actor, metrics)
         # The adaptive KL coefficient follows the step's mean KL over every rank's rows (the ranks' buffers are equal
