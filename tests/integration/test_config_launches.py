@@ -117,8 +117,9 @@ def run_config(tmp_path: Path, launcher: str, name: str, data: dict[str, str]) -
 
 
 SLOW = pytest.mark.slow
+REPRESENTATIVE = "paper_llama1b_repulse"  # the paper's 4-GPU run (ZeRO-2, bf16, gradient checkpointing)
 CASES = [
-    pytest.param(launcher, name, marks=() if (launcher, name) == ("deepspeed", "paper_toy_repulse") else SLOW)
+    pytest.param(launcher, name, marks=() if (launcher, name) == ("deepspeed", REPRESENTATIVE) else SLOW)
     for launcher in ("deepspeed", "torchrun")
     for name in sorted(CONFIGS)
 ]
