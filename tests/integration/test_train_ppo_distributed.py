@@ -191,7 +191,8 @@ def modulated_one_process(tmp_path_factory, toy_prompts) -> Path:
     return save
 
 
-@pytest.mark.parametrize("name", ["zero3", pytest.param("fsdp2", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["zero3", "fsdp2"])
 def test_modulated_proposal_on_sharded_weights_equals_one_process(tmp_path, toy_prompts, modulated_one_process, name):
     """q = p_theta e^m on a p_theta each rank holds a shard of: the head is shaped from the gathered output
     layer, q's forward runs p_theta's in lock-step, and the head is saved from its gathered weights."""
