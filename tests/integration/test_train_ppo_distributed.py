@@ -181,7 +181,7 @@ def test_repulse_sharded_two_processes_equal_one(tmp_path, toy_prompts, one_proc
     assert_same_run(one_process, save, ("final", "final_proposal"))
 
 
-MODULATED = ["--parameterization", "modulation_linear_head"]
+MODULATED = ["--parameterization", "modulation_linear_head", "--init_head_from_base"]
 
 
 @pytest.fixture(scope="module")
@@ -194,8 +194,9 @@ def modulated_one_process(tmp_path_factory, toy_prompts) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["zero3", "fsdp2"])
 def test_modulated_proposal_on_sharded_weights_equals_one_process(tmp_path, toy_prompts, modulated_one_process, name):
-    """q = p_theta e^m on a p_theta each rank holds a shard of: the head is shaped from the gathered output
-    layer, q's forward runs p_theta's in lock-step, and the head is saved from its gathered weights."""
+    """q = p_theta e^m on a p_theta each rank holds a shard of: the head is shaped and initialised from the
+    gathered output layer, q's forward runs p_theta's in lock-step, and the head is saved from its gathered
+    weights."""
     launcher, flags, announced, _ = SHARDED[name]
     save = tmp_path / "two"
     done = launch(launcher, "repulse.cli.train_ppo", toy_argv(toy_prompts, save, *flags, *MODULATED))
