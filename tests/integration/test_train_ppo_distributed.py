@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from repulse.cli import train_ppo
 from repulse.config.rollout import DEFAULT_SINGLE_PROMPT
@@ -18,7 +19,8 @@ from tests.integration.launchers import launch
 
 # The demo's RePULSe toy (embedded tiny LM and reward model, "This man is a" + 2 tokens), 2 fit steps, two q
 # updates per step, 4 prompts x 8 samples per step (2 per rank on 2 processes), one optimizer step of 32 rows in
-# micro-batches of 8 (accumulated over 4 on one process, over 2 on each of 2).
+# micro-batches of 8 (accumulated over 4 on one process, over 2 on each of 2); the samples of p and q scored below 0
+# recorded (--save_negdata).
 TOY = [
     "--config",
     "configs/toy_repulse.yaml",
@@ -40,6 +42,9 @@ TOY = [
     "8",
     "--train_batch_size",
     "32",
+    "--save_negdata",
+    "--save_negdata_threshold",
+    "0",
 ]
 
 
@@ -79,8 +84,18 @@ def one_process(tmp_path_factory, toy_prompts) -> Path:
     return save
 
 
+def negdata(save: Path) -> list[dict]:
+    return [json.loads(line) for line in (save / "negdata.jsonl").read_text().splitlines()]
+
+
 def assert_same_run(one: Path, two: Path, folders: tuple[str, ...]) -> None:
     assert evaluations(two) == pytest.approx(evaluations(one), abs=1e-5)
+    # every rank's negative samples, in rank order: the one-process file (rewards within float noise)
+    expected, got = negdata(one), negdata(two)
+    assert len(expected) > 8 and [(r["prompt"], r["response"]) for r in got] == [
+        (r["prompt"], r["response"]) for r in expected
+    ]
+    assert [r["reward"] for r in got] == pytest.approx([r["reward"] for r in expected], abs=1e-5)
     assert len(evaluations(one)) == 3  # before training and after each fit step
     ref, got = step_rows(one), step_rows(two)
     assert [r["samples_used"] for r in got] == [r["samples_used"] for r in ref]
@@ -124,6 +139,23 @@ def test_repulse_ddp_resumed_equals_one_process(tmp_path, toy_prompts, one_proce
     assert_same_run(one_process, save, ("final", "final_proposal"))
 
 
+@pytest.mark.parametrize("mode", ["repulse", pytest.param("ppo", marks=pytest.mark.slow)])
+def test_ddp_reduces_gradients_once_per_optimizer_step(tmp_path, toy_prompts, tiny_model_dir, four_prompts, mode):
+    """Micro-batches before a step's last run forward and backward inside DDP's no_sync (DDP decides at the
+    forward): each gradient bucket of each trained model is all-reduced once per optimizer step, not once per
+    micro-batch (2 per step on each rank here)."""
+    counts = tmp_path / "reductions.json"
+    if mode == "repulse":
+        argv = toy_argv(toy_prompts, tmp_path / "run", "--strategy", "ddp", "--fit_steps", "1")
+    else:
+        argv = ["--pretrain", str(tiny_model_dir), "--prompt_data", str(four_prompts), *GEOMETRY]
+        argv += ["--micro_train_batch_size", "2", "--strategy", "ddp", "--save_path", str(tmp_path / "run")]
+    run_torchrun("tests.integration.count_reductions", [str(counts), "repulse.cli.train_ppo", *argv])
+    steps = json.loads(counts.read_text())
+    assert steps and all(buckets > 0 for _, buckets in steps), steps
+    assert [calls for calls, _ in steps] == [buckets for _, buckets in steps], steps
+
+
 SHARDED = {
     "zero2": ("deepspeed", ["--zero_stage", "2"], "DeepSpeed ZeRO-2, rank 0 of 2", "deepspeed"),
     "zero3": ("deepspeed", ["--zero_stage", "3"], "DeepSpeed ZeRO-3, rank 0 of 2", "deepspeed"),
@@ -147,6 +179,34 @@ def test_repulse_sharded_two_processes_equal_one(tmp_path, toy_prompts, one_proc
     resumed = launch("torchrun", "repulse.cli.train_ppo", [*argv, "--load_checkpoint"])
     assert f"resumed from {save / 'checkpoints' / 'global_step2'} (step 2)" in resumed.stderr
     assert_same_run(one_process, save, ("final", "final_proposal"))
+
+
+MODULATED = ["--parameterization", "modulation_linear_head", "--init_head_from_base"]
+
+
+@pytest.fixture(scope="module")
+def modulated_one_process(tmp_path_factory, toy_prompts) -> Path:
+    save = tmp_path_factory.mktemp("modulated") / "run"
+    assert train_ppo.main(toy_argv(toy_prompts, save, *MODULATED)) == 0
+    return save
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["zero3", "fsdp2"])
+def test_modulated_proposal_on_sharded_weights_equals_one_process(tmp_path, toy_prompts, modulated_one_process, name):
+    """q = p_theta e^m on a p_theta each rank holds a shard of: the head is shaped and initialised from the
+    gathered output layer, q's forward runs p_theta's in lock-step, and the head is saved from its gathered
+    weights."""
+    launcher, flags, announced, _ = SHARDED[name]
+    save = tmp_path / "two"
+    done = launch(launcher, "repulse.cli.train_ppo", toy_argv(toy_prompts, save, *flags, *MODULATED))
+    assert announced in done.stderr
+    assert_same_run(modulated_one_process, save, ("final",))
+    head = "final_proposal/modulation_head.safetensors"
+    a, b = load_file(str(modulated_one_process / head)), load_file(str(save / head))
+    assert a.keys() == b.keys() and a
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-5, msg=key)
 
 
 @pytest.fixture(scope="module")
@@ -203,20 +263,50 @@ def test_group_wise_modes_two_processes_equal_one(tmp_path, tiny_model_dir, four
         torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-5, msg=key)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("strategy", [["--strategy", "ddp"], ["--zero_stage", "3"]], ids=["ddp", "zero3"])
-def test_ppo_with_critic_trains_actor_and_critic_on_two_processes(tmp_path, tiny_model_dir, four_prompts, strategy):
-    """PPO whitens advantages over each rank's buffer (as the fork does), so it is not compared with one process:
-    both trained models change everywhere, the reference-KL path runs, the held-out sampling after training runs
-    (in lock-step under ZeRO-3), and the outputs are rank 0's."""
-    save = tmp_path / "two"
+PPO_STRATEGIES = {
+    "ddp": ["--strategy", "ddp"],
+    "zero3": ["--zero_stage", "3"],
+    "fsdp2": ["--strategy", "fsdp2"],
+}
+
+
+@pytest.fixture(scope="module")
+def ppo_argv(tiny_model_dir, four_prompts) -> list[str]:
+    """PPO with a critic, the reference KL and an EMA actor; the held-out sampling after training."""
     argv = ["--pretrain", str(tiny_model_dir), "--prompt_data", str(four_prompts), *GEOMETRY, "--init_kl_coef", "0.01"]
     heldout = ["--evaluate_heldout_sampling", "--heldout_prompt_data", str(four_prompts), "--sampling_iters", "2"]
-    run_torchrun("repulse.cli.train_ppo", [*argv, *heldout, *strategy, "--save_path", str(save)])
+    return [*argv, *heldout, "--enable_ema", "--ema_beta", "0.5"]
+
+
+@pytest.fixture(scope="module")
+def ppo_one_process(tmp_path_factory, ppo_argv) -> Path:
+    save = tmp_path_factory.mktemp("ppo") / "one"
+    assert train_ppo.main([*ppo_argv, "--save_path", str(save)]) == 0
+    return save
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param("ddp", marks=pytest.mark.slow), "zero3", pytest.param("fsdp2", marks=pytest.mark.slow)]
+)
+def test_ppo_with_critic_two_processes_equal_one(tmp_path, tiny_model_dir, ppo_argv, ppo_one_process, name):
+    """GAE advantages whitened with the whole step's mean and variance (every rank's valid tokens), the EMA
+    actor kept from the gathered weights where they are sharded: the same run as one process. The held-out
+    sampling after training runs (in lock-step where sharded), and the outputs are rank 0's."""
+    save = tmp_path / "two"
+    run_torchrun("repulse.cli.train_ppo", [*ppo_argv, *PPO_STRATEGIES[name], "--save_path", str(save)])
     assert json.loads((save / "summary.json").read_text())["heldout"]["n_samples"] == 2 * 4 * 4
+    ref, got = step_rows(ppo_one_process), step_rows(save)
+    assert len(got) == 2
+    for key in ("reward_mean", "policy_loss", "value_loss", "actor_grad_norm", "critic_grad_norm"):
+        assert [r[key] for r in got] == pytest.approx([r[key] for r in ref], rel=1e-5, abs=1e-6), key
+    # Adam at lr 1e-2 turns the float noise of gradient entries near zero (summed in another order on 2
+    # processes) into steps of up to ~1e-4; whitening per rank moves the weights by ~1e-2.
     initial = load_weights(tiny_model_dir)
-    changed, unchanged = changed_and_unchanged(initial, load_weights(save / "final"))
-    assert changed and not [k for k in unchanged if "bias" not in k], unchanged
-    critic = load_weights(save / "final_critic")
-    assert [k for k in initial if k in critic and torch.equal(initial[k], critic[k]) and "bias" not in k] == []
-    assert len(step_rows(save)) == 2
+    for folder in ("final", "final_critic", "final_ema"):
+        a, b = load_weights(ppo_one_process / folder), load_weights(save / folder)
+        assert a.keys() == b.keys()
+        for key in a:
+            expected, got = without_key_bias(key, a[key]), without_key_bias(key, b[key])
+            torch.testing.assert_close(got, expected, rtol=0, atol=2e-4, msg=f"{folder}: {key}")
+        changed, _ = changed_and_unchanged(initial, b)
+        assert changed, folder

@@ -167,11 +167,12 @@ class DeepSpeedStrategy(DDPStrategy):
 
     @contextlib.contextmanager
     def _accumulate(self) -> Iterator[None]:
-        self._accumulating = True
+        # Re-entrant: an RL micro-batch holds every trained model's no_sync around the backward's own.
+        previous, self._accumulating = self._accumulating, True
         try:
             yield
         finally:
-            self._accumulating = False
+            self._accumulating = previous
 
     def backward(self, loss: torch.Tensor, model: torch.nn.Module) -> None:
         model.set_gradient_accumulation_boundary(not self._accumulating)

@@ -180,8 +180,12 @@ class FSDP2Strategy(DDPStrategy):
 
     @contextlib.contextmanager
     def _unsharded(self, model: torch.nn.Module) -> Iterator[None]:
-        """Every FSDP group gathered and kept gathered across forwards, then resharded."""
+        """Every FSDP group gathered and kept gathered across forwards, then resharded (a module not yet
+        sharded holds its full weights already)."""
         modules = fsdp_modules(model)
+        if not modules:
+            yield
+            return
         for module in modules:
             module.set_reshard_after_forward(False, recurse=False)
         model.unshard()

@@ -61,7 +61,8 @@ class ModulatedCache:
 def output_layer_shape(base) -> tuple[int, int]:
     """(vocab size V, hidden size H) of the base model's LM head."""
     weight = base.get_output_embeddings().weight
-    return int(weight.shape[0]), int(weight.shape[1])
+    shape = getattr(weight, "ds_shape", weight.shape)  # a ZeRO-3 shard knows its full shape
+    return int(shape[0]), int(shape[1])
 
 
 def make_head(
@@ -132,9 +133,12 @@ class ModulatedLM(nn.Module):
             cache = ModulatedCache(base_out.past_key_values, mod_out.past_key_values if mod_out is not None else None)
         return ModulatedOutput(base_logps + modulation, base_logps, modulation, cache)
 
-    def save_pretrained(self, path: str | Path, safe_serialization: bool = True, **_: Any) -> None:
+    def save_pretrained(
+        self, path: str | Path, safe_serialization: bool = True, state_dict: dict | None = None, **_: Any
+    ) -> None:
         """modulation.json + modulation_head.safetensors (+ modulation_lm/ in Hugging Face format); the base is
-        saved by whoever owns it (final/ for p_theta) or is --pretrain itself (p_0)."""
+        saved by whoever owns it (final/ for p_theta) or is --pretrain itself (p_0). `state_dict`: q's full
+        weights where the model holds only a shard of them (gathered by the strategy)."""
         from safetensors.torch import save_file
 
         path = Path(path)
@@ -147,9 +151,13 @@ class ModulatedLM(nn.Module):
             "base_model": getattr(self.base.config, "_name_or_path", None),
         }
         (path / CONFIG_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}, str(path / HEAD_FILE))
+        state = self.state_dict() if state_dict is None else state_dict
+        head = {k.removeprefix("head."): v for k, v in state.items() if k.startswith("head.")}
+        save_file({k: v.detach().cpu().contiguous() for k, v in head.items()}, str(path / HEAD_FILE))
         if self.modulation_lm is not None:
-            self.modulation_lm.save_pretrained(path / LM_DIR, safe_serialization=safe_serialization)
+            lm = {k.removeprefix("modulation_lm."): v for k, v in state.items() if k.startswith("modulation_lm.")}
+            kwargs = {"state_dict": lm} if state_dict is not None else {}
+            self.modulation_lm.save_pretrained(path / LM_DIR, safe_serialization=safe_serialization, **kwargs)
 
 
 def is_modulated(model) -> bool:

@@ -7,6 +7,8 @@ Per-token tensors are [B, T] over response positions, `action_mask` [B, T] bool 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from repulse.losses.reductions import zero_invalid
@@ -46,17 +48,32 @@ def compute_gae(
     return advantages, zero_invalid(advantages + v, mask)
 
 
-def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8, shift_mean: bool = True) -> torch.Tensor:
+def whiten(
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    eps: float = 1e-8,
+    shift_mean: bool = True,
+    total: Callable[[dict[str, float]], dict[str, float]] | None = None,
+) -> torch.Tensor:
     """(x - mean) / max(std, eps) over the valid entries of x [B, T] (advantage whitening).
 
     mean and (biased) std are taken over every valid token of the whole tensor; with shift_mean=False the
-    mean is added back (scale only). Padded positions come back as 0.
+    mean is added back (scale only). Padded positions come back as 0. `total` sums a dict of floats over the
+    processes that each hold a share of the batch (an all-reduce), so that the mean and std are the whole batch's
+    (the valid tokens' count and sum, then their squared deviations: the same two passes one process makes).
     """
     m = mask.bool()
-    count = m.sum().clamp(min=1)
     values = zero_invalid(x, m)
-    mean = values.sum() / count
-    var = zero_invalid((x - mean) ** 2, m).sum() / count
+    if total is None:
+        count = m.sum().clamp(min=1)
+        mean = values.sum() / count
+        var = zero_invalid((x - mean) ** 2, m).sum() / count
+    else:
+        sums = total({"count": float(m.sum()), "sum": values.double().sum().item()})
+        count = max(sums["count"], 1.0)
+        mean = sums["sum"] / count
+        var = total({"squares": zero_invalid((x.double() - mean) ** 2, m).sum().item()})["squares"] / count
+        var = torch.tensor(var, dtype=x.dtype, device=x.device)
     out = (values - mean) / var.sqrt().clamp(min=eps)
     if not shift_mean:
         out = out + mean

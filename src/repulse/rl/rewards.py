@@ -141,17 +141,30 @@ def load_local_reward_model(
 
 class NegativeDataRecorder:
     """A reward source that keeps every (prompt, response) it scores below `threshold` (--save_negdata): the
-    trainers score through it, so every sample of p and of q is seen once, as it is scored."""
+    trainers score through it, so every sample of p and of q is seen once, as it is scored.
 
-    def __init__(self, source: RewardSource, threshold: float) -> None:
-        self.source, self.threshold = source, threshold
+    On N processes every rank scores its share of each buffer in lock-step (the same number of calls); `gather`
+    (a list of every rank's rows, in rank order) gives each call's rows of all ranks, so every rank keeps the one
+    list that one process scoring the whole buffer (its ranks' shares one after the other) would keep."""
+
+    def __init__(
+        self, source: RewardSource, threshold: float, gather: Callable[[list], list[list]] | None = None
+    ) -> None:
+        self.source, self.threshold, self.gather = source, threshold, gather
         self.rows: list[dict[str, str | float]] = []
         self.seen: set[tuple[str, str]] = set()
 
     def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
         rewards = self.source(prompts, responses)
-        for prompt, response, value in zip(prompts, responses, rewards.tolist(), strict=True):
-            if value < self.threshold and (prompt, response) not in self.seen:
+        low = [
+            (prompt, response, value)
+            for prompt, response, value in zip(prompts, responses, rewards.tolist(), strict=True)
+            if value < self.threshold
+        ]
+        if self.gather is not None:
+            low = [row for rank_rows in self.gather(low) for row in rank_rows]
+        for prompt, response, value in low:
+            if (prompt, response) not in self.seen:
                 self.seen.add((prompt, response))
                 self.rows.append({"prompt": prompt, "response": response, "reward": value})
         return rewards

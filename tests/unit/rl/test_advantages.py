@@ -138,3 +138,37 @@ def test_rloo_reinforce_gradient_is_unbiased(one_thread):
     shrunk = _batched_reinforce_gradients(theta, rewards, 4000, 4, "group_mean").mean(0)
     assert ((shrunk - exact).abs() > 4 * se).any()
     assert ((shrunk * 4 / 3 - exact).abs() < 5 * se).all()
+
+
+def test_whiten_over_processes_equals_whiten_of_the_whole_batch():
+    """Two shares of a batch, each whitened with `total` summing over both (threads stand in for ranks): the
+    whole batch's whitening, not each share's."""
+    import threading
+
+    x = torch.tensor([[1.0, 3.0, 2.0], [5.0, 7.0, 0.0], [-4.0, 9.0, 1.0], [0.5, 2.5, 6.0]], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 1]], dtype=torch.bool)
+    barrier, posted = threading.Barrier(2), [{}, {}]
+
+    def total_for(rank: int):
+        def total(values: dict[str, float]) -> dict[str, float]:
+            posted[rank] = values
+            barrier.wait()
+            summed = {k: posted[0][k] + posted[1][k] for k in values}
+            barrier.wait()
+            return summed
+
+        return total
+
+    out = [None, None]
+
+    def run(rank: int) -> None:
+        rows = slice(2 * rank, 2 * rank + 2)
+        out[rank] = whiten(x[rows], mask[rows], total=total_for(rank))
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    torch.testing.assert_close(torch.cat(out), whiten(x, mask))
+    assert not torch.allclose(torch.cat([whiten(x[:2], mask[:2]), whiten(x[2:], mask[2:])]), whiten(x, mask))

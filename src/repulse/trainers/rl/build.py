@@ -14,6 +14,7 @@ import torch
 from repulse.config.rollout import RolloutArgs
 from repulse.data.prompts import format_prompts, load_prompt_texts
 from repulse.distributed.strategy import OptimizerSpec
+from repulse.generation.batch import gather_objects
 from repulse.infra.errors import UserError
 from repulse.infra.seed import set_seed
 from repulse.models.load import model_positions
@@ -58,10 +59,13 @@ class RemoteRoles:
 
 
 def build_recipe(config: RLConfig, strategy, path: str, tokenizer, remote: RemoteRoles | None = None) -> Recipe:
-    check_strategy(config, strategy)
     reward = remote.reward if remote else make_reward_source(config.reward, config.model, strategy.device)
-    # --save_negdata records what the trainers score; the evaluations score through the plain source.
-    recorder = NegativeDataRecorder(reward, config.harm.save_negdata_threshold) if config.harm.save_negdata else None
+    # --save_negdata records what the trainers score (every rank's rows, in rank order); the evaluations score
+    # through the plain source.
+    recorder = None
+    if config.harm.save_negdata:
+        gather = (lambda rows: gather_objects(strategy, rows)) if strategy.world_size > 1 else None
+        recorder = NegativeDataRecorder(reward, config.harm.save_negdata_threshold, gather)
     prompt_ids = load_prompt_ids(config, tokenizer)
     config = config._replace(rollout=fit_to_positions(config.rollout, model_positions(path), prompt_ids))
     settings = loop_settings(config, len(prompt_ids))
@@ -84,25 +88,6 @@ def build_recipe(config: RLConfig, strategy, path: str, tokenizer, remote: Remot
     trainer = build_trainer(config, models, tokenizer, guard, plan, len(buffers), recorder or reward, remote_critic)
     trainer.streams = Streams(config.optim.seed)  # seeded sampling wherever the phases are called from
     return Recipe(config, models, trainer, prompt_ids, settings, guard, recorder)
-
-
-def check_strategy(config: RLConfig, strategy) -> None:
-    """What does not run on several processes, or where each rank holds only a shard of the weights (ZeRO-3,
-    FSDP2), said before anything loads."""
-    if strategy.world_size > 1 and config.harm.save_negdata:
-        raise UserError("--save_negdata: the negative samples are recorded on one process only for now")
-    if not getattr(strategy, "forward_collectives", False):
-        return
-    if config.modulated:
-        raise UserError(
-            f"--parameterization {config.proposal.parameterization}: a modulated proposal (q = p e^m, built on the "
-            "full weights of its base) does not run on sharded weights (ZeRO-3, FSDP2); use --zero_stage 2 or a "
-            "policy_psi_* proposal"
-        )
-    if config.ppo.enable_ema:
-        raise UserError(
-            "--enable_ema: the EMA copy of the actor is kept from full weights; use --zero_stage 0-2 or ddp"
-        )
 
 
 @dataclass

@@ -51,6 +51,7 @@ from repulse.trainers.rl.steps import (
     TrainedModel,
     accumulate,
     draw,
+    micro_batch,
     optimizer_step,
 )
 
@@ -237,13 +238,14 @@ class HarmlessnessTrainer:
                 trained.start_update()
         for micro in self.plan.micro_steps(len(experience), self.progress):
             batch = experience.select(micro.rows)
-            p_logps = self.p_backward(batch, micro, metrics)
-            if self.settings.update_base_first and micro.boundary:
-                self.step(self.policy, "base_grad_norm", metrics)
-                target = None  # p_theta just changed: q's target needs a fresh pass
-            else:
-                target = p_logps if self.share_p_pass else None
-            q_logps = self.q_backward(batch, micro, target, metrics)
+            with micro_batch(self.guard, [self.policy, self.proposal], micro.boundary):
+                p_logps = self.p_backward(batch, micro, metrics)
+                if self.settings.update_base_first and micro.boundary:
+                    self.step(self.policy, "base_grad_norm", metrics)
+                    target = None  # p_theta just changed: q's target needs a fresh pass
+                else:
+                    target = p_logps if self.share_p_pass else None
+                q_logps = self.q_backward(batch, micro, target, metrics)
             if micro.epoch == 0 and self.separate:  # f_q with p_theta as it stood before this micro-batch
                 self.record_f_q(batch.neg, p_logps if p_logps is not None else q_logps, metrics)
             if micro.boundary:
@@ -258,7 +260,8 @@ class HarmlessnessTrainer:
             return metrics
         self.proposal.start_update()
         for micro in self.plan.micro_steps(len(experience), self.progress):
-            self.q_backward(experience.select(micro.rows), micro, None, metrics)
+            with micro_batch(self.guard, [self.proposal], micro.boundary):
+                self.q_backward(experience.select(micro.rows), micro, None, metrics)
             if micro.boundary:
                 self.step(self.proposal, "proposal_grad_norm", metrics)
         return metrics

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -49,14 +50,17 @@ def modulated_proposal(config: RLConfig, path: str, base, strategy) -> torch.nn.
     if prop.parameterization == "modulation_model":
         with strategy.model_init(trainable=trainable, bf16=config.model.bf16):
             lm = load_causal_lm(path, config.model, config.lora, trainable=trainable)
-    return build_modulated(
-        prop.parameterization,
-        base,
-        sd_divider=prop.additional_sd_divider,
-        init_head_from_base=prop.init_head_from_base,
-        modulation_lm=lm,
-        trainable=trainable,
-    )
+    # The head is shaped (and with --init_head_from_base initialised) from the full output layer, which ZeRO-3 and
+    # FSDP2 hold in shards until gathered.
+    with strategy.full_weights(base), strategy.full_weights(lm) if lm is not None else contextlib.nullcontext():
+        return build_modulated(
+            prop.parameterization,
+            base,
+            sd_divider=prop.additional_sd_divider,
+            init_head_from_base=prop.init_head_from_base,
+            modulation_lm=lm,
+            trainable=trainable,
+        )
 
 
 class Preparer(Protocol):
@@ -131,8 +135,22 @@ def load_models(
             critic = critic_model(config, path)
         models.critic = place(models, "critic", critic, prepare, True)
     if config.ppo.enable_ema:
-        models.ema = copy.deepcopy(strategy.unwrap(models.policy)).to("cpu").requires_grad_(False)
+        models.ema = ema_copy(config, path, strategy, models.policy)
     return models
+
+
+@torch.no_grad()
+def ema_copy(config: RLConfig, path: str, strategy, policy: torch.nn.Module) -> torch.nn.Module:
+    """--enable_ema: a full CPU copy of the policy on every rank. Where each rank holds only a shard (ZeRO-3,
+    FSDP2) the module cannot be copied: a plain one is loaded and takes the policy's gathered weights."""
+    module = strategy.unwrap(policy)
+    if not getattr(strategy, "forward_collectives", False):
+        return copy.deepcopy(module).to("cpu").requires_grad_(False)
+    ema = load_causal_lm(path, config.model, config.lora).to("cpu").requires_grad_(False)
+    with strategy.full_weights(policy):
+        for e, p in zip(ema.parameters(), module.parameters(), strict=True):
+            e.copy_(p.detach())
+    return ema
 
 
 def place(models: RLModels, role: str, model: torch.nn.Module, prepare: Preparer, trains: bool) -> torch.nn.Module:

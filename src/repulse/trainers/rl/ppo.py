@@ -27,6 +27,7 @@ from repulse.trainers.rl.steps import (
     TrainedModel,
     accumulate,
     draw,
+    micro_batch,
     optimizer_step,
 )
 
@@ -186,7 +187,9 @@ class PPOTrainer:
         rewards = per_token_rewards(exp.kl, seq_reward, roll.action_mask, self.kl.value)
         values = self.critic.values(roll)
         adv, returns = compute_gae(rewards, values, roll.action_mask, s.gamma, s.lambd)
-        return PPOExperience(exp, whiten(adv, roll.action_mask), values, returns, step, self.kl.value)
+        # Whitened with the whole step's statistics: every rank's share of the buffer (the valid tokens of all).
+        adv = whiten(adv, roll.action_mask, total=lambda v: self.guard.strategy.all_reduce(v, op="sum"))
+        return PPOExperience(exp, adv, values, returns, step, self.kl.value)
 
     def actor_loss(self, batch: PPOExperience) -> tuple[torch.Tensor, dict[str, float]]:
         samples = batch.samples
@@ -223,24 +226,31 @@ class PPOTrainer:
                 trained.start_update()
         for micro in self.plan.micro_steps(len(experience), self.progress):
             batch = experience.select(micro.rows)
-            if train_actor:
-                loss, values = self.actor_loss(batch)
-                accumulate(self.guard, self.actor, loss, micro.weight, micro.boundary)
-                metrics.add(values)
-            if self.critic is not None:
-                rows = batch.samples.rollout
-                vloss = self.critic.backward(rows, batch.values, batch.returns, micro.weight, boundary=micro.boundary)
-                metrics.add({"value_loss": vloss})
+            local_critic = getattr(self.critic, "trained", None)  # None when another process holds it
+            with micro_batch(self.guard, [self.actor if train_actor else None, local_critic], micro.boundary):
+                if train_actor:
+                    loss, values = self.actor_loss(batch)
+                    accumulate(self.guard, self.actor, loss, micro.weight, micro.boundary)
+                    metrics.add(values)
+                if self.critic is not None:
+                    rows, boundary = batch.samples.rollout, micro.boundary
+                    vloss = self.critic.backward(rows, batch.values, batch.returns, micro.weight, boundary=boundary)
+                    metrics.add({"value_loss": vloss})
             if micro.boundary:
                 self.step_models(train_actor, metrics)
-        self.kl.update(experience.samples.kl.sum(-1).mean().item(), len(experience))
+        # The adaptive KL coefficient follows the step's mean KL over every rank's rows (the ranks' buffers are equal
+        # in size), so all ranks keep one coefficient.
+        kl = self.guard.strategy.all_reduce({"kl": experience.samples.kl.sum(-1).mean().item()})["kl"]
+        self.kl.update(kl, len(experience) * self.guard.strategy.world_size)
         return metrics
 
     def step_models(self, train_actor: bool, metrics: Metrics) -> None:
         if train_actor:
             metrics.add({"actor_grad_norm": optimizer_step(self.guard, self.actor)})
             if self.ema is not None:
-                update_ema(self.ema, self.guard.strategy.unwrap(self.actor.model), self.settings.ema_beta)
+                strategy = self.guard.strategy
+                with strategy.full_weights(self.actor.model):  # each rank's full copy from the gathered shards
+                    update_ema(self.ema, strategy.unwrap(self.actor.model), self.settings.ema_beta)
         if self.critic is not None:
             metrics.add({"critic_grad_norm": self.critic.step()})
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -102,11 +102,22 @@ class BatchPlan:
                     yield MicroStep(rows, len(rows) / len(step_rows), i == len(micro) - 1, epoch)
 
 
+def micro_batch(guard: Guard, trained: Sequence[TrainedModel | None], boundary: bool) -> contextlib.ExitStack:
+    """Where a micro-batch's forwards and backwards run: before the step's last micro-batch (`boundary`) inside
+    the no_sync of every model that trains, so that DDP (which decides at the forward) reduces gradients once per
+    optimizer step, not once per micro-batch."""
+    stack = contextlib.ExitStack()
+    if not boundary:
+        for model in trained:
+            if model is not None and model.trains:
+                stack.enter_context(guard.strategy.no_sync(model.model))
+    return stack
+
+
 def accumulate(guard: Guard, trained: TrainedModel, loss: torch.Tensor, weight: float, boundary: bool) -> None:
     """Backward of one micro-batch's loss (checked first) into the model's gradients, scaled by `weight`; before
-    the step's last micro-batch (`boundary`) inside the strategy's no_sync, which DeepSpeed reads at backward to
-    know whether the step ends. (DDP decides at the forward, which ran earlier, so it reduces every micro-batch:
-    the same gradients, more communication.)"""
+    the step's last micro-batch (`boundary`) inside the strategy's no_sync, which DeepSpeed and FSDP2 read at
+    backward to know whether the step ends (DDP reads it at the forward: see micro_batch)."""
     guard.check(loss, f"{trained.name} loss")
     with contextlib.nullcontext() if boundary else guard.strategy.no_sync(trained.model):
         guard.strategy.backward(loss * weight, trained.model)

@@ -25,6 +25,7 @@ from repulse.trainers.rl.steps import (
     TrainedModel,
     accumulate,
     draw,
+    micro_batch,
     optimizer_step,
 )
 
@@ -121,15 +122,16 @@ class TwistTrainer:
         self.proposal.start_update()
         for micro in self.plan.micro_steps(len(experience), self.progress):
             batch = experience.select(micro.rows)
-            loss, _ = proposal_loss(
-                self.loss,
-                self.proposal.model,
-                batch.samples,
-                self.base,
-                base_logps=batch.samples.target_logps,
-                negatives=batch.negatives,
-            )
-            accumulate(self.guard, self.proposal, loss, micro.weight, micro.boundary)
+            with micro_batch(self.guard, [self.proposal], micro.boundary):
+                loss, _ = proposal_loss(
+                    self.loss,
+                    self.proposal.model,
+                    batch.samples,
+                    self.base,
+                    base_logps=batch.samples.target_logps,
+                    negatives=batch.negatives,
+                )
+                accumulate(self.guard, self.proposal, loss, micro.weight, micro.boundary)
             metrics.add({"proposal_loss": loss.item()})
             if micro.boundary:
                 metrics.add({"proposal_grad_norm": optimizer_step(self.guard, self.proposal)})
