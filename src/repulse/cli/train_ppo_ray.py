@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from repulse.cli.runner import run_cli, write_resolved_config
+from repulse.cli.train_ppo import DEFAULTS
 from repulse.cli.train_ppo import GROUPS as TRAIN_PPO_GROUPS
 from repulse.config.parser import parse_groups, to_flat_dict
 from repulse.config.ray_cluster import RayArgs
@@ -29,7 +30,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[RLConfig, RayArgs]:
     from repulse.config.fields import ConfigError
     from repulse.config.validate import check_train_ppo
 
-    *groups, ray_args = parse_groups(GROUPS, argv, description=__doc__)
+    *groups, ray_args = parse_groups(GROUPS, argv, description=__doc__, defaults=DEFAULTS)
     config = RLConfig(*groups)
     check_train_ppo(config.rollout, config.ppo, config.proposal, config.harm, config.evaluation, config.optim)
     if config.mode == "twist":
