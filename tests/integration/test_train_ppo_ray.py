@@ -1,10 +1,13 @@
-"""train_ppo_ray on a local Ray cluster of CPU actors (one worker per role, repulse's sampler) against train_ppo:
+"""train_ppo_ray on a local Ray cluster of CPU actors (repulse's sampler) against train_ppo: with one worker per role
 the same metrics, evaluations and final weights with the same seed, for PPO with a critic and a KL penalty (every
-role in its own worker) and for RePULSe; a resume from train_ppo's checkpoint; colocation observed in the
-workers' placement groups; an impossible request, a timeout and a dead worker each one line.
+role in its own worker) and for RePULSe; a resume from train_ppo's checkpoint; with 2 policy ranks (DDP) RePULSe
+equals one process at the same global batch, and PPO with 2 policy and 2 critic ranks equals train_ppo on 2
+processes; each rank observed in its placement group and bundle; an impossible request, critic ranks other than
+policy ranks, a timeout and a dead worker each one line.
 
-Marked `ray` (deselected by default; `make test-ray`): each run starts four worker processes (about a minute on
-two busy cores)."""
+One module-scoped cluster (3 logical CPUs). In the default suite: the one-rank RePULSe equality and the one-line
+errors (about a minute on two busy cores); the runs of several workers or ranks are marked `ray`
+(`make test-ray`; several minutes on two busy cores)."""
 
 from __future__ import annotations
 
@@ -26,7 +29,6 @@ from tests.integration.test_train_ppo_distributed import four_prompts, step_rows
 from tests.integration.test_train_ppo_resume import REPULSE, metric_rows, saved_tensors
 
 ray = pytest.importorskip("ray")
-pytestmark = pytest.mark.ray
 CPUS = 3  # PPO with a critic has four roles: one of the tests needs colocation to fit
 
 
@@ -62,6 +64,7 @@ def assert_same_run(a: Path, b: Path) -> None:
         assert json.loads((a / name).read_text()) == json.loads((b / name).read_text())
 
 
+@pytest.mark.ray
 def test_ppo_with_critic_equals_train_ppo_and_resumes_its_checkpoint(
     cluster,
     tmp_path,
@@ -118,6 +121,7 @@ def test_an_impossible_request_is_one_line_within_seconds(
     assert "Traceback" not in "\n".join(err)
 
 
+@pytest.mark.ray
 def test_a_dead_worker_stops_the_run_in_one_line(cluster, tmp_path, tiny_model_dir, capsys):
     argv = ["--pretrain", str(tiny_model_dir), "--save_path", str(tmp_path / "x"), *GEOMETRY, *HARMLESS]
     dying = ["--reward_fn", "tests.integration.dying_reward:score", "--harmlessness_training_loss_type", "reinforce"]
@@ -163,6 +167,7 @@ def placements(monkeypatch) -> list[tuple[dict, dict]]:
     return seen
 
 
+@pytest.mark.ray
 def test_repulse_on_two_policy_ranks_equals_one_process(cluster, tmp_path, toy_prompts, placements):  # noqa: F811
     """The toy RePULSe run of tests/integration/test_train_ppo_distributed.py (4 prompts x 8 samples a step, each
     of 2 DDP policy ranks sampling and training on 2 of them) against train_ppo on one process at the same global
@@ -181,6 +186,7 @@ def test_repulse_on_two_policy_ranks_equals_one_process(cluster, tmp_path, toy_p
     assert used == {(group, 0): 1.0, (group, 1): 1.0, (reward, 0): 1.0}
 
 
+@pytest.mark.ray
 def test_ppo_critic_group_of_two_equals_train_ppo_on_two_processes(
     cluster,
     tmp_path,
