@@ -25,7 +25,13 @@ from tests.integration.helpers import load_weights, run_torchrun
 from tests.integration.test_train_ppo import GEOMETRY, HARMLESS, REWARD, bad_words_file, prompt_file  # noqa: F401
 from tests.integration.test_train_ppo_distributed import GEOMETRY as DIST_GEOMETRY
 from tests.integration.test_train_ppo_distributed import assert_same_run as assert_same_toy_run
-from tests.integration.test_train_ppo_distributed import four_prompts, step_rows, toy_argv, toy_prompts  # noqa: F401
+from tests.integration.test_train_ppo_distributed import (  # noqa: F401
+    four_prompts,
+    one_process,
+    step_rows,
+    toy_argv,
+    toy_prompts,
+)
 from tests.integration.test_train_ppo_resume import REPULSE, metric_rows, saved_tensors
 
 ray = pytest.importorskip("ray")
@@ -168,17 +174,24 @@ def placements(monkeypatch) -> list[tuple[dict, dict]]:
 
 
 @pytest.mark.ray
-def test_repulse_on_two_policy_ranks_equals_one_process(cluster, tmp_path, toy_prompts, placements):  # noqa: F811
+@pytest.mark.parametrize("strategy", [["--strategy", "ddp"], ["--zero_stage", "3"]], ids=["ddp", "zero3"])
+def test_repulse_on_two_policy_ranks_equals_one_process(
+    cluster,
+    tmp_path,
+    toy_prompts,  # noqa: F811
+    one_process,  # noqa: F811
+    placements,
+    strategy,
+):
     """The toy RePULSe run of tests/integration/test_train_ppo_distributed.py (4 prompts x 8 samples a step, each
-    of 2 DDP policy ranks sampling and training on 2 of them) against train_ppo on one process at the same global
-    batch: the exact log P(bad) per fit step, the step metrics and the final p_theta and q agree. Two reference
-    replicas share the policy ranks' bundles (--colocate_actor_ref); the reward replica has its own group."""
-    one = tmp_path / "one"
-    assert train_ppo.main(toy_argv(toy_prompts, one)) == 0
+    of 2 policy ranks sampling and training on 2 of them; DDP, or DeepSpeed ZeRO-3 sampling in lock-step) against
+    train_ppo on one process at the same global batch: the exact log P(bad) per fit step, the step metrics and the
+    final p_theta and q agree. Two reference replicas share the policy ranks' bundles (--colocate_actor_ref); the
+    reward replica has a group of its own."""
     ranks = ["--actor_num_gpus_per_node", "2", "--ref_num_gpus_per_node", "2", "--colocate_actor_ref"]
     two = tmp_path / "two"
-    assert train_ppo_ray.main(toy_argv(toy_prompts, two, "--strategy", "ddp", *ranks)) == 0
-    assert_same_toy_run(one, two, ("final", "final_proposal"))
+    assert train_ppo_ray.main(toy_argv(toy_prompts, two, *strategy, *ranks)) == 0
+    assert_same_toy_run(one_process, two, ("final", "final_proposal"))
     # Policy and reference rank i share bundle i (half a CPU each); the reward replica has a group of its own.
     ((where, used),) = placements
     group, reward = where["policy"][0], where["reward"][0]

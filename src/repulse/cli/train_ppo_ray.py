@@ -5,7 +5,7 @@ report) on every policy rank at once, taking rank 0's answer. Each role has --{a
 x _num_gpus_per_node ranks. The policy ranks (the actor; in harmlessness mode p_theta and the proposal q) form one
 process group and train as train_ppo's N processes do (--strategy / --zero_stage: DDP, DeepSpeed ZeRO, FSDP2;
 each rank samples its share of a step's prompts with repulse's sampler). The critic ranks (PPO with a critic;
-as many as the policy ranks; DDP or ZeRO-0) form their own group; policy rank i trains with critic rank i. The
+as many as the policy ranks; on several ranks --strategy ddp) form their own group; policy rank i trains with critic rank i. The
 reference p_0 and the reward source (model, --reward_fn or --remote_rm_url) run as independent replicas: policy
 rank i calls replica i mod their number. On a cluster without GPUs the workers are CPU actors. Each rank takes a
 placement-group bundle of one GPU (or one CPU), checked against the cluster first; the --colocate_* flags put

@@ -98,7 +98,7 @@ class CriticWorker(RoleWorker):
         if self.strategy.kind != "replicated":
             raise UserError(
                 f"train_ppo_ray: PPO's critic is checkpointed from its full weights, which {self.strategy.kind} "
-                "shards; use --strategy ddp (or --zero_stage 0) for runs with a critic, or --no_critic"
+                "may shard; run a critic on several ranks with --strategy ddp, or use --no_critic"
             )
         self.model = load_critic(self.config, self.path, self.strategy)
         self.guard, self.critic = Guard(self.strategy), None
