@@ -174,7 +174,7 @@ def placements(monkeypatch) -> list[tuple[dict, dict]]:
 
 
 @pytest.mark.ray
-@pytest.mark.parametrize("strategy", [["--strategy", "ddp"], ["--zero_stage", "3"]], ids=["ddp", "zero3"])
+@pytest.mark.parametrize("strategy", [["--strategy", "ddp"], ["--zero_stage", "2"]], ids=["ddp", "zero2"])
 def test_repulse_on_two_policy_ranks_equals_one_process(
     cluster,
     tmp_path,
@@ -184,7 +184,7 @@ def test_repulse_on_two_policy_ranks_equals_one_process(
     strategy,
 ):
     """The toy RePULSe run of tests/integration/test_train_ppo_distributed.py (4 prompts x 8 samples a step, each
-    of 2 policy ranks sampling and training on 2 of them; DDP, or DeepSpeed ZeRO-3 sampling in lock-step) against
+    of 2 policy ranks sampling and training on 2 of them; DDP, or DeepSpeed ZeRO-2) against
     train_ppo on one process at the same global batch: the exact log P(bad) per fit step, the step metrics and the
     final p_theta and q agree. Two reference replicas share the policy ranks' bundles (--colocate_actor_ref); the
     reward replica has a group of its own."""

@@ -17,7 +17,7 @@ class RayArgs:
     actor_num_gpus_per_node: int = arg(
         1,
         "Policy worker ranks per node: one GPU each, or one CPU each on a cluster without GPUs. The policy ranks "
-        "form one process group and train as train_ppo's N processes do (--strategy, --zero_stage).",
+        "form one process group, training with the strategy of --strategy / --zero_stage (DDP, DeepSpeed, FSDP2).",
     )
     ref_num_nodes: int = arg(1, "Nodes of the reference (p_0) workers.")
     ref_num_gpus_per_node: int = arg(
