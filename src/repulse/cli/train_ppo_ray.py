@@ -5,8 +5,8 @@ report) on every policy rank at once, taking rank 0's answer. Each role has --{a
 x _num_gpus_per_node ranks. The policy ranks (the actor; in harmlessness mode p_theta and the proposal q) form one
 process group and train as train_ppo's N processes do (--strategy / --zero_stage: DDP, DeepSpeed ZeRO, FSDP2;
 each rank samples its share of a step's prompts with repulse's sampler). The critic ranks (PPO with a critic;
-as many as the policy ranks; on several ranks --strategy ddp) form their own group; policy rank i trains with critic rank i. The
-reference p_0 and the reward source (model, --reward_fn or --remote_rm_url) run as independent replicas: policy
+as many as the policy ranks; --strategy ddp on several) form their own group; policy rank i trains with critic
+rank i. The reference p_0 and the reward source (model, --reward_fn or --remote_rm_url) run as independent replicas: policy
 rank i calls replica i mod their number. On a cluster without GPUs the workers are CPU actors. Each rank takes a
 placement-group bundle of one GPU (or one CPU), checked against the cluster first; the --colocate_* flags put
 roles in one group, rank i of each sharing bundle i. Outputs, checkpoints and --load_checkpoint are train_ppo's
@@ -47,10 +47,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[RLConfig, RayArgs]:
 
 
 def train(config: RLConfig, ray_args: RayArgs) -> dict:
-    from repulse.cli.train_ppo import only_negative_data, start, warn_inert_flags
+    from repulse.cli.train_ppo import only_negative_data, start
     from repulse.distributed.ray.controller import run_train_ppo_ray
 
-    warn_inert_flags(config.evaluation)
     if config.evaluation.only_evaluate_on_neg_data:  # an evaluation of --pretrain, no workers needed
         return only_negative_data(config, *start(config, command="train_ppo_ray"))
     flat = to_flat_dict(*config, ray_args)
