@@ -6,8 +6,8 @@ x _num_gpus_per_node ranks. The policy ranks (the actor; in harmlessness mode p_
 process group and train as train_ppo's N processes do (--strategy / --zero_stage: DDP, DeepSpeed ZeRO, FSDP2;
 each rank samples its share of a step's prompts with repulse's sampler). The critic ranks (PPO with a critic;
 as many as the policy ranks; --strategy ddp on several) form their own group; policy rank i trains with critic
-rank i. The reference p_0 and the reward source (model, --reward_fn or --remote_rm_url) run as independent replicas: policy
-rank i calls replica i mod their number. On a cluster without GPUs the workers are CPU actors. Each rank takes a
+rank i. The reference p_0 and the reward source (model, --reward_fn or --remote_rm_url) run as independent
+replicas: policy rank i calls replica i mod their number. On a cluster without GPUs the workers are CPU actors. Each rank takes a
 placement-group bundle of one GPU (or one CPU), checked against the cluster first; the --colocate_* flags put
 roles in one group, rank i of each sharing bundle i. Outputs, checkpoints and --load_checkpoint are train_ppo's
 (either command resumes the other's checkpoints); with the same seed the run equals train_ppo's. Twist learning
