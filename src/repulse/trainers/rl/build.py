@@ -294,14 +294,14 @@ def build_harmlessness(
     )
 
 
-def critic_of(config: RLConfig, model, guard: Guard, steps: int) -> Critic:
-    """PPO's critic in a train_ppo_ray worker (one process): the value model with AdamW at --critic_learning_rate
-    over the run's `steps` optimizer steps. train_ppo's critic gets its optimizer from the strategy (load_models)."""
+def critic_of(config: RLConfig, model, guard: Guard, steps: int, strategy) -> Critic:
+    """PPO's critic in a train_ppo_ray worker (a rank of the critic group): the value model prepared by the
+    group's strategy with AdamW at --critic_learning_rate over the run's `steps` optimizer steps, as train_ppo's
+    load_models prepares its critic (each rank steps on its share of --train_batch_size)."""
+    preparer = StrategyPreparer(config, strategy, batch_plan(config, strategy.world_size), steps)
+    model, optimizer, scheduler = preparer.train(model, "critic")
     o = config.optim
-    optimizer = build_optimizer(model, o, lr=o.critic_learning_rate)
-    trained_critic = TrainedModel(
-        "critic", model, optimizer, build_scheduler(optimizer, o, steps), o.max_norm, config.ppo.model_eval
-    )
+    trained_critic = TrainedModel("critic", model, optimizer, scheduler, o.max_norm, config.ppo.model_eval)
     return Critic(trained_critic, guard, config.reward.value_head_prefix, config.ppo.value_clip)
 
 

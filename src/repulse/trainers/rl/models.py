@@ -77,8 +77,10 @@ def load_reference(config: RLConfig, path: str, strategy) -> torch.nn.Module:
 
 
 def load_critic(config: RLConfig, path: str, strategy) -> torch.nn.Module:
-    """PPO's value model in a train_ppo_ray worker: --critic_pretrain (default --pretrain) with a value head."""
-    return strategy.prepare(critic_model(config, path))
+    """PPO's value model in a train_ppo_ray worker: --critic_pretrain (default --pretrain) with a value head (the
+    strategy prepares it with its optimizer: build.critic_of)."""
+    with strategy.model_init(trainable=True, bf16=config.model.bf16):
+        return critic_model(config, path)
 
 
 def critic_model(config: RLConfig, path: str) -> torch.nn.Module:
