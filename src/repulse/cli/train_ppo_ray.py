@@ -2,11 +2,14 @@
 
 The controller (this process) runs train_ppo's RL loop and calls the trainer's phases (make_experience, update,
 report) on a policy worker, which holds the actor (in harmlessness mode p_theta and the proposal q) and samples
-with repulse's sampler; the reference p_0, PPO's critic and the reward source (model, --reward_fn or
---remote_rm_url) each run in their own worker. One rank per role; on a cluster without GPUs the workers are CPU
-actors. Each worker takes a placement-group bundle of one GPU (or one CPU), checked against the cluster first;
-the --colocate_* flags share bundles. Outputs, checkpoints and --load_checkpoint are train_ppo's (either command
-resumes the other's checkpoints); with the same seed the run equals train_ppo's. Twist learning runs in train_ppo.
+with repulse's sampler, or with --vllm_num_engines N from N vLLM engines per sampled model (a plain-LM q has its
+own pool; a modulated q samples in the worker), synced after every update (--vllm_sync_backend) and refused when
+behind the model; the trainer's models recompute every log-prob. The reference p_0, PPO's critic and the reward
+source (model, --reward_fn or --remote_rm_url) each run in their own worker. One rank per role; on a cluster
+without GPUs the workers are CPU actors. Each worker takes a placement-group bundle of one GPU (or one CPU),
+checked against the cluster first; the --colocate_* flags share bundles. Outputs, checkpoints and --load_checkpoint
+are train_ppo's (either command resumes the other's checkpoints); with the same seed and no engines the run equals
+train_ppo's. Twist learning runs in train_ppo.
 
     repulse train_ppo_ray --config configs/toy_repulse.yaml --colocate_all_models --save_path runs/ray_repulse
     ray job submit --address http://HEAD:8265 -- python3 -m repulse.cli.train_ppo_ray --pretrain MODEL ...
@@ -36,6 +39,11 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[RLConfig, RayArgs]:
         raise ConfigError(
             f"--actor_loss_type {config.proposal.actor_loss_type}: twist learning runs in train_ppo; "
             "train_ppo_ray runs PPO / REINFORCE and harmlessness training"
+        )
+    if ray_args.vllm_num_engines and config.lora.lora_rank:
+        raise ConfigError(
+            f"--vllm_num_engines {ray_args.vllm_num_engines} with --lora_rank {config.lora.lora_rank}: the engines "
+            "take full weights; train without LoRA or sample in the policy worker (--vllm_num_engines 0)"
         )
     return config, ray_args
 

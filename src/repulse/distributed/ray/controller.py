@@ -76,8 +76,10 @@ def start_workers(ray, config: RLConfig, args: RayArgs, handles: dict[str, Any],
     from repulse.distributed.ray.workers import CriticWorker, ReferenceWorker, RewardWorker
 
     roles = roles_of(config)
-    placement = plan_placement(roles, args, use_gpu=ray.cluster_resources().get("GPU", 0) > 0)
+    use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    placement = plan_placement(roles, args, use_gpu=use_gpu)
     check_resources(placement, ray.cluster_resources())
+    engines = engine_spec(config, args, use_gpu, placement.needed(), ray.cluster_resources())
     groups.extend(create_groups(placement))
     env = driver_env()
     classes = {"reference": ReferenceWorker, "critic": CriticWorker, "reward": RewardWorker}
@@ -88,11 +90,42 @@ def start_workers(ray, config: RLConfig, args: RayArgs, handles: dict[str, Any],
     options = actor_options(placement, groups, "policy", env)
     threads = max(1, int(options["num_cpus"]))
     handles["policy"] = (
-        ray.remote(PolicyWorker).options(**options).remote(config, threads, dict(handles), args.ray_timeout)
+        ray.remote(PolicyWorker).options(**options).remote(config, threads, dict(handles), args.ray_timeout, engines)
     )
     for role, handle in handles.items():
         wait(handle.ready.remote(), f"{role} worker (loading)", args.ray_timeout)
     log_placement(handles, args.ray_timeout)
+
+
+def engine_spec(config: RLConfig, args: RayArgs, use_gpu: bool, placed: dict, available: dict):
+    """The policy worker's vLLM engines (None: it samples itself): a pool for the policy and one for a plain-LM
+    proposal q, checked against what the cluster has beside the workers (never an engine that waits forever)."""
+    from repulse.distributed.ray.rollouts import EngineSpec
+    from repulse.infra.errors import UserError
+
+    if args.vllm_num_engines == 0:
+        return None
+    if args.vllm_sync_backend == "nccl" and not use_gpu:
+        raise UserError("--vllm_sync_backend nccl needs GPUs; this Ray cluster has none: use gloo or ray")
+    spec = EngineSpec(
+        args.vllm_num_engines,
+        args.vllm_tensor_parallel_size,
+        args.vllm_gpu_memory_utilization,
+        args.enable_prefix_caching,
+        args.enforce_eager,
+        args.vllm_enable_sleep,
+        args.vllm_sync_backend,
+        use_gpu,
+    )
+    pools = 1 + (config.separate_proposal and not config.modulated)
+    for kind, key in (("CPU", "num_cpus"), ("GPU", "num_gpus")):
+        need = placed.get(kind, 0.0) + pools * args.vllm_num_engines * spec.resources()[key]
+        if need > available.get(kind, 0.0) + 1e-9:
+            raise UserError(
+                f"--vllm_num_engines {args.vllm_num_engines} x {pools} pool(s): train_ppo_ray needs {need:g} {kind} "
+                f"with the workers but the Ray cluster has {available.get(kind, 0.0):g}"
+            )
+    return spec
 
 
 def log_placement(handles: dict[str, Any], timeout: float) -> None:
