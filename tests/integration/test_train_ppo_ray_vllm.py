@@ -39,7 +39,7 @@ def test_repulse_with_an_engine_for_p_and_one_for_q(cluster, tmp_path, capfd):
     assert train_ppo_ray.main(argv) == 0
     assert "rollout engines: 1 for policy, proposal" in capfd.readouterr().err
     summary = json.loads((save / "summary.json").read_text())
-    assert summary["steps"] == len(metric_rows(save)) > 0 and summary["samples_used"] > 0
+    assert summary["steps"] > 0 and summary["samples_used"] > 0 and len(metric_rows(save)) >= summary["steps"]
     assert "exact_log10_p_bad_final" in summary and (save / "evaluations.json").is_file()
     assert (save / "final").is_dir() and (save / "final_proposal").is_dir()
     # p_theta trained from the tiny LM's weights

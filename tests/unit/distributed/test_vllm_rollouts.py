@@ -7,6 +7,7 @@ store delivers, bucket by bucket in order."""
 from __future__ import annotations
 
 import threading
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from safetensors.torch import load
 from repulse.cli import train_ppo_ray
 from repulse.config.fields import ConfigError
 from repulse.config.ray_cluster import RayArgs
-from repulse.distributed.ray.rollouts import EngineRollouts, EngineSampler
+from repulse.distributed.ray.rollouts import EnginePool, EngineRollouts, EngineSampler
 from repulse.distributed.ray.weight_sync import bucketed, buckets, meta_of, named_weights, receive, send, side_group
 from repulse.generation.generate import SamplingParams
 from repulse.rl.rollout import rollout_from_tokens, sample_rollout
@@ -122,6 +123,15 @@ def test_each_pool_gets_its_own_model_after_the_rounds_that_changed_it():
     rollouts.after_update("proposal")  # a proposal-only round: q changed, p did not
     assert pools["policy"].synced == [p] and pools["proposal"].synced == [q, q]
     assert rollouts.sampler.pools == {id(p): pools["policy"], id(q): pools["proposal"]}
+
+
+def test_each_sync_moves_the_models_version_on():
+    pool = EnginePool("policy", [], "ray", 60)
+    sent = []
+    pool.sender = SimpleNamespace(send=lambda model, version: sent.append(version))
+    pool.sync(make_gpt2(30))
+    pool.sync(make_gpt2(30))
+    assert sent == [1, 2] and pool.version == 2  # the engines start at 0: the folder's weights
 
 
 def test_the_gloo_broadcast_delivers_what_the_object_store_delivers():

@@ -42,8 +42,10 @@ class RolloutEngine:
     """One vllm.LLM (made a Ray actor by the caller); weights arrive through load_weights or receive_broadcast."""
 
     def __init__(self, args: EngineArgs) -> None:
+        from repulse.cli.runner import setup_logging
         from repulse.generation.vllm_backend import import_vllm
 
+        setup_logging()  # this actor's own process: its warnings reach the driver's log
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"  # the receiver class is named by import path
         vllm = import_vllm()
