@@ -80,6 +80,9 @@ def test_a_rollout_from_token_ids_is_the_samplers(tiny_model_dir):
     assert torch.equal(rebuilt.action_mask, drawn.action_mask[:, : rebuilt.num_actions])
     assert (rebuilt.prompts, rebuilt.responses) == (drawn.prompts, drawn.responses)
     torch.testing.assert_close(rebuilt.logps, drawn.logps[:, : rebuilt.num_actions], rtol=1e-5, atol=1e-5)
+    # an engine that stops at another end token: the response still ends at the tokenizer's first EOS
+    past_eos = rollout_from_tokens(model, tokenizer, [[5]], [[[7, tokenizer.eos_token_id, 8]]], 1)
+    assert past_eos.action_mask.tolist() == [[True, True, False]] and past_eos.logps[0, 2] == 0
 
 
 class FakePool:
