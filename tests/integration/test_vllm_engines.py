@@ -114,7 +114,6 @@ def test_the_engine_sampler_draws_seeded_groups_scored_by_the_trainer_model(engi
     model = perturbed(AutoModelForCausalLM.from_pretrained(str(TINY_LM_DIR)).eval(), 9)
     tokenizer = AutoTokenizer.from_pretrained(str(TINY_LM_DIR))
     pool = EnginePool("policy", [engine], "ray", 600)
-    pool.version = wait_version(engine)
     pool.sync(model)
     sampler = EngineSampler({id(model): pool})
     params = SamplingParams(max_new_tokens=NEW_TOKENS, temperature=1.0, top_k=50, top_p=0.95)
@@ -127,9 +126,3 @@ def test_the_engine_sampler_draws_seeded_groups_scored_by_the_trainer_model(engi
     assert torch.equal(first.sequences, draw(1).sequences)  # the run's seed decides the draw
     assert first.responses != draw(2).responses
     torch.testing.assert_close(first.logps, response_token_logps(model, first))  # the trainer model's log-probs
-
-
-def wait_version(engine) -> int:
-    from repulse.distributed.ray.calls import wait
-
-    return wait(engine.weight_version.remote(), "engine", 600)

@@ -16,7 +16,7 @@ from safetensors.torch import load
 from repulse.cli import train_ppo_ray
 from repulse.config.fields import ConfigError
 from repulse.config.ray_cluster import RayArgs
-from repulse.distributed.ray.rollouts import EnginePool, EngineRollouts, EngineSampler
+from repulse.distributed.ray.rollouts import EnginePool, EngineRollouts, EngineSampler, weights_version
 from repulse.distributed.ray.weight_sync import bucketed, buckets, meta_of, named_weights, receive, send, side_group
 from repulse.generation.generate import SamplingParams
 from repulse.rl.rollout import rollout_from_tokens, sample_rollout
@@ -87,14 +87,15 @@ def test_a_rollout_from_token_ids_is_the_samplers(tiny_model_dir):
 
 class FakePool:
     def __init__(self, vocab_token: int) -> None:
-        self.token, self.seeds, self.synced = vocab_token, [], []
+        self.token, self.seeds, self.synced, self.version = vocab_token, [], [], 0
 
-    def sample(self, prompt_ids, params, seeds):
+    def sample(self, model, prompt_ids, params, seeds):
         self.seeds.extend(seeds)
         return [[[self.token] * 2] * params.num_samples for _ in prompt_ids]
 
     def sync(self, model) -> None:
         self.synced.append(model)
+        self.version = weights_version(model)
 
 
 def test_engine_seeds_follow_the_prompt_not_the_split(tiny_model_dir):
@@ -117,24 +118,47 @@ def test_engine_seeds_follow_the_prompt_not_the_split(tiny_model_dir):
     assert len(pool.seeds) == 4  # untouched by the other model
 
 
-def test_each_pool_gets_its_own_model_after_the_rounds_that_changed_it():
+def step(model: torch.nn.Module) -> None:
+    """An optimizer step's worth of change."""
+    model(torch.tensor([[1, 2]])).logits.sum().backward()
+    torch.optim.AdamW(model.parameters(), lr=0.1).step()
+
+
+def test_each_pool_gets_its_own_model_after_each_change():
     p, q = make_gpt2(30), make_gpt2(30)
     pools = {"policy": FakePool(1), "proposal": FakePool(2)}
     rollouts = EngineRollouts(pools, {"policy": p, "proposal": q})
-    rollouts.after_update("both")
-    assert pools["policy"].synced == [p] and pools["proposal"].synced == [q]
-    rollouts.after_update("proposal")  # a proposal-only round: q changed, p did not
-    assert pools["policy"].synced == [p] and pools["proposal"].synced == [q, q]
     assert rollouts.sampler.pools == {id(p): pools["policy"], id(q): pools["proposal"]}
+    rollouts.sync()
+    assert pools["policy"].synced == [p] and pools["proposal"].synced == [q]
+    rollouts.sync()  # nothing changed: nothing sent
+    step(q)  # a proposal-only round: q changed, p did not
+    rollouts.sync()
+    assert pools["policy"].synced == [p] and pools["proposal"].synced == [q, q]
+    step(p)
+    step(q)
+    rollouts.sync()
+    assert pools["policy"].synced == [p, p] and pools["proposal"].synced == [q, q, q]
 
 
-def test_each_sync_moves_the_models_version_on():
+def test_a_pool_sends_the_version_its_model_is_at_and_samples_at_it(monkeypatch):
+    model = make_gpt2(30)
     pool = EnginePool("policy", [], "ray", 60)
     sent = []
-    pool.sender = SimpleNamespace(send=lambda model, version: sent.append(version))
-    pool.sync(make_gpt2(30))
-    pool.sync(make_gpt2(30))
-    assert sent == [1, 2] and pool.version == 2  # the engines start at 0: the folder's weights
+    pool.sender = SimpleNamespace(send=lambda m, version: sent.append(version))
+    pool.sync(model)
+    before = weights_version(model)
+    step(model)
+    assert weights_version(model) > before  # an optimizer step moves the model's version on
+    pool.sync(model)
+    assert sent == [before, weights_version(model)] and pool.version == sent[-1]
+    asked = []
+    pool.engines = [
+        SimpleNamespace(sample=SimpleNamespace(remote=lambda p, params, version, s: asked.append(version)))
+    ]
+    monkeypatch.setattr("repulse.distributed.ray.rollouts.wait", lambda calls, what, timeout: [[]])
+    pool.sample(model, [[1]], SamplingParams(), [None])
+    assert asked == [weights_version(model)]  # the engine checks that it holds this version
 
 
 def test_the_gloo_broadcast_delivers_what_the_object_store_delivers():

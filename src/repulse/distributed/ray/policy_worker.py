@@ -33,7 +33,7 @@ class PolicyWorker(RoleWorker):
     ) -> None:
         super().__init__(config, threads)
         self.handles, self.timeout, self.engine_spec = handles, timeout, engines
-        self.rollouts = self.kind = None
+        self.rollouts = None
         self.recipe = self.checkpointer = self.experience = self.evaluate_fn = self.critic = None
         self.last_checkpoint: str | None = None
 
@@ -107,7 +107,7 @@ class PolicyWorker(RoleWorker):
         trainer, guard = self.recipe.trainer, self.recipe.guard
         guard.step, guard.last_checkpoint = step + 1, self.last_checkpoint
         before = trainer.samples_used
-        self.experience, self.kind = trainer.make_experience(prompt_ids, step, kind), kind
+        self.experience = trainer.make_experience(prompt_ids, step, kind)
         if self.rollouts is not None:
             self.rollouts.sleep()  # while the models train (where vLLM has a sleep mode)
         return trainer.samples_used - before
@@ -115,7 +115,7 @@ class PolicyWorker(RoleWorker):
     def update(self):
         updates = self.recipe.trainer.update(self.experience)
         if self.rollouts is not None:
-            self.rollouts.after_update(self.kind)
+            self.rollouts.sync()
         return updates
 
     def report(self, updates: list) -> dict[str, float]:

@@ -41,26 +41,35 @@ class EngineSpec:
         return {"num_cpus": 1, "num_gpus": 0}
 
 
+def weights_version(model: torch.nn.Module) -> int:
+    """A number that moves on whenever a parameter of `model` changes in place (an optimizer step, a load): the sum
+    of the parameters' version counters. It is read from the model itself, so that a sync the code forgot leaves
+    the engines behind it, never silently in step."""
+    return sum(param._version for param in model.parameters())
+
+
 class EnginePool:
-    """The engines of one model, the version of that model's weights, and the sender that syncs them."""
+    """The engines of one model and the version of the weights they were last sent."""
 
     def __init__(self, name: str, engines: list, backend: str, timeout: float) -> None:
         self.name, self.engines, self.timeout = name, engines, timeout
         self.sender = WeightSender(engines, backend, timeout)
-        self.version = 0  # the engines start from the model folder: version 0 until the first sync
+        self.version = 0  # the engines start from the model folder at version 0
 
     def sync(self, model: torch.nn.Module) -> None:
-        """The model changed: its version moves on and its weights go to every engine (which record it)."""
-        self.version += 1
+        """The model's weights to every engine, which records their version."""
+        self.version = weights_version(model)
         self.sender.send(model, self.version)
 
-    def sample(self, prompt_ids: list[list[int]], params: SamplingParams, seeds: list) -> list[list[list[int]]]:
+    def sample(
+        self, model: torch.nn.Module, prompt_ids: list[list[int]], params: SamplingParams, seeds: list
+    ) -> list[list[list[int]]]:
         """`params.num_samples` token-id lists per prompt, the prompts split in contiguous shares over the
-        engines; an engine behind the model refuses (StaleEngineError)."""
-        n, k = len(prompt_ids), len(self.engines)
+        engines; an engine that does not hold `model`'s present weights refuses (StaleEngineError)."""
+        n, k, version = len(prompt_ids), len(self.engines), weights_version(model)
         cuts = [i * n // k for i in range(k + 1)]
         calls = [
-            engine.sample.remote(prompt_ids[a:b], params, self.version, seeds[a:b])
+            engine.sample.remote(prompt_ids[a:b], params, version, seeds[a:b])
             for engine, a, b in zip(self.engines, cuts, cuts[1:], strict=False)
             if b > a
         ]
@@ -97,7 +106,7 @@ class EngineSampler:
             return sample_rollout(model, tokenizer, prompt_ids, group_size, params, batch_size, on_batch, **streams)
         # Each prompt's seed keys on its place in the step's batch, as repulse's sampler keys its calls.
         seeds = [None if seed is None else stream_seed(seed, first_prompt + i) for i in range(len(prompt_ids))]
-        responses = pool.sample(prompt_ids, replace(params, num_samples=group_size), seeds)
+        responses = pool.sample(model, prompt_ids, replace(params, num_samples=group_size), seeds)
         if on_batch is not None:
             on_batch(len(prompt_ids) * group_size)
         return rollout_from_tokens(model, tokenizer, prompt_ids, responses, group_size)
@@ -105,21 +114,18 @@ class EngineSampler:
 
 class EngineRollouts:
     """The policy worker's engines: a pool per role it samples from vLLM ('policy', 'proposal'), the sampler the
-    trainer draws with, and the sync after each update of a sampled model."""
+    trainer draws with, and the sync after each update."""
 
     def __init__(self, pools: dict[str, EnginePool], models: dict[str, torch.nn.Module]) -> None:
         self.pools, self.models = pools, models
         self.sampler = EngineSampler({id(models[role]): pool for role, pool in pools.items()})
 
-    def sync(self, roles: tuple[str, ...] | None = None) -> None:
-        """The weights of `roles` (default: every pool's) into their engines."""
-        for role in roles or tuple(self.pools):
-            if role in self.pools:
-                self.pools[role].sync(self.models[role])
-
-    def after_update(self, kind: str) -> None:
-        """A proposal-only round ('proposal') changed q alone; any other round every trained sampled model."""
-        self.sync(("proposal",) if kind == "proposal" else None)
+    def sync(self) -> None:
+        """Every pool whose model changed since its last sync gets the new weights (after an update: a
+        proposal-only round changes q alone; PPO's frozen actor steps change nothing)."""
+        for role, pool in self.pools.items():
+            if weights_version(self.models[role]) != pool.version:
+                pool.sync(self.models[role])
 
     def sleep(self) -> None:
         for pool in self.pools.values():
@@ -150,6 +156,7 @@ def start_engines(spec: EngineSpec, roles: dict[str, torch.nn.Module], path: str
         wait([h.ready.remote() for h in handles], f"{role} rollout engine (loading)", timeout)
     pools = {role: EnginePool(role, handles, spec.sync_backend, timeout) for role, handles in engines.items()}
     rollouts = EngineRollouts(pools, roles)
-    rollouts.sync()
+    for role, pool in pools.items():  # whatever the folder held: the engines start from the model's weights
+        pool.sync(roles[role])
     log.info("rollout engines: %d for %s, weights synced by %s", spec.num_engines, ", ".join(roles), spec.sync_backend)
     return rollouts
