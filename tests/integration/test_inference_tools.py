@@ -247,3 +247,20 @@ def test_lora_combiner_names_an_unreachable_recorded_base(tmp_path, capsys):
         f"repulse lora_combiner: error: --lora_path {tmp_path / 'adapter'}: its base model {tmp_path / 'gone'} "
         "(recorded in adapter_config.json) is not a folder here; pass --model_path"
     ]
+
+
+def test_top_k_one_is_greedy_and_top_k_changes_samples(tmp_path):
+    """--top_k reaches the sampler: k = 1 keeps only the most likely token (the greedy output, whatever the
+    temperature), and k = 2 at a high temperature samples other texts than the unrestricted sampler."""
+    outs = {}
+    for name, flags in {
+        "greedy": ["--greedy_sampling"],
+        "top1": ["--top_k", "1", "--temperature", "5"],
+        "top2": ["--top_k", "2", "--temperature", "5"],
+        "free": ["--temperature", "5"],
+    }.items():
+        out = tmp_path / f"{name}.jsonl"
+        assert batch_inference.main([*GEN, *flags, "--seed", "3", "--output_path", str(out)]) == 0
+        outs[name] = [r["output"] for r in read_jsonl(out)]
+    assert outs["top1"] == outs["greedy"]
+    assert outs["top2"] != outs["free"] and outs["top2"] != outs["greedy"]

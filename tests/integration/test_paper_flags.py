@@ -1,4 +1,4 @@
-"""The flags of the paper's README commands (METHODS §10.6) parse unchanged."""
+"""The flags of the paper's README commands parse unchanged."""
 
 from __future__ import annotations
 
@@ -49,3 +49,10 @@ def test_paper_commands_parse_unchanged():
     assert train_ppo.parse_args(REINFORCE_TRANSFORM.split()).reward.reward_transform == "minus_alpha_exp_beta_r"
     assert train_ppo.parse_args(BASE_AS_PROPOSAL.split()).harm.use_base_as_proposal
     assert train_ppo.parse_args(PPO.split()).proposal.actor_loss_type == "ppo"
+
+
+def test_asking_for_test_info_is_one_line(capsys):
+    """--no_test_info false would ask for a diagnostic nothing computes: refused, not silently ignored."""
+    assert train_ppo.main(["--no_test_info", "false", "--save_path", "/nonexistent/x"]) == 2
+    err = capsys.readouterr().err
+    assert "--no_test_info false: sampled test info is not computed" in err and "Traceback" not in err

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from repulse.cli import train_dpo, train_kd, train_kto, train_prm
+from repulse.cli import train_dpo, train_kd, train_kto, train_prm, train_rm
 from tests.integration.helpers import TRAIN_FLAGS, changed_and_unchanged, load_weights
 
 
@@ -139,3 +139,24 @@ def test_prm_soft_labels(tmp_path, tiny_model_dir):
     data = write_jsonl(tmp_path / "soft.jsonl", [{"input": "this man is good ки", "value": [0.8]}] * 8)
     code, save = run(train_prm, tmp_path, tiny_model_dir, data, "--max_epochs", "2")
     assert code == 0 and rows(save)
+
+
+@pytest.mark.parametrize(
+    ("module", "fixture"), [(train_dpo, "pref_file"), (train_rm, "pref_file"), (train_prm, "prm_file")]
+)
+def test_packing_gives_the_padded_losses(request, tmp_path, tiny_model_dir, capfd, monkeypatch, module, fixture):
+    from repulse.models import packing
+
+    packs = []
+    real_pack_rows = packing.pack_rows
+    monkeypatch.setattr(packing, "pack_rows", lambda *a, **k: packs.append(1) or real_pack_rows(*a, **k))
+    data = request.getfixturevalue(fixture)
+    flags = ["--max_samples", "16", "--max_epochs", "2"]
+    _, padded = run(module, tmp_path, tiny_model_dir, data, *flags, name="pad")
+    assert "packed row" not in capfd.readouterr().err and packs == []
+    _, packed = run(module, tmp_path, tiny_model_dir, data, *flags, "--packing_samples", name="pack")
+    assert "packed row (a block-diagonal causal mask)" in capfd.readouterr().err
+    assert len(packs) >= 4  # every training forward packed (DPO: the policy's and the reference's)
+    assert len(rows(padded)) >= 2
+    for a, b in zip(rows(padded), rows(packed), strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6)

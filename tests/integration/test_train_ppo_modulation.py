@@ -1,4 +1,4 @@
-"""train_ppo with the modulated proposals q ∝ p e^m (`--parameterization modulation_*`, METHODS §4.1): twist
+"""train_ppo with the modulated proposals q ∝ p e^m (`--parameterization modulation_*`): twist
 learning on the frozen p_0 and RePULSe harmlessness training on the current p_theta run end to end, save the
 head (and the modulation LM), and train what they should."""
 
@@ -22,7 +22,7 @@ def head(save: Path) -> dict:
 
 
 def output_bias(weights: dict):
-    """The bias of the head's output layer, which starts at 0 (METHODS §4.1)."""
+    """The bias of the head's output layer, which starts at 0."""
     return weights["linear.bias" if "linear.bias" in weights else "net.4.bias"]
 
 

@@ -45,7 +45,6 @@ GROUPS = (ModelArgs, DataArgs, GenerationArgs, RewardArgs, OutputArgs, StrategyA
 ONLY = {
     # One --dataset is read as given: no eval set, no labels, nothing packed.
     DataArgs: all_but(DataArgs, "eval_dataset", "eval_split", "label_key", "packing_samples"),
-    GenerationArgs: all_but(GenerationArgs, "top_k"),
     RewardArgs: ["reward_pretrain", "value_head_prefix", "normalize_reward"],
     OutputArgs: ["output_path"],
     LoggingArgs: ["disable_progress_bar"],  # nothing is logged: no metric flags

@@ -38,7 +38,7 @@ class ChatConfig(NamedTuple):
 GROUPS = (ModelArgs, DataArgs, GenerationArgs, ChatArgs)
 ONLY = {
     DataArgs: ["input_template", "apply_chat_template", "tokenizer_chat_template", "max_len"],
-    GenerationArgs: all_but(GenerationArgs, "top_k", "max_new_tokens"),  # a reply may use what --max_len leaves
+    GenerationArgs: all_but(GenerationArgs, "max_new_tokens"),  # a reply may use what --max_len leaves
 }
 DEFAULTS = {"input_template": "User: {}\nAssistant: ", "max_len": 2048}
 

@@ -50,7 +50,7 @@ GROUPS = (
     ReferenceArgs,
     DPOArgs,
 )
-# Pairs are read by the preference keys; --packing_samples parses (the fork passes it) and is noted as unused.
+# Pairs are read by the preference keys.
 ONLY = {DataArgs: all_but(DataArgs, "input_key", "output_key", "label_key")}
 
 
@@ -61,17 +61,17 @@ def parse_args(argv: Sequence[str] | None = None) -> DPOConfig:
 
 
 def train(cfg: DPOConfig):
-    from repulse.cli.training import load_frozen_lm, load_trained_lm, note_padded, start_run, train_and_save
+    from repulse.cli.training import load_frozen_lm, load_trained_lm, packing_mode, start_run, train_and_save
     from repulse.data.preference import PairCollator, build_preference_datasets
     from repulse.trainers.dpo import DPOTrainer
 
     strategy, path, tokenizer = start_run(cfg, sharded=True)
-    note_padded(cfg.data, "train_dpo")
     model = load_trained_lm(strategy, path, cfg)
     reference = load_frozen_lm(strategy, cfg.ref.ref_pretrain or path, cfg, offload=cfg.ref.ref_offload)
     train_set, eval_set = build_preference_datasets(cfg.data, cfg.keys, tokenizer, seed=cfg.optim.seed)
     d = cfg.dpo
-    trainer = DPOTrainer(model, reference, cfg.ref.beta, d.label_smoothing, d.ipo, d.nll_loss_coef)
+    packing = packing_mode(cfg.data, cfg.model)
+    trainer = DPOTrainer(model, reference, cfg.ref.beta, d.label_smoothing, d.ipo, d.nll_loss_coef, packing)
     collate = PairCollator(tokenizer.pad_token_id)
     return train_and_save(
         cfg, strategy, trainer, tokenizer, train_set, collate, name="train_dpo", only=ONLY, eval_set=eval_set

@@ -65,16 +65,6 @@ def parse_args(argv: Sequence[str] | None = None) -> RLConfig:
     return config
 
 
-def warn_inert_flags(evaluation: EvalArgs) -> None:
-    import logging
-
-    if evaluation.test_info_every != 1 or evaluation.n_seeds_f_q != 1 or not evaluation.no_test_info:
-        logging.getLogger("repulse").warning(
-            "--no_test_info, --test_info_every and --n_seeds_f_q have no effect "
-            "(they were inert in the reference code too)"
-        )
-
-
 def start(config: RLConfig, command: str = "train_ppo"):
     """(strategy, model path, tokenizer), with the seed set; the embedded tiny LM without --pretrain."""
     from repulse.distributed.launch import make_strategy
@@ -111,7 +101,6 @@ def only_negative_data(config: RLConfig, strategy, path: str, tokenizer) -> dict
 def train(config: RLConfig) -> dict:
     from repulse.trainers.rl.run import run_train_ppo
 
-    warn_inert_flags(config.evaluation)
     strategy, path, tokenizer = start(config)
     if config.evaluation.only_evaluate_on_neg_data:
         return only_negative_data(config, strategy, path, tokenizer)

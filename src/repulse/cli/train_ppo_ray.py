@@ -49,10 +49,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[RLConfig, RayArgs]:
 
 
 def train(config: RLConfig, ray_args: RayArgs) -> dict:
-    from repulse.cli.train_ppo import only_negative_data, start, warn_inert_flags
+    from repulse.cli.train_ppo import only_negative_data, start
     from repulse.distributed.ray.controller import run_train_ppo_ray
 
-    warn_inert_flags(config.evaluation)
     if config.evaluation.only_evaluate_on_neg_data:  # an evaluation of --pretrain, no workers needed
         return only_negative_data(config, *start(config, command="train_ppo_ray"))
     flat = to_flat_dict(*config, ray_args)

@@ -34,7 +34,7 @@ class PRMConfig(NamedTuple):
 
 
 GROUPS = (ModelArgs, LoraArgs, DataArgs, OptimArgs, StrategyArgs, CheckpointArgs, LoggingArgs, PRMArgs)
-# Step texts have no response column and no chat form; --packing_samples parses (the fork passes it), noted unused.
+# Step texts have no response column and no chat form.
 ONLY = {DataArgs: all_but(DataArgs, "output_key", "apply_chat_template", "tokenizer_chat_template")}
 DEFAULTS = {"label_key": "value"}
 
@@ -62,15 +62,14 @@ def build_datasets(cfg: PRMConfig, tokenizer):
 
 
 def train(cfg: PRMConfig):
-    from repulse.cli.training import load_trained_lm, note_padded, start_run, train_and_save
+    from repulse.cli.training import load_trained_lm, packing_mode, start_run, train_and_save
     from repulse.data.process_reward import ProcessRewardCollator
     from repulse.trainers.prm import PRMTrainer
 
     strategy, path, tokenizer = start_run(cfg, sharded=True)
-    note_padded(cfg.data, "train_prm")
     model = load_trained_lm(strategy, path, cfg)
     train_set, eval_set = build_datasets(cfg, tokenizer)
-    trainer = PRMTrainer(model, train_set.label_ids)
+    trainer = PRMTrainer(model, train_set.label_ids, packing_mode(cfg.data, cfg.model))
     collate = ProcessRewardCollator(tokenizer.pad_token_id)
     return train_and_save(
         cfg, strategy, trainer, tokenizer, train_set, collate, name="train_prm", only=ONLY, eval_set=eval_set

@@ -50,7 +50,7 @@ GROUPS = (
     RewardArgs,
     RMArgs,
 )
-# Pairs are read by the preference keys; --packing_samples parses (the fork passes it) and is noted as unused.
+# Pairs are read by the preference keys.
 ONLY = {
     DataArgs: all_but(DataArgs, "input_key", "output_key", "label_key"),
     RewardArgs: ["value_head_prefix", "normalize_reward"],
@@ -86,20 +86,20 @@ def store_normalization(trainer, strategy, dataset, collate, batch_size: int) ->
 
 
 def train(cfg: RMConfig):
-    from repulse.cli.training import note_padded, start_run, train_and_save
+    from repulse.cli.training import packing_mode, start_run, train_and_save
     from repulse.data.preference import PairCollator
     from repulse.models.reward import load_reward_model
     from repulse.trainers.rm import RewardModelTrainer
 
     strategy, path, tokenizer = start_run(cfg, sharded=True)
-    note_padded(cfg.data, "train_rm")
     with strategy.model_init(trainable=True, bf16=cfg.model.bf16):
         model = load_reward_model(
             path, cfg.model, cfg.lora, value_head_prefix=cfg.reward.value_head_prefix, trainable=True
         )
     train_set, eval_set = build_datasets(cfg, tokenizer)
     collate = PairCollator(tokenizer.pad_token_id)
-    trainer = RewardModelTrainer(model, cfg.rm.loss, cfg.reward.value_head_prefix)
+    packing = packing_mode(cfg.data, cfg.model)
+    trainer = RewardModelTrainer(model, cfg.rm.loss, cfg.reward.value_head_prefix, packing)
 
     def normalize(run) -> None:
         if cfg.reward.normalize_reward:

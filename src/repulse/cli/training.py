@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from repulse.cli.runner import write_resolved_config
-from repulse.config.common import DataArgs
+from repulse.config.common import DataArgs, ModelArgs
 from repulse.config.parser import to_flat_dict
 
 log = logging.getLogger("repulse")
@@ -89,11 +89,15 @@ def cap_max_len(cfg: Any, path: str) -> None:
         data.max_len = limit
 
 
-def note_padded(data: DataArgs, name: str) -> None:
-    """--packing_samples parses for the pair and step-label commands because the fork passes it to them; their
-    examples are padded, which gives the same loss, and the log says so."""
-    if data.packing_samples:
-        log.warning("--packing_samples has no effect in %s: its examples are padded (the same loss)", name)
+def packing_mode(data: DataArgs, model: ModelArgs) -> str | None:
+    """--packing_samples for the commands that pack padded rows at the forward (models/packing.py): block-diagonal
+    4-D attention, or restarting position ids alone under --flash_attn (as SFT's PackCollator)."""
+    if not data.packing_samples:
+        return None
+    mode = "flash" if model.flash_attn else "4d"
+    boundaries = "restarting position ids" if mode == "flash" else "a block-diagonal causal mask"
+    log.info("--packing_samples: each micro-batch's rows run as one packed row (%s)", boundaries)
+    return mode
 
 
 def train_and_save(

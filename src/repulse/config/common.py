@@ -148,7 +148,8 @@ class DataArgs(PromptArgs):
         "Pack several examples into one row (block-diagonal attention; the same loss as padding).",
         roles=dict.fromkeys(
             ("train_rm", "train_dpo", "train_prm"),
-            "Accepted for command compatibility; no effect: the examples here are padded (the same loss).",
+            "Run each micro-batch's padded rows as one packed row (block-diagonal attention, or restarting "
+            "positions under --flash_attn): no compute on padding, the same loss.",
         ),
     )
 

@@ -28,10 +28,22 @@ class EvalArgs:
     evaluate_on_neg_data: bool = arg(False, "After training: log-likelihood of known bad outputs.")
     only_evaluate_on_neg_data: bool = arg(False, "Load --pretrain, evaluate on --neg_data_load_path, exit.")
     neg_data_load_path: str | None = arg(None, "Negative data: JSONL {prompt, response}. Default: embedded.")
-    no_test_info: bool = arg(True, "Accepted for command compatibility; inert (as in the reference code).")
-    test_info_every: int = arg(1, "Accepted for command compatibility; inert (as in the reference code).")
-    n_seeds_f_q: int = arg(1, "Accepted for command compatibility; inert (as in the reference code).")
+    no_test_info: bool = arg(
+        True,
+        "Sampled test info stays off, as the reference code forced it; `false` is refused: every step's metrics "
+        "carry the sampled f_q and KL, and --analytic_bad_word_calc gives KL, entropy and q's fit exactly.",
+    )
+    test_info_every: int = arg(
+        1, "Fit steps between test infos; accepted for command compatibility (test info is off)."
+    )
+    n_seeds_f_q: int = arg(1, "Seeds of each test info's f_q; accepted for command compatibility (test info is off).")
     save_info_path: str | None = arg(None, "Folder for evaluation files (default: --save_path).")
 
     def __post_init__(self) -> None:
         require(self.sampling_iters >= 1, "--sampling_iters must be >= 1")
+        require(
+            self.no_test_info,
+            "--no_test_info false: sampled test info is not computed (nor was it in the reference code); every "
+            "step's metrics carry the sampled f_q and KL, and --analytic_bad_word_calc gives KL(p_theta || p_0), "
+            "the entropy and q's fit exactly",
+        )

@@ -40,6 +40,14 @@ class PadCollator:
         }
 
 
+def block_causal_mask(lengths: list[int] | torch.Tensor) -> torch.Tensor:
+    """[1, 1, T, T] boolean: position i attends to j <= i within its own segment (T = sum of lengths)."""
+    lengths = torch.as_tensor(lengths)
+    segments = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)
+    causal = torch.ones(len(segments), len(segments), dtype=torch.bool, device=lengths.device).tril()
+    return (causal & (segments[:, None] == segments[None, :]))[None, None]
+
+
 class PackCollator:
     """All examples of a micro-batch in one row [1, S]: position ids restart per example and attention is
     block-diagonal causal, so the loss equals the padded batch's loss on the same examples.
@@ -53,12 +61,10 @@ class PackCollator:
     def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
         ids = torch.cat([it["input_ids"] for it in items])
         positions = torch.cat([torch.arange(len(it["input_ids"])) for it in items])
-        segments = torch.cat([torch.full((len(it["input_ids"]),), i) for i, it in enumerate(items)])
         loss = torch.cat([loss_mask_for(len(it["input_ids"]), max(it["prompt_len"], 1)) for it in items])
         batch = {"input_ids": ids[None], "position_ids": positions[None], "loss_mask": loss[None]}
         if self.four_d_mask:
-            causal = torch.ones(len(ids), len(ids), dtype=torch.bool).tril()
-            batch["attention_mask"] = (causal & (segments[:, None] == segments[None, :]))[None, None]
+            batch["attention_mask"] = block_causal_mask([len(it["input_ids"]) for it in items])
         else:
             batch["attention_mask"] = None
         return batch

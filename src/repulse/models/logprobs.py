@@ -76,11 +76,27 @@ def response_token_mask(attention_mask: torch.Tensor, prompt_lens: torch.Tensor)
     return after_prompt & attention_mask[:, 1:].bool()
 
 
+def padded_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, packing: str | None = None):
+    """Logits [B, S, V] of right-padded rows; with `packing` ("4d" or "flash", models/packing.py) the rows run
+    as one packed row and the logits come back in the padded layout (zeros at padding)."""
+    if packing is None:
+        return forward_logits(model, input_ids, attention_mask)
+    from repulse.models.packing import pack_rows, unpack
+
+    packed = pack_rows(input_ids, attention_mask, four_d_mask=packing == "4d")
+    logits = forward_logits(model, packed.input_ids, packed.attention_mask, position_ids=packed.position_ids)
+    return unpack(logits, packed.real)
+
+
 def sequence_logps(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lens: torch.Tensor
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    prompt_lens: torch.Tensor,
+    packing: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(summed response log-probs [B], response token count [B], logits [B, S, V]) for right-padded rows."""
-    logits = forward_logits(model, input_ids, attention_mask)
+    logits = padded_logits(model, input_ids, attention_mask, packing)
     mask = response_token_mask(attention_mask, prompt_lens)
     token_logps = token_log_probs(logits[:, :-1], input_ids[:, 1:])
     return (token_logps * mask).sum(-1), mask.sum(-1), logits

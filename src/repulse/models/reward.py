@@ -17,7 +17,7 @@ from repulse.config.common import LoraArgs, ModelArgs
 from repulse.data.tokenize import encode_for_reward
 from repulse.infra.errors import ModelLoadError, UserError
 from repulse.models.load import check_loadable, first_line, model_load_kwargs
-from repulse.models.logprobs import position_ids_from_mask
+from repulse.models.logprobs import additive_mask, floating_dtype, position_ids_from_mask
 
 log = logging.getLogger("repulse")
 
@@ -75,12 +75,32 @@ def value_head(model, prefix: str) -> torch.nn.Module:
 
 
 def token_values(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, value_head_prefix: str = "score", **extra
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    value_head_prefix: str = "score",
+    packing: str | None = None,
 ) -> torch.Tensor:
-    """The head applied at every position -> [B, S] (a critic's per-token values)."""
+    """The head applied at every position -> [B, S] (a critic's per-token values); with `packing` ("4d" or
+    "flash") right-padded rows run as one packed row (models/packing.py), the values returned padded."""
+    if packing is None:
+        return head_outputs(model, input_ids, attention_mask, value_head_prefix)
+    from repulse.models.packing import pack_rows, unpack
+
+    packed = pack_rows(input_ids, attention_mask, four_d_mask=packing == "4d")
+    values = head_outputs(
+        model, packed.input_ids, packed.attention_mask, value_head_prefix, position_ids=packed.position_ids
+    )
+    return unpack(values, packed.real)
+
+
+def head_outputs(model, input_ids, attention_mask, value_head_prefix: str, **extra) -> torch.Tensor:
+    """The value head at every position of one forward -> [B, S] (float)."""
     base = hf_model(model)
-    if "position_ids" not in extra and attention_mask.dim() == 2:
+    if "position_ids" not in extra and attention_mask is not None and attention_mask.dim() == 2:
         extra["position_ids"] = position_ids_from_mask(attention_mask)
+    if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.dtype == torch.bool:
+        attention_mask = additive_mask(attention_mask, floating_dtype(model))
     head = value_head(model, value_head_prefix)
     if strategy_wrapped(model):
         # A strategy's wrapper must run its own forward: DDP reduces gradients only for outputs of its forward,
@@ -116,9 +136,11 @@ def sequence_rewards(
     attention_mask: torch.Tensor,
     value_head_prefix: str = "score",
     normalize: bool = True,
+    packing: str | None = None,
 ) -> torch.Tensor:
-    """One reward per row, read at its last real token -> [B]; normalised when the config says so."""
-    values = token_values(model, input_ids, attention_mask, value_head_prefix)
+    """One reward per row, read at its last real token -> [B]; normalised when the config says so. `packing`:
+    token_values'."""
+    values = token_values(model, input_ids, attention_mask, value_head_prefix, packing)
     rewards = values.gather(1, last_token_index(attention_mask).unsqueeze(1)).squeeze(1)
     config = hf_model(model).config
     if normalize and getattr(config, "normalize_reward", False):

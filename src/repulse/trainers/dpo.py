@@ -11,27 +11,36 @@ from repulse.losses.preference import dpo_loss
 from repulse.models.logprobs import sequence_logps
 
 
-def reference_logps(reference, batch: dict[str, Any]) -> torch.Tensor:
+def reference_logps(reference, batch: dict[str, Any], packing: str | None = None) -> torch.Tensor:
     """Summed response log-probs of the frozen reference, computed on its own device."""
     device = next(reference.parameters()).device
+    ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
     with torch.no_grad():
-        logps, _, _ = sequence_logps(
-            reference, batch["input_ids"].to(device), batch["attention_mask"].to(device), batch["prompt_lens"]
-        )
+        logps, _, _ = sequence_logps(reference, ids, mask, batch["prompt_lens"], packing)
     return logps.to(batch["input_ids"].device)
 
 
 class DPOTrainer:
-    def __init__(self, model, reference, beta: float, label_smoothing: float, ipo: bool, nll_loss_coef: float):
+    def __init__(
+        self,
+        model,
+        reference,
+        beta: float,
+        label_smoothing: float,
+        ipo: bool,
+        nll_loss_coef: float,
+        packing: str | None = None,
+    ):
         self.model = model
         self.reference = reference
         self.beta, self.label_smoothing, self.ipo, self.nll_loss_coef = beta, label_smoothing, ipo, nll_loss_coef
+        self.packing = packing  # models/packing.py: "4d", "flash" or None (padded rows)
 
     def _losses(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         logps, counts, _ = sequence_logps(
-            self.model, batch["input_ids"], batch["attention_mask"], batch["prompt_lens"]
+            self.model, batch["input_ids"], batch["attention_mask"], batch["prompt_lens"], self.packing
         )
-        ref = reference_logps(self.reference, batch)
+        ref = reference_logps(self.reference, batch, self.packing)
         half = logps.shape[0] // 2
         out = dpo_loss(
             logps[:half],

@@ -7,16 +7,17 @@ from typing import Any
 import torch
 
 from repulse.losses.prm import prm_loss
-from repulse.models.logprobs import forward_logits
+from repulse.models.logprobs import forward_logits, padded_logits
 
 
 class PRMTrainer:
-    def __init__(self, model, label_ids: torch.Tensor) -> None:
+    def __init__(self, model, label_ids: torch.Tensor, packing: str | None = None) -> None:
         self.model = model
         self.label_ids = label_ids
+        self.packing = packing  # models/packing.py: "4d", "flash" or None (padded rows)
 
     def _losses(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        logits = forward_logits(self.model, batch["input_ids"], batch["attention_mask"])
+        logits = padded_logits(self.model, batch["input_ids"], batch["attention_mask"], self.packing)
         loss, acc = prm_loss(logits, batch["markers"], batch["targets"], self.label_ids.to(logits.device))
         return loss, {"loss": loss.item(), "acc": acc.item()}
 

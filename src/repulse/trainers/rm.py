@@ -11,14 +11,26 @@ from repulse.models.reward import sequence_rewards
 
 
 class RewardModelTrainer:
-    def __init__(self, model: torch.nn.Module, loss: str = "sigmoid", value_head_prefix: str = "score") -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        loss: str = "sigmoid",
+        value_head_prefix: str = "score",
+        packing: str | None = None,
+    ) -> None:
         self.model = model
         self.loss_fn = PAIRWISE_LOSSES[loss]
         self.value_head_prefix = value_head_prefix
+        self.packing = packing  # models/packing.py: "4d", "flash" or None (padded rows)
 
     def _rewards(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         rewards = sequence_rewards(
-            self.model, batch["input_ids"], batch["attention_mask"], self.value_head_prefix, normalize=False
+            self.model,
+            batch["input_ids"],
+            batch["attention_mask"],
+            self.value_head_prefix,
+            normalize=False,
+            packing=self.packing,
         )
         half = rewards.shape[0] // 2
         return rewards[:half], rewards[half:]

@@ -1,5 +1,5 @@
-"""Twist / proposal losses (METHODS §4.2): hand values, exact gradient identities, padding invariance, and E2
-(METHODS §13.2): with p frozen, training q from its own samples drives the exact KL(sigma || q) down."""
+"""Twist / proposal losses: hand values, exact gradient identities, padding invariance, and
+learning: with p frozen, training q from its own samples drives the exact KL(sigma || q) down."""
 
 from __future__ import annotations
 
@@ -143,7 +143,7 @@ def test_registry_names_and_extras():
     assert PROPOSAL_LOSSES["dpg"] is dpg_loss and PROPOSAL_LOSSES["sixo_approxneg"] is sixo_approxneg_loss
 
 
-# ---- E2: proposal learning in isolation on an enumerable toy (V = 4, T = 2) ----
+# ---- Proposal learning in isolation on an enumerable toy (V = 4, T = 2) ----
 V, T, N = 4, 2, 32
 SEQS = torch.tensor(list(itertools.product(range(V), repeat=T)))
 

@@ -55,7 +55,7 @@ def test_weights_are_invariant_to_padding():
         g.set_state(state)  # the same offsets for the proposal log-probs
         proposal2, _ = _repad(proposal, mask, 9, g)
         torch.testing.assert_close(sigma_weights(target2, proposal2, log_phi, mask2, 4), weights, rtol=1e-12, atol=0)
-    # The test has power: summing without the mask (METHODS §12 item 1) changes the weights.
+    # The test has power: summing without the mask changes the weights.
     naive = group_softmax(target.sum(-1) + log_phi - (proposal * mask).sum(-1), 4)
     assert not torch.allclose(naive, weights)
 

@@ -1,5 +1,5 @@
-"""The modulated proposal q ∝ p e^m (METHODS §4.1): its distribution, its parameters, caching, sampling, saving,
-its update (only the head moves), and E2 (METHODS §13.2) with a modulation head: CTL drives KL(sigma || q) down."""
+"""The modulated proposal q ∝ p e^m: its distribution, its parameters, caching, sampling, saving,
+its update (only the head moves), and learning with a modulation head: CTL drives KL(sigma || q) down."""
 
 from __future__ import annotations
 
@@ -179,7 +179,7 @@ def test_update_moves_only_the_proposal(tok, parameterization, loss_type):
     assert [k for k, v in q.state_dict().items() if not torch.equal(v, q_before[k])]
 
 
-# ---- E2 with a modulation head: p frozen, q = p e^{W h + b}, h a one-hot of the context (tabular) ----
+# ---- Proposal learning with a modulation head: p frozen, q = p e^{W h + b}, h a one-hot of the context (tabular) ----
 def test_e2_ctl_with_linear_modulation_head_reduces_kl_sigma_q(one_torch_thread):
     p1, p2, log_phi_all = _toy_target()
     log_sigma = torch.log_softmax(token_log_probs(_logits(p1, p2, SEQS), SEQS).sum(-1) + log_phi_all, 0)

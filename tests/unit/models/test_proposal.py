@@ -1,4 +1,4 @@
-"""Twist parameterizations (METHODS §4.1): log psi against hand-computed values, gradients only through q,
+"""Twist parameterizations: log psi against hand-computed values, gradients only through q,
 the all-vocabulary twists, and the modulation heads' initialisation."""
 
 from __future__ import annotations

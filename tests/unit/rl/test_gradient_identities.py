@@ -1,4 +1,4 @@
-"""E3 (METHODS §13.2, §2.7): with exact sigma weights the RePULSe negative-training gradient (token sums) is
+"""With exact sigma weights the RePULSe negative-training gradient (token sums) is
 ∇ log P_theta(bad) for the indicator potential and ∇ log Z_theta for phi = e^{beta r}, on an enumerable toy
 with two prompts (one group each) and padded, garbage-filled token positions.
 """

@@ -91,7 +91,7 @@ def p_loss_terms(table: torch.Tensor, kind: str):
 def test_p_theta_loss_gradient_is_exact(kind):
     """grad L = (1/P) sum over prompts (1/T) [-N/(N-1) grad E_p[r] + (alpha/N) grad log E_p[phi]]: the REINFORCE
     term with the leave-one-out baseline over an exact batch, and the negative term, whose gradient is grad log Z
-    (grad log P(bad) with the indicator potential) with coefficient alpha/N per prompt (METHODS §2.6).
+    (grad log P(bad) with the indicator potential) with coefficient alpha/N per prompt.
 
     Catches: dropping or flipping -log q in the weights; flipping the sign of the negative term; the alpha/N scale
     (a sum over rows instead of the mean, or alpha without the 1/N); the token mean replaced by a sum (a factor T).
@@ -138,7 +138,7 @@ def ctl_objective(m1: torch.Tensor, m2: torch.Tensor, prompt: int, log_sigma: to
 
 def test_ctl_loss_gradient_is_exact_with_a_non_uniform_proposal():
     """On q's samples, grad CTL = (1/(N T)) grad sum_t KL(sigma_1:t || pi_t) with pi_t ∝ p(s_1:t) psi_t(s_1:t) and
-    sigma ∝ p e^{beta r} (Zhao et al. 2024; METHODS §4.2), for a twist whose psi_t are not normalised.
+    sigma ∝ p e^{beta r} (Zhao et al. 2024), for a twist whose psi_t are not normalised.
 
     Catches: dropping -log q in the sigma weights or in the pi_t weights' prefix sums; flipping the sign of the
     second (pi_t) term, or dropping it (ctl_nosecondterm); flipping the sign of the loss.

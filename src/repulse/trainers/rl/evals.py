@@ -1,4 +1,4 @@
-"""The evaluations of a train_ppo run (METHODS §6): exact P(bad) during training (--analytic_bad_word_calc), and
+"""The evaluations of a train_ppo run: exact P(bad) during training (--analytic_bad_word_calc), and
 after it held-out sampling and the likelihood of known bad outputs."""
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ LEAF_LIMIT = 2_000_000  # responses the diagnostics enumerate and score at most 
 
 class ExactEvaluator:
     """The exact evaluation of one run (--analytic_bad_word_calc) for --custom_prompt and --generate_max_len
-    tokens, before training and after every fit step (METHODS §6.1, §13.1).
+    tokens, before training and after every fit step.
 
     P(bad) of the evaluated model (p_theta; q in twist learning) always. When the continuations can be enumerated
     (at most LEAF_LIMIT), also the diagnostics of evaluation/diagnostics.py: the space of continuations is built

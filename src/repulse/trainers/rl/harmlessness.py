@@ -1,4 +1,4 @@
-"""RePULSe harmlessness training (METHODS §2): p_theta trained with REINFORCE plus alpha x negative training on
+"""RePULSe harmlessness training: p_theta trained with REINFORCE plus alpha x negative training on
 samples of a learned proposal q of sigma_theta ∝ p_theta e^{beta r}; q trained with a twist loss toward it.
 
 One step is (num_q_updates - 1) proposal-only rounds (fresh q samples, a q update) and one main round:
@@ -69,7 +69,7 @@ def geometric_value(start: float | None, end: float, step: int, total_steps: int
 @dataclass(frozen=True)
 class Annealing:
     """beta (--target_dist_beta) and alpha at each step: geometric from the start values (--start_target_dist_beta
-    with --anneal_target_dist_beta, --start_alpha) to the final ones over the run's steps (METHODS §2.9)."""
+    with --anneal_target_dist_beta, --start_alpha) to the final ones over the run's steps."""
 
     beta: float
     alpha: float
@@ -289,7 +289,7 @@ class HarmlessnessTrainer:
         return None if neg_logps is None else neg_logps.detach()
 
     def negative_term(self, neg: Experience, neg_logps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The weights of the proposal samples, and for neg_reinforce their advantages (METHODS §2.5-2.6)."""
+        """The weights of the proposal samples, and for neg_reinforce their advantages."""
         s = self.settings
         log_phi = neg.log_phi
         if s.reweighting_beta is not None:  # --separate_reweighting_beta: beta' in the weights only

@@ -42,8 +42,8 @@ class RLModels:
 
 
 def modulated_proposal(config: RLConfig, path: str, base, strategy) -> torch.nn.Module:
-    """q ∝ p e^m on `base` (the frozen p_0 in twist learning, the current p_theta in harmlessness training,
-    METHODS §4.1); modulation_model loads its own trainable copy of the LM from `path`."""
+    """q ∝ p e^m on `base` (the frozen p_0 in twist learning, the current p_theta in harmlessness
+    training); modulation_model loads its own trainable copy of the LM from `path`."""
     trainable, prop = config.optim.actor_learning_rate > 0, config.proposal
     lm = None
     if prop.parameterization == "modulation_model":
@@ -119,7 +119,7 @@ def load_models(
     models.policy = place(models, "policy", policy, prepare, True)
     if config.mode == "harmlessness":
         if config.separate_proposal:
-            if config.modulated:  # q = p_theta e^m tracks the current p_theta (METHODS §4.1)
+            if config.modulated:  # q = p_theta e^m tracks the current p_theta
                 q = modulated_proposal(config, path, strategy.unwrap(models.policy), strategy)
             else:
                 with strategy.model_init(trainable=trains_q, bf16=bf16):

@@ -1,5 +1,5 @@
-"""PPO (clipped policy and value losses, GAE, per-token KL penalty, EMA, ptx) and REINFORCE with group baselines
-(METHODS §5), in three phases: make_experience (sample, score, reference log-probs, critic values, advantages),
+"""PPO (clipped policy and value losses, GAE, per-token KL penalty, EMA, ptx) and REINFORCE with group baselines,
+in three phases: make_experience (sample, score, reference log-probs, critic values, advantages),
 update (micro-batches accumulated to --train_batch_size, every step guarded), report."""
 
 from __future__ import annotations

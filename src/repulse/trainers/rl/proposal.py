@@ -1,5 +1,5 @@
-"""The proposal q's loss on a micro-batch of its samples: twist learning toward sigma ∝ p e^{beta r} (METHODS
-§4.1-4.2), shared by twist learning (p = frozen p_0) and harmlessness training (p = the current p_theta).
+"""The proposal q's loss on a micro-batch of its samples: twist learning toward sigma ∝ p e^{beta r},
+shared by twist learning (p = frozen p_0) and harmlessness training (p = the current p_theta).
 
 The loss needs log p on q's samples. The caller passes them when a pass already made them (p_0's at experience
 time in twist learning; p_theta's gradient pass for the negative term in harmlessness training); otherwise the

@@ -1,4 +1,4 @@
-"""Twist (proposal) learning with the base model frozen (METHODS §4.2, §13 E2): q learns sigma ∝ p_0 e^{beta r}
+"""Twist (proposal) learning with the base model frozen: q learns sigma ∝ p_0 e^{beta r}
 with CTL, DPG or SIXO from its own samples. make_experience draws q's samples and scores them, with p_0's
 log-probs computed once for the buffer (they serve the loss, f_q and the weights' ESS); update accumulates q's
 loss to --train_batch_size; report."""
