@@ -157,8 +157,9 @@ def test_a_pool_sends_the_version_its_model_is_at_and_samples_at_it(monkeypatch)
         SimpleNamespace(sample=SimpleNamespace(remote=lambda p, params, version, s: asked.append(version)))
     ]
     monkeypatch.setattr("repulse.distributed.ray.rollouts.wait", lambda calls, what, timeout: [[]])
+    step(model)  # trained again, not synced: the engines are asked for the model's version, which they lack
     pool.sample(model, [[1]], SamplingParams(), [None])
-    assert asked == [weights_version(model)]  # the engine checks that it holds this version
+    assert asked == [weights_version(model)] and asked[0] != pool.version
 
 
 def test_the_gloo_broadcast_delivers_what_the_object_store_delivers():
