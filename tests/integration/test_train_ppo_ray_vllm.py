@@ -37,7 +37,9 @@ def test_repulse_with_an_engine_for_p_and_one_for_q(cluster, tmp_path, capfd):
     engines = ["--vllm_num_engines", "1", "--enforce_eager", "--vllm_sync_backend", "gloo", "--vllm_enable_sleep"]
     argv = ["--save_path", str(save), *REWARD, *GEOMETRY, *flags, *engines, "--analytic_bad_word_calc"]
     assert train_ppo_ray.main(argv) == 0
-    assert "rollout engines: 1 for policy, proposal" in capfd.readouterr().err
+    err = capfd.readouterr().err
+    assert "rollout engines: 1 for policy, proposal" in err
+    assert "--vllm_enable_sleep: this vLLM build has no sleep mode (CPU)" in err  # said, not silently ignored
     summary = json.loads((save / "summary.json").read_text())
     assert summary["steps"] > 0 and summary["samples_used"] > 0 and len(metric_rows(save)) >= summary["steps"]
     assert "exact_log10_p_bad_final" in summary and (save / "evaluations.json").is_file()
