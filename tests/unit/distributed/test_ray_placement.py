@@ -62,7 +62,7 @@ def test_an_impossible_request_names_what_is_missing():
     [
         ({"actor_num_gpus_per_node": 2}, "one rank per role"),
         ({"ref_num_nodes": 0}, "--ref_num_nodes must be >= 1"),
-        ({"vllm_num_engines": 1}, "samples in the policy worker"),
+        ({"vllm_num_engines": -1}, "--vllm_num_engines must be >= 0"),
         ({"ray_timeout": 0}, "--ray_timeout must be > 0"),
     ],
 )
