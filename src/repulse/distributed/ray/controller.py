@@ -75,8 +75,10 @@ def start_workers(ray, config: RLConfig, args: RayArgs, groups: dict[str, Worker
     from repulse.distributed.ray.workers import CriticWorker, ReferenceWorker, RewardWorker
 
     roles = roles_of(config)
-    placement = plan_placement(roles, args, use_gpu=ray.cluster_resources().get("GPU", 0) > 0)
+    use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    placement = plan_placement(roles, args, use_gpu=use_gpu)
     check_resources(placement, ray.cluster_resources())
+    engines = engine_spec(config, args, use_gpu, placement.needed(), ray.cluster_resources())
     placed.extend(create_groups(placement))
     env = driver_env()
 
@@ -93,11 +95,42 @@ def start_workers(ray, config: RLConfig, args: RayArgs, groups: dict[str, Worker
         make(role, classes[role], lambda rank: ())
 
     def policy_args(rank: int) -> tuple:
-        return {role: groups[role].handle(rank) for role in roles[1:]}, args.ray_timeout
+        return {role: groups[role].handle(rank) for role in roles[1:]}, args.ray_timeout, engines
 
     make("policy", PolicyWorker, policy_args)
     setup_groups(groups, training=("policy", "critic"))
     log.info("workers by placement group: %s", describe_placement(worker_placement(groups)))
+
+
+def engine_spec(config: RLConfig, args: RayArgs, use_gpu: bool, placed: dict, available: dict):
+    """The policy worker's vLLM engines (None: it samples itself): a pool for the policy and one for a plain-LM
+    proposal q, checked against what the cluster has beside the workers (never an engine that waits forever)."""
+    from repulse.distributed.ray.rollouts import EngineSpec
+    from repulse.infra.errors import UserError
+
+    if args.vllm_num_engines == 0:
+        return None
+    if args.vllm_sync_backend == "nccl" and not use_gpu:
+        raise UserError("--vllm_sync_backend nccl needs GPUs; this Ray cluster has none: use gloo or ray")
+    spec = EngineSpec(
+        args.vllm_num_engines,
+        args.vllm_tensor_parallel_size,
+        args.vllm_gpu_memory_utilization,
+        args.enable_prefix_caching,
+        args.enforce_eager,
+        args.vllm_enable_sleep,
+        args.vllm_sync_backend,
+        use_gpu,
+    )
+    pools = 1 + (config.separate_proposal and not config.modulated)
+    for kind, key in (("CPU", "num_cpus"), ("GPU", "num_gpus")):
+        need = placed.get(kind, 0.0) + pools * args.vllm_num_engines * spec.resources()[key]
+        if need > available.get(kind, 0.0) + 1e-9:
+            raise UserError(
+                f"--vllm_num_engines {args.vllm_num_engines} x {pools} pool(s): train_ppo_ray needs {need:g} {kind} "
+                f"with the workers but the Ray cluster has {available.get(kind, 0.0):g}"
+            )
+    return spec
 
 
 def worker_placement(groups: dict[str, WorkerGroup]) -> dict[str, list[str | None]]:

@@ -4,18 +4,23 @@ checkpoints, evaluations and final models, written as train_ppo writes them.
 
 It holds the actor, or in harmlessness mode p_theta *and* the proposal q: q's loss reads the live p_theta on every
 micro-batch, which would otherwise be a call per micro-batch. Its sampling is train_ppo's sampler, so with the
-same seed it draws the same tokens.
+same seed it draws the same tokens; with --vllm_num_engines it draws from vLLM engines it starts (rollouts.py),
+synced after every update of the model they serve.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any
 
 from repulse.distributed.ray.remote import RemoteCritic, RemoteReference, RemoteReward
+from repulse.distributed.ray.rollouts import EngineSpec
 from repulse.distributed.ray.workers import RoleWorker
 from repulse.trainers.rl.config import RLConfig
+
+log = logging.getLogger("repulse")
 
 
 class PolicyWorker(RoleWorker):
@@ -25,9 +30,17 @@ class PolicyWorker(RoleWorker):
     evaluations, checkpoints and outputs are collective as in train_ppo (rank 0 writes). `handles`: this rank's
     reference and reward replicas and its critic rank."""
 
-    def __init__(self, config: RLConfig, threads: int, handles: dict[str, Any], timeout: float) -> None:
+    def __init__(
+        self,
+        config: RLConfig,
+        threads: int,
+        handles: dict[str, Any],
+        timeout: float,
+        engines: EngineSpec | None = None,
+    ) -> None:
         super().__init__(config, threads)
-        self.handles, self.timeout = handles, timeout
+        self.handles, self.timeout, self.engine_spec = handles, timeout, engines
+        self.rollouts = None
         self.recipe = self.checkpointer = self.experience = self.evaluate_fn = self.critic = None
         self.last_checkpoint: str | None = None
         self.updates: list = []  # this step's update metrics (each rank reports its own)
@@ -77,6 +90,8 @@ class PolicyWorker(RoleWorker):
         recipe.trainer.streams = Streams(self.config.optim.seed, others_running=lock_step(self.strategy))
         self.evaluate_fn = self.exact_evaluator(recipe)
         state = self.resume() if self.config.ckpt.load_checkpoint else None
+        if self.engine_spec is not None:  # after a resume: the engines get the weights the run goes on from
+            self.start_engines(recipe)
         return {
             "config": recipe.config,
             "prompt_ids": recipe.prompt_ids,
@@ -86,6 +101,20 @@ class PolicyWorker(RoleWorker):
             "evaluates": self.evaluate_fn is not None,
             "state": None if state is None else dataclasses.asdict(state),
         }
+
+    def start_engines(self, recipe) -> None:
+        """vLLM engines for the policy and for a plain-LM proposal q; the trainer draws through them."""
+        from repulse.distributed.ray.rollouts import start_engines
+
+        unwrap, models = self.strategy.unwrap, recipe.models
+        roles = {"policy": unwrap(models.policy)}
+        if models.proposal is not None and self.config.separate_proposal:
+            if self.config.modulated:
+                log.info("the proposal q = p e^m (a modulated model vLLM cannot run) samples in the policy worker")
+            else:
+                roles["proposal"] = unwrap(models.proposal)
+        self.rollouts = start_engines(self.engine_spec, roles, self.path, self.config, self.timeout)
+        recipe.trainer.sampler = self.rollouts.sampler
 
     # ------------------------------------------------------------------------------------------------ the phases
     def make_experience(self, prompt_ids: list[list[int]], step: int, kind: str) -> int:
@@ -98,11 +127,15 @@ class PolicyWorker(RoleWorker):
         mine, trainer.streams.first_prompt = rank_share(prompt_ids, self.strategy.rank, self.strategy.world_size)
         before = trainer.samples_used
         self.experience = trainer.make_experience(mine, step, kind)
+        if self.rollouts is not None:
+            self.rollouts.sleep()  # while the models train (where vLLM has a sleep mode)
         return trainer.samples_used - before
 
     def update(self) -> None:
-        """The trainer's update; its metrics stay here, for this rank's report."""
+        """The trainer's update, then the engines synced; its metrics stay here, for this rank's report."""
         self.updates.append(self.recipe.trainer.update(self.experience))
+        if self.rollouts is not None:
+            self.rollouts.sync()
 
     def report(self) -> dict[str, float]:
         """The step's metrics over the ranks (train_ppo's reduction: means, sample counts summed), each rank's

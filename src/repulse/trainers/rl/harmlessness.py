@@ -39,7 +39,7 @@ from repulse.rl.experience import (
     with_potential,
 )
 from repulse.rl.potentials import Potential
-from repulse.rl.rollout import Rollout, response_token_logps
+from repulse.rl.rollout import Rollout, response_token_logps, sample_rollout
 from repulse.trainers.guard import Guard
 from repulse.trainers.rl.proposal import ProposalLoss, low_reward_coverage, proposal_loss
 from repulse.trainers.rl.steps import (
@@ -47,6 +47,7 @@ from repulse.trainers.rl.steps import (
     Metrics,
     MicroStep,
     Progress,
+    Sampler,
     Streams,
     TrainedModel,
     accumulate,
@@ -160,6 +161,7 @@ class HarmlessnessTrainer:
         self.share_p_pass = policy.eval_mode or not has_dropout(policy.model)
         self.samples_used = 0
         self.progress, self.streams = Progress(), Streams()
+        self.sampler: Sampler = sample_rollout  # train_ppo_ray may swap in its vLLM engines
 
     def rounds(self) -> tuple[str, ...]:
         extra = self.settings.num_q_updates - 1 if self.separate else 0
@@ -197,6 +199,7 @@ class HarmlessnessTrainer:
             batch_size=self.settings.prompts_per_generation,
             step=step,
             tag=tag,
+            sampler=self.sampler,
         )
         self.samples_used += roll.sequences.shape[0]
         return roll

@@ -17,12 +17,13 @@ from repulse.models.logprobs import forward_logits
 from repulse.models.reward import token_values
 from repulse.rl.advantages import compute_gae, per_token_rewards, reinforce_advantages, whiten
 from repulse.rl.experience import Experience, RewardShaping, policy_experience, score
-from repulse.rl.rollout import Rollout, response_token_logps
+from repulse.rl.rollout import Rollout, response_token_logps, sample_rollout
 from repulse.trainers.guard import Guard
 from repulse.trainers.rl.steps import (
     BatchPlan,
     Metrics,
     Progress,
+    Sampler,
     Streams,
     TrainedModel,
     accumulate,
@@ -136,6 +137,7 @@ class PPOTrainer:
         self.ptx_batches = ptx_batches
         self.ptx_used = self.samples_used = 0
         self.progress, self.streams = Progress(), Streams()
+        self.sampler: Sampler = sample_rollout  # train_ppo_ray may swap in its vLLM engines
 
     def rounds(self) -> tuple[str, ...]:
         return ("policy",)
@@ -175,6 +177,7 @@ class PPOTrainer:
             batch_size=s.prompts_per_generation,
             step=step,
             tag="actor",
+            sampler=self.sampler,
         )
         self.samples_used += roll.sequences.shape[0]
         raw = score(self.reward_source, roll)

@@ -20,7 +20,7 @@ import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import torch
 
@@ -172,6 +172,26 @@ class Streams:
         return {"seed": seed, "first_prompt": self.first_prompt, "others_running": self.others_running}
 
 
+class Sampler(Protocol):
+    """What draws a trainer's samples (sample_rollout, the default, or train_ppo_ray's vLLM engines):
+    `group_size` samples per prompt from `model` with `params`, rows grouped by prompt, as a Rollout whose logps
+    are `model`'s own log-probs of the drawn tokens; `streams` are Streams.next_call's (seed, first_prompt,
+    others_running); `on_batch(rows)` after each batch drawn."""
+
+    def __call__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        prompt_ids: list[list[int]],
+        group_size: int,
+        params: SamplingParams,
+        *,
+        batch_size: int,
+        on_batch: Callable[[int], None] | None,
+        **streams: Any,
+    ) -> Rollout: ...
+
+
 def draw(
     guard: Guard,
     streams: Streams,
@@ -185,10 +205,11 @@ def draw(
     batch_size: int,
     step: int,
     tag: str,
+    sampler: Sampler = sample_rollout,
 ) -> Rollout:
     """`group_size` samples per prompt from `model` (the module under a strategy's wrapper: sampling needs no
     gradient reduction), on the strategy's device."""
-    roll = sample_rollout(
+    roll = sampler(
         guard.strategy.unwrap(model),
         tokenizer,
         prompt_ids,

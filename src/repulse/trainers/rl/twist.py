@@ -14,13 +14,14 @@ from repulse.generation.generate import SamplingParams
 from repulse.losses.weights import log_weights, sigma_weights
 from repulse.rl.experience import Experience, proposal_experience, score
 from repulse.rl.potentials import Potential
-from repulse.rl.rollout import Rollout
+from repulse.rl.rollout import Rollout, sample_rollout
 from repulse.trainers.guard import Guard
 from repulse.trainers.rl.proposal import ProposalLoss, low_reward_coverage, proposal_loss
 from repulse.trainers.rl.steps import (
     BatchPlan,
     Metrics,
     Progress,
+    Sampler,
     Streams,
     TrainedModel,
     accumulate,
@@ -68,6 +69,7 @@ class TwistTrainer:
         self.plan, self.guard, self.prompts_per_generation = plan, guard, prompts_per_generation
         self.samples_used = 0
         self.progress, self.streams = Progress(), Streams()
+        self.sampler: Sampler = sample_rollout  # train_ppo_ray may swap in its vLLM engines
 
     def rounds(self) -> tuple[str, ...]:
         return ("proposal",)
@@ -99,6 +101,7 @@ class TwistTrainer:
             batch_size=self.prompts_per_generation,
             step=step,
             tag=tag,
+            sampler=self.sampler,
         )
         self.samples_used += roll.sequences.shape[0]
         return roll
