@@ -31,6 +31,10 @@ from tests.unit.trainers.test_rl_phases import recipe
         ({"vllm_tensor_parallel_size": 0}, "--vllm_tensor_parallel_size must be >= 1, got 0"),
         ({"vllm_gpu_memory_utilization": 1.5}, r"--vllm_gpu_memory_utilization must be in \(0, 1\], got 1.5"),
         ({"vllm_sync_backend": "mpi"}, "--vllm_sync_backend must be one of ray, gloo, nccl, got 'mpi'"),
+        (
+            {"vllm_num_engines": 1, "actor_num_gpus_per_node": 2},
+            "--vllm_num_engines 1 with 2 policy ranks: vLLM engines are driven by one policy rank",
+        ),
     ],
 )
 def test_engine_flags_refuse_what_cannot_work(flags, message):
