@@ -208,9 +208,9 @@ def test_ppo_critic_group_of_two_equals_train_ppo_on_two_processes(
     placements,
 ):
     """PPO with a critic on 2 policy and 2 critic ranks (DDP, 2 micro-batches accumulated per optimizer step, so
-    the critic group's reduction at the boundary is exercised) against train_ppo under torchrun on 2 processes
-    (PPO whitens advantages per rank, so it is compared with 2 processes, not 1): the same metrics and final
-    actor and critic. Every role in one placement group of 2 bundles (--colocate_all_models)."""
+    the critic group's reduction at the boundary is exercised) against train_ppo under torchrun on 2 processes:
+    the same metrics and final actor and critic. Every role in one placement group of 2 bundles
+    (--colocate_all_models)."""
     argv = ["--pretrain", str(tiny_model_dir), "--prompt_data", str(four_prompts), *DIST_GEOMETRY]
     argv += ["--init_kl_coef", "0.01", "--micro_train_batch_size", "2", "--strategy", "ddp"]
     run_torchrun("repulse.cli.train_ppo", [*argv, "--save_path", str(tmp_path / "torchrun")])
@@ -220,11 +220,13 @@ def test_ppo_critic_group_of_two_equals_train_ppo_on_two_processes(
     assert len(ref) == 2 and [r.keys() for r in got] == [r.keys() for r in ref]
     for key in ("reward_mean", "policy_loss", "value_loss", "critic_grad_norm", "actor_grad_norm"):
         assert [r[key] for r in got] == pytest.approx([r[key] for r in ref], rel=1e-5, abs=1e-6), key
+    # Adam at lr 1e-2 turns the float noise of gradient entries near zero (summed in another order) into steps of
+    # up to ~1e-4 (as in test_train_ppo_distributed); a missing reduction moves the weights by ~1e-2.
     for folder in ("final", "final_critic"):
         a, b = load_weights(tmp_path / "torchrun" / folder), load_weights(tmp_path / "ray" / folder)
         assert a.keys() == b.keys()
         for key in a:
-            torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-5, msg=f"{folder}: {key}")
+            torch.testing.assert_close(b[key], a[key], rtol=0, atol=2e-4, msg=f"{folder}: {key}")
     # One group of 2 bundles: rank 0 of the four roles shares bundle 0, rank 1 of policy and critic bundle 1.
     ((where, used),) = placements
     group = where["policy"][0]
